@@ -1,0 +1,15 @@
+/* http_int.h — declarations shared between files of src/http only. */
+#ifndef WEFT_HTTP_INT_H
+#define WEFT_HTTP_INT_H
+
+#include "codec.h"
+
+#include <sys/socket.h>
+
+/* Parse "HOST:PORT" / "[V6]:PORT" / ":PORT" / "*:PORT" into a socket address
+ * (IP literals and "localhost" only; no DNS). */
+int weft_http_parse_hostport(const char *spec, struct sockaddr_storage *sa, socklen_t *len);
+/* "ip:port" or "[ip6]:port". */
+void weft_http_format_addr(const struct sockaddr_storage *sa, char *buf, size_t n);
+
+#endif

@@ -134,7 +134,7 @@ class Weft:
             return None
         return None
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         if self.proc.poll() is None:
             os.kill(self.pid, sig)
 

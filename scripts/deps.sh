@@ -7,7 +7,7 @@ set -euo pipefail
 PKGS=(
   # build
   build-essential cmake pkg-config clang libclang-rt-14-dev
-  libyaml-dev libjansson-dev libcmocka-dev
+  libyaml-dev libjansson-dev libcmocka-dev libssl-dev zlib1g-dev libpcre2-dev libc-ares-dev
   # integration tests and benchmarks
   python3 python3-pytest python3-requests curl wrk nginx-light prometheus
   procps iproute2

@@ -161,6 +161,10 @@ int weft_http_resp_write(weft_http_req *r, const void *data, size_t len);
 /* cb runs when queued output falls below the low-water mark. */
 void weft_http_resp_on_drain(weft_http_req *r, void (*cb)(weft_http_req *r, void *ud), void *ud);
 int weft_http_resp_end(weft_http_req *r);
+/* Abandon a started response: the connection is closed without completing
+ * the message, so the client sees a truncated response, never a shorter
+ * body that looks complete (a proxy whose upstream failed mid-body). */
+void weft_http_resp_abort(weft_http_req *r);
 
 /* Format an HTTP date ("Sun, 06 Nov 1994 08:49:37 GMT"); buf >= 30 bytes. */
 size_t weft_http_date(int64_t unix_s, char *buf);
@@ -211,6 +215,9 @@ typedef struct weft_http_creq_opts {
     uint16_t port;
     const char *target;    /* "/path?query" */
     const char *const *headers; /* optional NULL-terminated "Name: value" list; Host added if absent */
+    weft_str raw_headers;  /* optional pre-serialized "Name: value\r\n" lines, sent verbatim
+                              after `headers` (the caller guarantees them well formed, without
+                              Content-Length/Transfer-Encoding; a Host line here counts) */
     const void *body;      /* optional request body (copied) */
     size_t body_len;
     uint32_t timeout_ms;   /* overrides response_timeout_ms if nonzero */
@@ -227,6 +234,9 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
                              weft_http_creq **out);
 /* Cancel an in-flight request: on_done is NOT called afterwards. */
 void weft_http_creq_cancel(weft_http_creq *q);
+/* Stop (true) or resume (false) reading the response body: backpressure for
+ * a proxy whose downstream is slower than its upstream. */
+void weft_http_creq_pause(weft_http_creq *q, bool paused);
 
 /* Stats, for tests and metrics. */
 typedef struct weft_http_client_stats {

@@ -22,6 +22,8 @@ enum weft_io_events {
     WEFT_IO_HUP = 1 << 2,   /* peer hung up (reported, never requested) */
     WEFT_IO_ERROR = 1 << 3, /* socket error (reported, never requested) */
 };
+/* HUP and ERROR are always reported together with READ, so a reader finds
+ * the end of input (read returns 0) or the error (read fails) by reading. */
 
 typedef struct weft_io weft_io;
 typedef void (*weft_io_cb)(weft_loop *loop, weft_io *io, unsigned events);
@@ -62,17 +64,22 @@ int64_t weft_loop_wall_s(const weft_loop *loop);
 /* Uncached monotonic microseconds. */
 uint64_t weft_now_us(void);
 
-/* The loop running on the calling thread, or NULL. */
+/* The loop running on the calling thread, or NULL (also after
+ * weft_loop_run has returned). */
 weft_loop *weft_loop_current(void);
 
 /* Readiness watchers. init does not register; start adds or modifies the
- * interest set (events = WEFT_IO_READ|WEFT_IO_WRITE, 0 to unregister). */
+ * interest set (events = WEFT_IO_READ|WEFT_IO_WRITE, 0 to unregister).
+ * Once stopped, a watcher's callback is not called again, even for events
+ * already collected in the current wake-up: a callback may stop and free
+ * another watcher. */
 void weft_io_init(weft_io *io, int fd, weft_io_cb cb, void *data);
 int weft_io_start(weft_loop *loop, weft_io *io, unsigned events);
 void weft_io_stop(weft_loop *loop, weft_io *io);
 
 /* Timers: a binary min-heap; start/stop are O(log n), re-start of an active
- * timer just moves it. Callbacks may start or stop any timer. */
+ * timer just moves it. Callbacks may start or stop any timer. A deadline
+ * past the end of the clock saturates (UINT64_MAX: never fires). */
 void weft_timer_init(weft_timer *t, weft_timer_cb cb, void *data);
 void weft_timer_start(weft_loop *loop, weft_timer *t, uint64_t after_ms);
 void weft_timer_stop(weft_loop *loop, weft_timer *t);
@@ -100,8 +107,11 @@ int weft_loop_index(const weft_loop *loop);
  *                     stops it anyway. Then stop(loop) runs on each worker
  *                     and weft_rt_run returns 0.
  *   SIGHUP         -> reload(arg) runs on the calling thread (if set).
- * start(loop) runs first on each worker; if it fails the runtime shuts down
- * and returns its error. */
+ * start(loop) runs first on each worker; if it fails the runtime drains the
+ * workers that did start (without waiting for the drain timeout unless
+ * their drain hooks take that long) and returns its error. When it returns,
+ * the caller's signal mask is restored and no SIGTERM/SIGINT/SIGHUP is left
+ * pending. */
 typedef struct weft_rt_hooks {
     int (*start)(weft_loop *loop, void *arg);
     void (*drain)(weft_loop *loop, void *arg);
@@ -111,7 +121,9 @@ typedef struct weft_rt_hooks {
 } weft_rt_hooks;
 
 int weft_rt_run(int workers, const weft_rt_hooks *hooks, int drain_timeout_ms);
-/* Ask a running weft_rt_run() to drain and return, as SIGTERM does (thread-safe). */
+/* Ask a running weft_rt_run() to drain and return, as SIGTERM does
+ * (thread-safe). Honoured from the start of weft_rt_run, including from a
+ * start hook; a no-op when no runtime is running. */
 void weft_rt_shutdown(void);
 /* Number of online CPUs (>= 1). */
 int weft_cpu_count(void);

@@ -49,7 +49,9 @@ void weft_cli_release(weft_cli *cli);
 
 /* Help texts, one per subcommand, printed by `weft help NAME`. */
 extern const char weft_help_hello[];
+extern const char weft_help_gateway[];
 
 int weft_cmd_hello(int argc, char **argv);
+int weft_cmd_gateway(int argc, char **argv);
 
 #endif

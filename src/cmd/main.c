@@ -20,6 +20,7 @@ typedef struct subcmd {
 static const subcmd cmds[] = {
     {"hello", "a small JSON service built on libweft (demo and benchmarks)", weft_cmd_hello,
      weft_help_hello},
+    {"gateway", "API gateway and sidecar proxy", weft_cmd_gateway, weft_help_gateway},
 };
 
 static void usage(FILE *f)

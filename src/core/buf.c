@@ -46,15 +46,21 @@ int weft_buf_reserve(weft_buf *b, size_t n)
     if (b->cap - b->len >= n)
         return 0;
     size_t used = b->len - b->off;
-    if (used + n > b->max)
+    /* written as a subtraction: used + n can wrap for huge n */
+    if (used > b->max || n > b->max - used)
         return WEFT_ETOOBIG;
     if (b->off && b->cap - used >= n) {
         weft_buf_compact(b);
         return 0;
     }
     size_t ncap = b->cap ? b->cap : 4096;
-    while (ncap < used + n)
+    while (ncap < used + n) {
+        if (ncap > b->max / 2) { /* doubling would pass the cap (or wrap) */
+            ncap = b->max;
+            break;
+        }
         ncap *= 2;
+    }
     if (ncap > b->max)
         ncap = b->max;
     weft_buf_compact(b);
@@ -95,8 +101,13 @@ void weft_arena_init(weft_arena *a, size_t block_size, size_t max)
 
 void *weft_arena_alloc(weft_arena *a, size_t n)
 {
+    /* Every size below is checked by subtraction so nothing can wrap: the
+     * rounded size, total + need, and the block header + size passed to
+     * malloc. */
+    if (n > SIZE_MAX - sizeof(weft_arena_block) - 16)
+        return NULL;
     size_t need = (n + 15) & ~(size_t)15;
-    if (need < n || a->total + need > a->max)
+    if (a->total > a->max || need > a->max - a->total)
         return NULL;
 #ifdef WEFT_DEBUG_ALLOC
     weft_arena_block *b = malloc(sizeof *b + n);
@@ -111,6 +122,8 @@ void *weft_arena_alloc(weft_arena *a, size_t n)
     weft_arena_block *b = a->head;
     if (!b || b->size - b->used < need) {
         size_t sz = need > a->block_size ? need : a->block_size;
+        if (sz > SIZE_MAX - sizeof *b)
+            return NULL;
         b = malloc(sizeof *b + sz);
         if (!b)
             return NULL;

@@ -16,6 +16,15 @@
  * Cross-thread work (drain requests, config swaps) arrives through a small
  * mutex-protected queue and an eventfd. That path is rare and never on the
  * request hot path, so a lock is the simple, correct choice there.
+ *
+ * Stale events: one epoll_wait batch can hold events for several watchers,
+ * and a callback may stop (and free) another watcher that is still waiting
+ * its turn in the batch — the gateway closes a client connection from its
+ * upstream connection's callback. The loop therefore keeps the batch it is
+ * dispatching in the loop struct, and weft_io_stop clears the remaining
+ * entries that point at the stopped watcher, as libuv does. That is a scan
+ * of at most MAX_EVENTS entries, only on stop and only during dispatch; no
+ * syscall and no per-event allocation.
  */
 #include "core_int.h"
 #include "weft/loop.h"
@@ -52,6 +61,10 @@ struct weft_loop {
     pthread_mutex_t post_mu;
     post_item *post_head, *post_tail;
     weft_io evio;
+    /* the epoll batch being dispatched: entries after ev_idx are pending;
+     * weft_io_stop sets their data.ptr to NULL for a stopped watcher */
+    struct epoll_event *evs;
+    int ev_n, ev_idx;
 };
 
 static _Thread_local weft_loop *tl_loop;
@@ -218,11 +231,21 @@ int weft_io_start(weft_loop *loop, weft_io *io, unsigned events)
     return 0;
 }
 
+/* Forget events for io still pending in the batch being dispatched, so a
+ * watcher stopped (and perhaps freed) by another callback is not called. */
+static void forget_pending(weft_loop *loop, const weft_io *io)
+{
+    for (int i = loop->ev_idx + 1; i < loop->ev_n; i++)
+        if (loop->evs[i].data.ptr == io)
+            loop->evs[i].data.ptr = NULL;
+}
+
 void weft_io_stop(weft_loop *loop, weft_io *io)
 {
     if (io->events) {
         epoll_ctl(loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
         io->events = 0;
+        forget_pending(loop, io);
     }
 }
 
@@ -275,7 +298,9 @@ void weft_timer_init(weft_timer *t, weft_timer_cb cb, void *data)
 
 void weft_timer_start(weft_loop *loop, weft_timer *t, uint64_t after_ms)
 {
-    uint64_t deadline = weft_loop_now_ms(loop) + after_ms;
+    uint64_t now = weft_loop_now_ms(loop);
+    /* saturate: a huge delay means "never", not a deadline wrapped into the past */
+    uint64_t deadline = after_ms > UINT64_MAX - now ? UINT64_MAX : now + after_ms;
     if (t->heap_idx) {
         uint64_t old = t->deadline_ms;
         t->deadline_ms = deadline;
@@ -348,34 +373,55 @@ static int next_timeout(const weft_loop *loop)
 int weft_loop_run(weft_loop *loop)
 {
     struct epoll_event evs[MAX_EVENTS];
+    int rc = 0;
+    /* restored on return, so weft_loop_current() is NULL again after the
+     * outermost run (and correct again after a nested one) */
+    weft_loop *prev_loop = tl_loop;
+    struct epoll_event *prev_evs = loop->evs;
+    int prev_n = loop->ev_n, prev_idx = loop->ev_idx;
     tl_loop = loop;
     loop->stop = false;
     weft_loop_update_time(loop);
     while (!loop->stop) {
+        loop->ev_n = 0;
         int n = epoll_wait(loop->epfd, evs, MAX_EVENTS, next_timeout(loop));
         weft_loop_update_time(loop);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return weft_err_from_errno(errno);
+            rc = weft_err_from_errno(errno);
+            break;
         }
-        for (int i = 0; i < n; i++) {
-            weft_io *io = evs[i].data.ptr;
+        loop->evs = evs;
+        loop->ev_n = n;
+        for (loop->ev_idx = 0; loop->ev_idx < n; loop->ev_idx++) {
+            weft_io *io = evs[loop->ev_idx].data.ptr;
+            if (!io) /* stopped by an earlier callback in this batch */
+                continue;
             unsigned e = 0;
-            uint32_t re = evs[i].events;
+            uint32_t re = evs[loop->ev_idx].events;
             if (re & (EPOLLIN | EPOLLRDHUP))
                 e |= WEFT_IO_READ;
             if (re & EPOLLOUT)
                 e |= WEFT_IO_WRITE;
-            if (re & (EPOLLHUP | EPOLLRDHUP))
+            /* EPOLLHUP alone (pipe EOF) also reports READ: readers see
+             * the end of input by reading 0 bytes */
+            if (re & EPOLLHUP)
+                e |= WEFT_IO_HUP | WEFT_IO_READ;
+            if (re & EPOLLRDHUP)
                 e |= WEFT_IO_HUP;
             if (re & EPOLLERR)
                 e |= WEFT_IO_ERROR | WEFT_IO_READ;
             io->cb(loop, io, e);
         }
+        loop->ev_n = 0;
         run_timers(loop);
     }
-    return 0;
+    loop->evs = prev_evs;
+    loop->ev_n = prev_n;
+    loop->ev_idx = prev_idx;
+    tl_loop = prev_loop;
+    return rc;
 }
 
 /* Used by the runtime (rt.c) only; not part of the public API. */

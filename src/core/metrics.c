@@ -114,10 +114,67 @@ static bool valid_name(const char *n)
     return true;
 }
 
-static int add_series(weft_metrics *m, const char *name, const char *help, const char *labels,
-                      int type, uint32_t nslots, weft_metric *id)
+static bool label_name_char(char c, bool first)
 {
-    if (!valid_name(name) || !help)
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+           (!first && c >= '0' && c <= '9');
+}
+
+/* A label set as it appears between the braces of the exposition format:
+ * name="value"(,name="value")*, names [a-zA-Z_][a-zA-Z0-9_]*, values with
+ * the escapes \\ \" \n only. It is copied verbatim into every rendered
+ * line, so anything else would corrupt the whole scrape. */
+static bool valid_labels(const char *l)
+{
+    const char *p = l;
+    for (;;) {
+        if (!label_name_char(*p, true))
+            return false;
+        while (label_name_char(*p, false))
+            p++;
+        if (*p++ != '=' || *p++ != '"')
+            return false;
+        for (;;) {
+            char c = *p++;
+            if (c == '\0' || c == '\n')
+                return false;
+            if (c == '"')
+                break;
+            if (c == '\\') {
+                c = *p++;
+                if (c != '\\' && c != '"' && c != 'n')
+                    return false;
+            }
+        }
+        if (*p == '\0')
+            return true;
+        if (*p++ != ',')
+            return false;
+    }
+}
+
+/* Registration may happen on any thread (the gateway registers per-route
+ * series when a config is installed); it is serialised by m->mu and a new
+ * series is fully written before nseries makes it visible to scrapers. */
+static int add_series_locked(weft_metrics *m, const char *name, const char *help,
+                             const char *labels, int type, uint32_t nslots, const double *bounds,
+                             uint32_t nbounds, weft_metric *id);
+
+static int add_series(weft_metrics *m, const char *name, const char *help, const char *labels,
+                      int type, uint32_t nslots, const double *bounds, uint32_t nbounds,
+                      weft_metric *id)
+{
+    pthread_mutex_lock(&m->mu);
+    int rc = add_series_locked(m, name, help, labels, type, nslots, bounds, nbounds, id);
+    pthread_mutex_unlock(&m->mu);
+    return rc;
+}
+
+static int add_series_locked(weft_metrics *m, const char *name, const char *help,
+                             const char *labels, int type, uint32_t nslots, const double *bounds,
+                             uint32_t nbounds, weft_metric *id)
+{
+    if (!valid_name(name) || !help || (labels && *labels && !valid_labels(labels)))
         return WEFT_EINVAL;
     for (uint32_t i = 0; i < m->nseries; i++) {
         series *s = &m->s[i];
@@ -146,9 +203,21 @@ static int add_series(weft_metrics *m, const char *name, const char *help, const
     }
     s->type = type;
     s->slot = m->nslots;
+    if (nbounds) {
+        s->bounds = malloc(nbounds * sizeof(double));
+        if (!s->bounds) {
+            free(s->name);
+            free(s->help);
+            free(s->labels);
+            return WEFT_ENOMEM;
+        }
+        memcpy(s->bounds, bounds, nbounds * sizeof(double));
+        s->nbounds = nbounds;
+    }
     m->nslots += nslots;
     if (id)
         *id = m->nseries;
+    atomic_thread_fence(memory_order_release);
     m->nseries++;
     return 0;
 }
@@ -156,14 +225,14 @@ static int add_series(weft_metrics *m, const char *name, const char *help, const
 int weft_metrics_counter(weft_metrics *m, const char *name, const char *help,
                          const char *labels, weft_metric *id)
 {
-    int rc = add_series(m, name, help, labels, WEFT_COUNTER, 1, id);
+    int rc = add_series(m, name, help, labels, WEFT_COUNTER, 1, NULL, 0, id);
     return rc > 0 ? 0 : rc;
 }
 
 int weft_metrics_gauge(weft_metrics *m, const char *name, const char *help,
                        const char *labels, weft_metric *id)
 {
-    int rc = add_series(m, name, help, labels, WEFT_GAUGE, 1, id);
+    int rc = add_series(m, name, help, labels, WEFT_GAUGE, 1, NULL, 0, id);
     return rc > 0 ? 0 : rc;
 }
 
@@ -171,35 +240,32 @@ int weft_metrics_gauge_fn(weft_metrics *m, const char *name, const char *help,
                           const char *labels, double (*fn)(void *arg), void *arg)
 {
     weft_metric id;
-    int rc = add_series(m, name, help, labels, WEFT_GAUGE, 1, &id);
-    if (rc < 0)
-        return rc;
-    m->s[id].fn = fn;
-    m->s[id].fn_arg = arg;
-    return 0;
+    pthread_mutex_lock(&m->mu);
+    int rc = add_series_locked(m, name, help, labels, WEFT_GAUGE, 1, NULL, 0, &id);
+    if (rc >= 0) {
+        m->s[id].fn = fn;
+        m->s[id].fn_arg = arg;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return rc < 0 ? rc : 0;
 }
 
 int weft_metrics_histogram(weft_metrics *m, const char *name, const char *help,
                            const char *labels, const double *bounds, size_t nbounds,
                            weft_metric *id)
 {
-    if (nbounds == 0 || nbounds > 64)
+    if (!bounds || nbounds == 0 || nbounds > 64)
         return WEFT_EINVAL;
-    for (size_t i = 1; i < nbounds; i++)
-        if (!(bounds[i] > bounds[i - 1]))
+    /* +Inf is the implicit last bucket; an explicit one would render twice,
+     * and NaN cannot be ordered */
+    for (size_t i = 0; i < nbounds; i++)
+        if (!isfinite(bounds[i]) || (i > 0 && !(bounds[i] > bounds[i - 1])))
             return WEFT_EINVAL;
     weft_metric sid;
-    int rc = add_series(m, name, help, labels, WEFT_HISTOGRAM, (uint32_t)nbounds + 3, &sid);
+    int rc = add_series(m, name, help, labels, WEFT_HISTOGRAM, (uint32_t)nbounds + 3, bounds,
+                        (uint32_t)nbounds, &sid);
     if (rc < 0)
         return rc;
-    if (rc == 0) {
-        series *s = &m->s[sid];
-        s->bounds = malloc(nbounds * sizeof(double));
-        if (!s->bounds)
-            return WEFT_ENOMEM;
-        memcpy(s->bounds, bounds, nbounds * sizeof(double));
-        s->nbounds = (uint32_t)nbounds;
-    }
     if (id)
         *id = sid;
     return 0;
@@ -278,19 +344,25 @@ double weft_metric_value(weft_metrics *m, weft_metric id)
     return (double)sum_slot(m, s->slot);
 }
 
+/* Format straight into the output buffer: measure, reserve, format. Lines
+ * have no length limit (long label sets), and a line is never cut short. */
 static int appendf(weft_buf *out, const char *fmt, ...) WEFT_PRINTF(2, 3);
 static int appendf(weft_buf *out, const char *fmt, ...)
 {
-    char tmp[1024];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
     if (n < 0)
         return WEFT_EINVAL;
-    if ((size_t)n >= sizeof tmp)
-        n = sizeof tmp - 1;
-    return weft_buf_append(out, tmp, (size_t)n);
+    int rc = weft_buf_reserve(out, (size_t)n + 1); /* + vsnprintf's NUL */
+    if (rc < 0)
+        return rc;
+    va_start(ap, fmt);
+    vsnprintf(weft_buf_wptr(out), (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    weft_buf_commit(out, (size_t)n);
+    return 0;
 }
 
 static void fmt_double(char *b, size_t n, double v)
@@ -299,7 +371,7 @@ static void fmt_double(char *b, size_t n, double v)
         snprintf(b, n, v > 0 ? "+Inf" : "-Inf");
     else if (isnan(v))
         snprintf(b, n, "NaN");
-    else if (v == (double)(int64_t)v && fabs(v) < 1e15)
+    else if (fabs(v) < 1e15 && v == (double)(int64_t)v) /* range first: the cast is UB beyond int64 */
         snprintf(b, n, "%lld", (long long)v);
     else {
         /* shortest text that reads back as the same double */
@@ -311,18 +383,22 @@ static void fmt_double(char *b, size_t n, double v)
     }
 }
 
-static void help_escape(char *dst, size_t n, const char *src)
+/* HELP text escaped (\\ and \n) straight into out, however long. */
+static int append_help(weft_buf *out, const char *src)
 {
-    size_t j = 0;
-    for (; *src && j + 2 < n; src++) {
-        if (*src == '\\' || *src == '\n') {
-            dst[j++] = '\\';
-            dst[j++] = *src == '\n' ? 'n' : '\\';
-        } else {
-            dst[j++] = *src;
-        }
+    int rc = 0;
+    const char *run = src;
+    for (; *src && rc == 0; src++) {
+        if (*src != '\\' && *src != '\n')
+            continue;
+        rc = weft_buf_append(out, run, (size_t)(src - run));
+        if (rc == 0)
+            rc = weft_buf_append(out, *src == '\n' ? "\\n" : "\\\\", 2);
+        run = src + 1;
     }
-    dst[j] = '\0';
+    if (rc == 0)
+        rc = weft_buf_append(out, run, (size_t)(src - run));
+    return rc;
 }
 
 static int render_series(weft_metrics *m, const series *s, weft_buf *out)
@@ -412,7 +488,6 @@ static int render_process(weft_metrics *m, weft_buf *out)
 int weft_metrics_render(weft_metrics *m, weft_buf *out)
 {
     int rc = 0;
-    char help[512];
     for (uint32_t i = 0; i < m->nseries && rc == 0; i++) {
         const series *s = &m->s[i];
         bool first = true;
@@ -424,8 +499,11 @@ int weft_metrics_render(weft_metrics *m, weft_buf *out)
         if (!first)
             continue;
         static const char *const tnames[] = {"", "counter", "gauge", "histogram"};
-        help_escape(help, sizeof help, s->help);
-        rc = appendf(out, "# HELP %s %s\n# TYPE %s %s\n", s->name, help, s->name, tnames[s->type]);
+        rc = appendf(out, "# HELP %s ", s->name);
+        if (rc == 0)
+            rc = append_help(out, s->help);
+        if (rc == 0)
+            rc = appendf(out, "\n# TYPE %s %s\n", s->name, tnames[s->type]);
         for (uint32_t j = i; j < m->nseries && rc == 0; j++)
             if (strcmp(m->s[j].name, s->name) == 0)
                 rc = render_series(m, &m->s[j], out);

@@ -8,6 +8,11 @@
  * the single synchronised path. Drain is cooperative — the component's
  * drain hook decides when its in-flight work is done and stops its loop —
  * with a hard deadline enforced from the main thread.
+ *
+ * weft_rt_shutdown() is a SIGTERM to the main thread, accepted from the
+ * moment the signals are blocked (so a request made during start-up is
+ * pending, not lost). On return the caller's signal mask is restored after
+ * any stray pending SIGTERM/SIGINT/SIGHUP has been consumed.
  */
 #include "core_int.h"
 #include "weft/log.h"
@@ -15,6 +20,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -32,6 +38,11 @@ typedef struct worker {
 
 static pthread_t rt_main_thread;
 static atomic_bool rt_running;
+/* weft_rt_shutdown calls between their rt_running check and pthread_kill:
+ * weft_rt_run waits for these before draining pending signals, so no
+ * SIGTERM can land after the drain and kill the process once the caller's
+ * mask is restored. */
+static atomic_int rt_kills_inflight;
 
 int weft_cpu_count(void)
 {
@@ -71,8 +82,19 @@ static void drain_post(weft_loop *loop, void *arg)
 
 void weft_rt_shutdown(void)
 {
+    atomic_fetch_add(&rt_kills_inflight, 1);
     if (atomic_load(&rt_running))
         pthread_kill(rt_main_thread, SIGTERM);
+    atomic_fetch_sub(&rt_kills_inflight, 1);
+}
+
+/* Consume SIGTERM/SIGINT/SIGHUP pending for this thread or the process
+ * (they are blocked here), so none is acted on after weft_rt_run returns. */
+static void drain_pending_signals(const sigset_t *set)
+{
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(set, NULL, &zero) > 0) {
+    }
 }
 
 static bool all_exited(worker *ws, int n)
@@ -86,21 +108,28 @@ static bool all_exited(worker *ws, int n)
 int weft_rt_run(int nworkers, const weft_rt_hooks *hooks, int drain_timeout_ms)
 {
     int rc = 0;
-    sigset_t set;
+    sigset_t set, old_mask;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    pthread_sigmask(SIG_BLOCK, &set, &old_mask);
     signal(SIGPIPE, SIG_IGN);
+    /* Accept weft_rt_shutdown() from here on: the signal is blocked, so a
+     * request made while workers start (even from a start hook) stays
+     * pending and is picked up by sigwaitinfo below, exactly as a SIGTERM
+     * from outside would be. */
     rt_main_thread = pthread_self();
+    atomic_store(&rt_running, true);
 
     if (nworkers < 1)
         nworkers = 1;
-    worker *ws = calloc((size_t)nworkers, sizeof *ws);
-    if (!ws)
-        return WEFT_ENOMEM;
     int started = 0;
+    worker *ws = calloc((size_t)nworkers, sizeof *ws);
+    if (!ws) {
+        rc = WEFT_ENOMEM;
+        goto restore_signals;
+    }
     for (int i = 0; i < nworkers; i++) {
         ws[i].hooks = hooks;
         ws[i].index = i;
@@ -133,7 +162,6 @@ int weft_rt_run(int nworkers, const weft_rt_hooks *hooks, int drain_timeout_ms)
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
-    atomic_store(&rt_running, true);
 
     for (;;) {
         siginfo_t si;
@@ -154,11 +182,16 @@ int weft_rt_run(int nworkers, const weft_rt_hooks *hooks, int drain_timeout_ms)
                  WEFT_KV_INT("timeout_ms", drain_timeout_ms));
         break;
     }
-    atomic_store(&rt_running, false);
 
 stop_workers:
+    /* On a start failure, a shutdown request made meanwhile is moot. */
+    if (rc < 0)
+        drain_pending_signals(&set);
+    /* Drain every worker that has not failed its start, including one still
+     * in its start hook: the post waits in its queue until its loop runs,
+     * so a start failure elsewhere does not cost the whole drain timeout. */
     for (int i = 0; i < started; i++)
-        if (atomic_load(&ws[i].state) == 1)
+        if (atomic_load(&ws[i].state) != 2)
             weft_loop_post(ws[i].loop, drain_post, (void *)hooks);
     {
         uint64_t deadline = weft_now_us() + (uint64_t)drain_timeout_ms * 1000u;
@@ -185,5 +218,15 @@ stop_workers:
         weft_loop_free(ws[i].loop);
     }
     free(ws);
+
+restore_signals:
+    /* No new shutdown requests; wait out any caught mid-flight, drop stray
+     * SIGTERM/SIGINT/SIGHUP (a repeated shutdown request must not kill the
+     * process once the caller's mask is back), then restore that mask. */
+    atomic_store(&rt_running, false);
+    while (atomic_load(&rt_kills_inflight) > 0)
+        sched_yield();
+    drain_pending_signals(&set);
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     return rc;
 }

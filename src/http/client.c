@@ -101,6 +101,7 @@ struct weft_http_creq {
     bool in_cb;
     bool canceled;
     bool finishing; /* on_done running */
+    bool paused;    /* response body reading held back by the caller */
     int body_kind;
     uint64_t body_left;
     weft_chunked chunked;
@@ -497,7 +498,7 @@ static bool conn_flush(conn *cn)
         req_conn_lost(q, n < 0 && errno == ETIMEDOUT ? WEFT_ETIMEDOUT : WEFT_ERESET);
         return false;
     }
-    unsigned want = WEFT_IO_READ;
+    unsigned want = q->paused ? 0 : WEFT_IO_READ;
     if (q->out_off < q->out_len)
         want |= WEFT_IO_WRITE;
     int rc = weft_io_start(q->c->loop, &cn->io, want);
@@ -632,7 +633,7 @@ static bool process_body(conn *cn)
     weft_http_creq *q = cn->q;
     for (;;) {
         size_t used = weft_buf_used(&cn->in);
-        if (used == 0)
+        if (used == 0 || q->paused)
             return true;
         const char *p = weft_buf_rptr(&cn->in);
         switch (q->body_kind) {
@@ -775,7 +776,7 @@ static void conn_io_cb(weft_loop *loop, weft_io *io, unsigned events)
         if (!conn_flush(cn))
             return;
     }
-    if (events & (WEFT_IO_READ | WEFT_IO_HUP | WEFT_IO_ERROR))
+    if ((events & (WEFT_IO_READ | WEFT_IO_HUP | WEFT_IO_ERROR)) && !q->paused)
         conn_read(cn);
 }
 
@@ -897,6 +898,16 @@ static int build_request(weft_http_creq *q, const weft_http_creq_opts *o)
                  weft_str_ieq(name, WEFT_STR("Transfer-Encoding")))
             return WEFT_EINVAL;
     }
+    /* A Host line in the raw block counts (cheap scan of line starts). */
+    for (size_t i = 0; !have_host && i + 5 <= o->raw_headers.n;) {
+        if ((i == 0 || o->raw_headers.p[i - 1] == '\n') &&
+            weft_str_ieq((weft_str){o->raw_headers.p + i, 5}, WEFT_STR("Host:")))
+            have_host = true;
+        const char *nl = memchr(o->raw_headers.p + i, '\n', o->raw_headers.n - i);
+        if (!nl)
+            break;
+        i = (size_t)(nl - o->raw_headers.p) + 1;
+    }
 
     weft_buf b;
     weft_buf_init(&b, SIZE_MAX / 2);
@@ -921,6 +932,8 @@ static int build_request(weft_http_creq *q, const weft_http_creq_opts *o)
     for (const char *const *h = o->headers; h && *h; h++)
         if ((rc = append_s(&b, *h)) < 0 || (rc = append_s(&b, "\r\n")) < 0)
             goto fail;
+    if (o->raw_headers.n && (rc = weft_buf_append(&b, o->raw_headers.p, o->raw_headers.n)) < 0)
+        goto fail;
     if (o->body_len || q->method == WEFT_METHOD_POST || q->method == WEFT_METHOD_PUT ||
         q->method == WEFT_METHOD_PATCH) {
         snprintf(tmp, sizeof tmp, "Content-Length: %zu\r\n", o->body_len);
@@ -989,6 +1002,29 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
 fail_free:
     req_free(q);
     return rc;
+}
+
+void weft_http_creq_pause(weft_http_creq *q, bool paused)
+{
+    if (!q || q->canceled || q->paused == paused)
+        return;
+    q->paused = paused;
+    conn *cn = q->cn;
+    if (!cn || cn->state != CN_ACTIVE)
+        return;
+    unsigned want = paused ? 0 : WEFT_IO_READ;
+    if (q->out_off < q->out_len)
+        want |= WEFT_IO_WRITE;
+    if (weft_io_start(q->c->loop, &cn->io, want) < 0)
+        return;
+    if (paused) {
+        weft_timer_stop(q->c->loop, &q->timer); /* our own choice, not the upstream's stall */
+    } else {
+        arm_timer(q, q->timeout_ms);
+        /* bytes already buffered produce no readiness event: deliver them now */
+        if (q->phase == Q_BODY && weft_buf_used(&cn->in) && !q->in_cb)
+            process_body(cn);
+    }
 }
 
 void weft_http_creq_cancel(weft_http_creq *q)

@@ -23,6 +23,10 @@
  */
 #include "http/codec.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 /* ---- character classes ---- */
 
 enum {
@@ -261,10 +265,34 @@ static int fail(ctx *c, int status, const char *why)
     return WEFT_EPROTO;
 }
 
-/* Advance i over bytes that need no attention (none of `mask`), up to stop. */
+/*
+ * Advance i over bytes that need no attention (none of `mask`), up to stop.
+ * Sixteen bytes at a time with SSE2 where available (every x86-64), else
+ * eight at a time in a register; candidates (CTLs incl. CR/LF, DEL, and
+ * bytes >= 0x80 on the request line) are then confirmed with the table,
+ * since HTAB and obs-text are fine in field lines.
+ */
 static size_t skip_plain(const unsigned char *b, size_t i, size_t stop, uint8_t mask)
 {
     const bool rl = mask == C_RLSP;
+#if defined(__SSE2__)
+    const __m128i c1f = _mm_set1_epi8(0x1f), c7f = _mm_set1_epi8(0x7f);
+    const unsigned himask = rl ? 0xffffu : 0;
+    while (stop - i >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
+        __m128i ctl = _mm_cmpeq_epi8(_mm_max_epu8(v, c1f), c1f); /* v <= 0x1f */
+        __m128i del = _mm_cmpeq_epi8(v, c7f);
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(ctl, del)) |
+                     ((unsigned)_mm_movemask_epi8(v) & himask);
+        while (m) {
+            size_t j = i + (size_t)__builtin_ctz(m);
+            if (ctab[b[j]] & mask)
+                return j;
+            m &= m - 1;
+        }
+        i += 16;
+    }
+#endif
     for (;;) {
         while (stop - i >= 8) {
             uint64_t x;
@@ -423,19 +451,18 @@ static int parse_field_line(ctx *c, size_t s, size_t e, uint32_t k)
         return fail(c, 400, "obsolete line folding");
     if (k >= c->max_hdr)
         return fail(c, 431, "too many header fields");
-    const char *colon = memchr(b, ':', n);
-    if (!colon)
-        return fail(c, 400, "header line without colon");
-    size_t nl = (size_t)(colon - b);
+    /* One pass finds the colon and validates the name. */
+    size_t nl = 0;
+    while (nl < n && IS(b[nl], C_TCHAR))
+        nl++;
+    if (nl == n || b[nl] != ':')
+        return fail(c, 400, !memchr(b + nl, ':', n - nl) ? "header line without colon"
+                            : IS_WS(b[nl])                ? "whitespace before colon"
+                                                          : "invalid character in header name");
     if (nl == 0)
         return fail(c, 400, "empty header name");
-    for (size_t i = 0; i < nl; i++) {
-        if (!IS(b[i], C_TCHAR))
-            return fail(c, 400, IS_WS(b[i]) ? "whitespace before colon"
-                                            : "invalid character in header name");
-    }
     c->h->headers[k].name = (weft_str){b, nl};
-    c->h->headers[k].value = trim_ows(colon + 1, n - nl - 1);
+    c->h->headers[k].value = trim_ows(b + nl + 1, n - nl - 1);
     return 0;
 }
 
@@ -560,6 +587,15 @@ typedef struct conn_info {
 static void parse_connection(weft_str v, conn_info *ci)
 {
     size_t i = 0;
+    /* The usual single-token values, without splitting. */
+    if (IEQ(v.p, v.n, "keep-alive")) {
+        ci->keep_alive = true;
+        return;
+    }
+    if (IEQ(v.p, v.n, "close")) {
+        ci->close = true;
+        return;
+    }
     while (i < v.n) {
         while (i < v.n && (IS_WS(v.p[i]) || v.p[i] == ','))
             i++;

@@ -929,6 +929,18 @@ int weft_http_resp_end(weft_http_req *r)
     return resp_complete(r);
 }
 
+void weft_http_resp_abort(weft_http_req *r)
+{
+    conn *c = r->c;
+    if (!c || r->resp_done)
+        return;
+    c->keep_alive = false;
+    r->resp_done = true;
+    r->on_abort = NULL; /* the caller is the one giving up: no callback */
+    count_response(c, r);
+    conn_close(c);
+}
+
 /* ------------------------------------------------------------------ */
 /* connection lifecycle                                                 */
 

@@ -37,7 +37,7 @@ class _Factory:
         return p
 
     def __call__(self, *args, config=None, workers=2, listen="127.0.0.1:0",
-                 expect_listen_line=True, port=None, json_log=False):
+                 expect_listen_line=True, port=None, json_log=False, extra_env=None):
         argv = []
         if config is not None:
             argv += ["-c", self.write_config(config)]
@@ -47,7 +47,7 @@ class _Factory:
             argv += ["--workers", str(workers)]
         argv += list(args)
         w = weftutil.Weft(argv, self.tmpdir, expect_listen_line=expect_listen_line, port=port,
-                          json_log=json_log)
+                          json_log=json_log, extra_env=extra_env)
         self.started.append(w)
         return w
 

@@ -50,14 +50,15 @@ def free_port():
 class Weft:
     """A running `weft hello` process."""
 
-    def __init__(self, args, workdir, expect_listen_line=True, port=None, json_log=False):
+    def __init__(self, args, workdir, expect_listen_line=True, port=None, json_log=False,
+                 extra_env=None):
         self.args = list(args)
         self.workdir = Path(workdir)
         self.stderr_path = self.workdir / f"weft-stderr-{os.getpid()}-{id(self)}.log"
         self._errf = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([WEFT_BIN, "hello", *self.args], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self._errf,
-                                     env=sanitizer_env())
+                                     env={**sanitizer_env(), **(extra_env or {})})
         self.pid = self.proc.pid
         self.host = "127.0.0.1"
         self.port = port
@@ -226,6 +227,7 @@ class Reader:
         self.sock = sock
         self.buf = bytearray()
         self.eof = False
+        self.last_head = None
 
     def _fill(self):
         if self.eof:
@@ -266,6 +268,7 @@ class Reader:
 
     def read_head(self):
         raw = self.read_until(b"\r\n\r\n")
+        self.last_head = raw
         lines = raw[:-4].split(b"\r\n")
         sl = lines[0].decode("latin-1")
         parts = sl.split(" ", 2)

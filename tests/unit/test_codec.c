@@ -374,6 +374,7 @@ static const resp_case resp_cases[] = {
     {"resp_two_spaces", S("HTTP/1.1  200 OK\r\n\r\n"), GET, WEFT_EPROTO, 502, 0, 0, 0},
     {"resp_cl_and_te", S("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), GET, WEFT_EPROTO, 502, 0, 0, 0},
     {"resp_cl_and_te_head", S("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), WEFT_METHOD_HEAD, WEFT_EPROTO, 502, 0, 0, 0},
+    {"resp_te_malformed", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: gz ip\r\n\r\n"), GET, WEFT_EPROTO, 502, 0, 0, 0},
     {"resp_chunked_twice", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"), GET, WEFT_EPROTO, 502, 0, 0, 0},
     {"resp_te_empty", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\n"), GET, WEFT_EPROTO, 502, 0, 0, 0},
     {"resp_cl_bad", S("HTTP/1.1 200 OK\r\nContent-Length: 1a\r\n\r\n"), GET, WEFT_EPROTO, 502, 0, 0, 0},
@@ -461,6 +462,16 @@ static const ck_case ck_cases[] = {
     {"ck_trailer_bare_lf", S("0\r\nX: a\n\r\n"), CK_OUT_ERROR, NULL, 0},
     {"ck_final_bare_lf", S("0\r\n\n"), CK_OUT_ERROR, NULL, 0},
     {"ck_final_bare_cr", S("0\r\n\rx"), CK_OUT_ERROR, NULL, 0},
+    {"ck_ext_name_then_semi", S("1;a;b\r\nx\r\n0\r\n\r\n"), CK_OUT_DONE, "x", 0},
+    {"ck_ext_name_ws_then_semi", S("1;a ;b\r\nx\r\n0\r\n\r\n"), CK_OUT_DONE, "x", 0},
+    {"ck_ext_quoted_then_semi", S("1;a=\"x\";b\r\nx\r\n0\r\n\r\n"), CK_OUT_DONE, "x", 0},
+    {"ck_ext_quoted_ws_semi", S("1;a=\"x\" ;b\r\nx\r\n0\r\n\r\n"), CK_OUT_DONE, "x", 0},
+    {"ck_ext_quoted_ws_cr", S("1;a=\"x\" \r\nx\r\n0\r\n\r\n"), CK_OUT_ERROR, NULL, 0},
+    {"ck_ext_after_quote_junk", S("1;a=\"x\"y\r\nx\r\n"), CK_OUT_ERROR, NULL, 0},
+    {"ck_ext_quoted_pair_ctl", S("1;a=\"\\\x01\"\r\nx\r\n"), CK_OUT_ERROR, NULL, 0},
+    {"ck_ext_quoted_obs_text", S("1;a=\"\xe9\\\xff\"\r\nx\r\n0\r\n\r\n"), CK_OUT_DONE, "x", 0},
+    {"ck_trailer_bare_cr", S("0\r\nX: a\rb\r\n\r\n"), CK_OUT_ERROR, NULL, 0},
+    {"ck_trailer_many", S("0\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"), CK_OUT_DONE, "", 0},
 };
 
 typedef struct ck_result {

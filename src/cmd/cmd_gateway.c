@@ -1,0 +1,331 @@
+/*
+ * cmd_gateway.c — `weft gateway`: the API gateway and sidecar proxy.
+ *
+ * Two HTTP servers share the worker loops: the proxy listener(s) on every
+ * worker, and the admin listener on worker 0 only. Configuration reload
+ * (SIGHUP or POST /admin/reload) parses and validates the whole file first;
+ * an invalid file is rejected with its file:line:column error and the old
+ * configuration keeps serving. A valid one is installed on every worker
+ * through the loop's post queue, and requests already in flight finish on
+ * the configuration they started with.
+ */
+#include "cli.h"
+
+#include "gateway/gwrt.h"
+#include "weft/log.h"
+#include "weft/metrics.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+const char weft_help_gateway[] =
+    "usage: weft gateway -c FILE [--listen HOST:PORT]... [--admin HOST:PORT]\n"
+    "                    [--workers N] [--log-level LEVEL] [--log-format text|json]\n"
+    "\n"
+    "API gateway and sidecar proxy: routing, load balancing, health checks,\n"
+    "outlier detection, circuit breakers, retries with budgets, timeouts.\n"
+    "\n"
+    "  -c FILE              gateway YAML (see docs/gateway.md, examples/gateway.yaml)\n"
+    "  --listen HOST:PORT   proxy listener (repeatable; default from file, else 127.0.0.1:8080)\n"
+    "  --admin HOST:PORT    admin API (default from file 'admin', else 127.0.0.1:9901)\n"
+    "  --workers N          worker threads (default: CPU count)\n"
+    "  --log-level LEVEL    debug, info, warn, error or off\n"
+    "  --log-format FMT     text or json\n"
+    "\n"
+    "Admin API: GET /admin/config, GET /admin/clusters, POST /admin/reload,\n"
+    "GET /metrics, /health, /ready.\n"
+    "SIGHUP reloads the config; SIGTERM/SIGINT drain gracefully.\n";
+
+static gw_runtime *g_rt;
+static weft_http_server *g_srv, *g_admin;
+static const char *g_config_path;
+static atomic_bool g_draining;
+
+/* Parse the whole file again: the common keys are only marked as read (they
+ * cannot change without a restart), the gateway keys are validated, and
+ * unknown keys are errors — exactly as at start-up. */
+static int load_config(const char *path, gw_config **out, char *errbuf, size_t errlen)
+{
+    weft_conf *doc;
+    weft_conf_err err;
+    int rc = weft_conf_load_file(path, &doc, &err);
+    if (rc < 0) {
+        snprintf(errbuf, errlen, "%s", err.msg);
+        return WEFT_ECONFIG;
+    }
+    const weft_conf_node *root = weft_conf_root(doc);
+    static const char *const common[] = {"listen", "admin", "workers", "log", "http"};
+    for (size_t i = 0; i < sizeof common / sizeof common[0]; i++) {
+        const weft_conf_node *n = weft_conf_get(root, common[i]);
+        if (n && weft_conf_kind(n) == WEFT_CONF_MAP)
+            for (size_t j = 0; j < weft_conf_map_len(n); j++) {
+                const char *k;
+                weft_conf_map_at(n, j, &k);
+            }
+    }
+    rc = gw_config_from_conf(path, root, out, &err);
+    if (rc == 0 && weft_conf_check_unused(root, &err) < 0) {
+        gw_config_unref(*out);
+        *out = NULL;
+        rc = WEFT_ECONFIG;
+    }
+    if (rc < 0)
+        snprintf(errbuf, errlen, "%s", err.msg);
+    weft_conf_free(doc);
+    return rc;
+}
+
+static int do_reload(char *errbuf, size_t errlen)
+{
+    gw_config *cfg = NULL;
+    int rc = load_config(g_config_path, &cfg, errbuf, errlen);
+    if (rc < 0) {
+        g_rt->reload_failures++;
+        weft_log(WEFT_LOG_ERROR, "reload rejected; old config keeps serving",
+                 WEFT_KV_STR("error", errbuf));
+        return rc;
+    }
+    gw_runtime_install(g_rt, cfg);
+    weft_log(WEFT_LOG_INFO, "config reloaded", WEFT_KV_STR("file", g_config_path),
+             WEFT_KV_UINT("routes", cfg->nroutes), WEFT_KV_UINT("clusters", cfg->nclusters));
+    return 0;
+}
+
+static void on_sighup(void *arg)
+{
+    (void)arg;
+    char err[600];
+    do_reload(err, sizeof err);
+}
+
+/* ---- admin handlers ---- */
+
+static const weft_str JSON = {"application/json", 16};
+
+static void a_config(weft_http_req *r, void *ud)
+{
+    (void)ud;
+    gw_config *c = gw_runtime_config(g_rt);
+    FILE *f = fopen(c->path, "r");
+    char *buf = NULL;
+    size_t n = 0;
+    if (f) {
+        struct stat st;
+        if (fstat(fileno(f), &st) == 0 && st.st_size < (16 << 20)) {
+            buf = malloc((size_t)st.st_size + 1);
+            if (buf)
+                n = fread(buf, 1, (size_t)st.st_size, f);
+        }
+        fclose(f);
+    }
+    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:s%}", "file", c->path, "routes",
+                          (json_int_t)c->nroutes, "clusters", (json_int_t)c->nclusters,
+                          "reloads", (json_int_t)g_rt->reloads, "yaml", buf ? buf : "",
+                          buf ? n : (size_t)0);
+    char *s = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
+    if (s)
+        weft_http_respond(r, 200, JSON, s, strlen(s));
+    else
+        weft_http_respond_error(r, 500, "cannot render config");
+    free(s);
+    json_decref(o);
+    free(buf);
+    gw_config_unref(c);
+}
+
+static void a_clusters(weft_http_req *r, void *ud)
+{
+    (void)ud;
+    gw_worker *w = g_rt->workers[weft_loop_index(weft_http_req_loop(r))];
+    char *s = w ? gw_clusters_json(w) : NULL;
+    if (!s) {
+        weft_http_respond_error(r, 500, "no worker state");
+        return;
+    }
+    weft_http_respond(r, 200, JSON, s, strlen(s));
+    free(s);
+}
+
+static void a_reload(weft_http_req *r, void *ud)
+{
+    (void)ud;
+    char err[600];
+    if (do_reload(err, sizeof err) < 0) {
+        json_t *o = json_pack("{s:s, s:s}", "status", "rejected", "error", err);
+        char *s = json_dumps(o, JSON_COMPACT);
+        weft_http_respond(r, 400, JSON, s, strlen(s));
+        free(s);
+        json_decref(o);
+        return;
+    }
+    static const char ok[] = "{\"status\":\"reloaded\"}";
+    weft_http_respond(r, 200, JSON, ok, sizeof ok - 1);
+}
+
+static void a_metrics(weft_http_req *r, void *ud)
+{
+    (void)ud;
+    weft_buf b;
+    weft_buf_init(&b, 64u << 20);
+    if (weft_metrics_render(weft_metrics_global(), &b) < 0) {
+        weft_buf_release(&b);
+        weft_http_respond_error(r, 500, "metrics rendering failed");
+        return;
+    }
+    weft_http_respond(r, 200, WEFT_STR("text/plain; version=0.0.4; charset=utf-8"),
+                      weft_buf_rptr(&b), weft_buf_used(&b));
+    weft_buf_release(&b);
+}
+
+static void a_health(weft_http_req *r, void *ud)
+{
+    (void)ud;
+    static const char body[] = "{\"status\":\"UP\"}";
+    weft_http_respond(r, 200, JSON, body, sizeof body - 1);
+}
+
+static void a_ready(weft_http_req *r, void *ud)
+{
+    (void)ud;
+    if (atomic_load(&g_draining)) {
+        static const char body[] = "{\"ready\":false,\"reason\":\"draining\"}";
+        weft_http_respond(r, 503, JSON, body, sizeof body - 1);
+        return;
+    }
+    static const char body[] = "{\"ready\":true}";
+    weft_http_respond(r, 200, JSON, body, sizeof body - 1);
+}
+
+/* ---- runtime hooks ---- */
+
+static int w_start(weft_loop *loop, void *arg)
+{
+    (void)arg;
+    weft_metrics_attach(weft_metrics_global(), weft_loop_index(loop));
+    int rc = gw_worker_start(g_rt, loop);
+    if (rc == 0)
+        rc = weft_http_server_start_worker(g_srv, loop);
+    if (rc == 0 && weft_loop_index(loop) == 0)
+        rc = weft_http_server_start_worker(g_admin, loop);
+    return rc;
+}
+
+static void w_drain(weft_loop *loop, void *arg)
+{
+    (void)arg;
+    atomic_store(&g_draining, true);
+    weft_http_server_drain(g_srv, loop);
+}
+
+static void w_stop(weft_loop *loop, void *arg)
+{
+    (void)arg;
+    weft_http_server_stop_worker(g_srv, loop);
+    if (weft_loop_index(loop) == 0)
+        weft_http_server_stop_worker(g_admin, loop);
+    gw_worker_stop(g_rt, loop);
+}
+
+int weft_cmd_gateway(int argc, char **argv)
+{
+    static const char *const extra[] = {"--admin", NULL};
+    weft_cli cli;
+    int rc = weft_cli_parse(&cli, "gateway", argc, argv, extra, weft_help_gateway);
+    if (rc != 0)
+        return rc > 0 ? 0 : 2;
+    if (!cli.config_path) {
+        fprintf(stderr, "weft gateway: a config file is required (-c FILE); see 'weft help "
+                        "gateway'\n");
+        return 2;
+    }
+    g_config_path = cli.config_path;
+    if (weft_cli_load_common(&cli) < 0) {
+        weft_cli_release(&cli);
+        return 2;
+    }
+    const char *admin = weft_cli_extra(&cli, "--admin");
+    weft_conf_err err;
+    const char *admin_file = NULL;
+    if (weft_conf_string(weft_conf_root(cli.conf), "admin", &admin_file, &err) < 0) {
+        fprintf(stderr, "weft gateway: %s\n", err.msg);
+        weft_cli_release(&cli);
+        return 2;
+    }
+    if (!admin)
+        admin = admin_file ? admin_file : "127.0.0.1:9901";
+    gw_config *cfg = NULL;
+    if (gw_config_from_conf(cli.config_path, weft_conf_root(cli.conf), &cfg, &err) < 0) {
+        fprintf(stderr, "weft gateway: %s\n", err.msg);
+        weft_cli_release(&cli);
+        return 2;
+    }
+    if (weft_cli_finish(&cli) < 0) {
+        gw_config_unref(cfg);
+        weft_cli_release(&cli);
+        return 2;
+    }
+    g_srv = weft_http_server_new(&cli.http);
+    weft_http_server_opts aopts;
+    weft_http_server_opts_default(&aopts);
+    g_admin = weft_http_server_new(&aopts);
+    g_rt = gw_runtime_new(cfg, g_srv, cli.workers);
+    if (!g_srv || !g_admin || !g_rt) {
+        rc = 1;
+        goto out;
+    }
+    weft_http_server_fallback(g_srv, 0, gw_handle, g_rt);
+    const unsigned GET = WEFT_M(WEFT_METHOD_GET);
+    weft_http_server_route(g_admin, GET, "/admin/config", 0, a_config, NULL);
+    weft_http_server_route(g_admin, GET, "/admin/clusters", 0, a_clusters, NULL);
+    weft_http_server_route(g_admin, WEFT_M(WEFT_METHOD_POST), "/admin/reload", 0, a_reload, NULL);
+    weft_http_server_route(g_admin, GET, "/metrics", 0, a_metrics, NULL);
+    weft_http_server_route(g_admin, GET, "/health", 0, a_health, NULL);
+    weft_http_server_route(g_admin, GET, "/ready", 0, a_ready, NULL);
+    if (cli.nlisten == 0)
+        cli.listen[cli.nlisten++] = "127.0.0.1:8080";
+    for (int i = 0; i < cli.nlisten; i++) {
+        if (weft_http_server_listen(g_srv, cli.listen[i]) < 0) {
+            fprintf(stderr, "weft gateway: bad listen address '%s'\n", cli.listen[i]);
+            rc = 2;
+            goto out;
+        }
+    }
+    if (weft_http_server_listen(g_admin, admin) < 0) {
+        fprintf(stderr, "weft gateway: bad admin address '%s'\n", admin);
+        rc = 2;
+        goto out;
+    }
+    if (weft_http_server_bind(g_srv, cli.workers) < 0 || weft_http_server_bind(g_admin, 1) < 0) {
+        rc = 1;
+        goto out;
+    }
+    for (size_t i = 0; i < weft_http_server_address_count(g_srv); i++)
+        weft_log(WEFT_LOG_INFO, "listening", WEFT_KV_STR("service", "gateway"),
+                 WEFT_KV_STR("addr", weft_http_server_address(g_srv, i)),
+                 WEFT_KV_INT("workers", cli.workers), WEFT_KV_UINT("routes", cfg->nroutes),
+                 WEFT_KV_UINT("clusters", cfg->nclusters));
+    weft_log(WEFT_LOG_INFO, "listening", WEFT_KV_STR("service", "gateway-admin"),
+             WEFT_KV_STR("addr", weft_http_server_address(g_admin, 0)));
+    weft_rt_hooks hooks = {.start = w_start, .drain = w_drain, .stop = w_stop, .reload = on_sighup};
+    rc = weft_rt_run(cli.workers, &hooks, (int)cli.http.drain_timeout_ms);
+    if (rc < 0) {
+        weft_log(WEFT_LOG_ERROR, "exiting", WEFT_KV_STR("error", weft_strerror(rc)));
+        rc = 1;
+    } else {
+        weft_log(WEFT_LOG_INFO, "stopped");
+    }
+    cfg = NULL; /* owned by the runtime */
+out:
+    if (g_rt)
+        gw_runtime_free(g_rt);
+    else
+        gw_config_unref(cfg);
+    weft_http_server_free(g_srv);
+    weft_http_server_free(g_admin);
+    weft_cli_release(&cli);
+    return rc;
+}

@@ -1,0 +1,788 @@
+/*
+ * gwconfig.c — gateway.yaml into an immutable, validated gw_config.
+ *
+ * Validation is complete before anything is used: references between
+ * routes and clusters are resolved to indices, regexes are compiled
+ * (pcre2, JIT when available), and every problem is reported as
+ * FILE:LINE:COL: KEY: reason through weft_conf. Unknown keys are caught by
+ * weft_conf_check_unused() in the caller once the whole document (common
+ * keys included) has been read. Defaults follow the reference systems:
+ * Envoy for outlier detection and retry backoff, Hystrix for the breaker,
+ * Finagle/Linkerd for the retry budget, P2C over peak-EWMA for balancing.
+ */
+#include "gw.h"
+
+#include "http/codec.h"
+#include "weft/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FAIL(...)                                                                                  \
+    do {                                                                                           \
+        weft_conf_errorf(err, __VA_ARGS__);                                                        \
+        goto fail;                                                                                 \
+    } while (0)
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static void kv_free(gw_kv_match *m)
+{
+    free(m->name);
+    free(m->value);
+    if (m->regex)
+        pcre2_code_free(m->regex);
+}
+
+static void ops_free(gw_header_ops *o)
+{
+    for (size_t i = 0; i < o->nset; i++) {
+        free(o->set[i].name);
+        free(o->set[i].value);
+    }
+    for (size_t i = 0; i < o->nadd; i++) {
+        free(o->add[i].name);
+        free(o->add[i].value);
+    }
+    for (size_t i = 0; i < o->nremove; i++)
+        free(o->remove[i]);
+    free(o->set);
+    free(o->add);
+    free(o->remove);
+}
+
+static void config_free(gw_config *c)
+{
+    for (size_t i = 0; i < c->nclusters; i++) {
+        gw_cluster_conf *cl = &c->clusters[i];
+        free(cl->name);
+        for (size_t j = 0; j < cl->neps; j++) {
+            free(cl->eps[j].host);
+            free(cl->eps[j].id);
+        }
+        free(cl->eps);
+        free(cl->hash_name);
+        free(cl->health.path);
+    }
+    free(c->clusters);
+    for (size_t i = 0; i < c->nroutes; i++) {
+        gw_route_conf *r = &c->routes[i];
+        free(r->name);
+        free(r->host);
+        free(r->path);
+        if (r->path_re)
+            pcre2_code_free(r->path_re);
+        for (size_t j = 0; j < r->nheaders; j++)
+            kv_free(&r->headers[j]);
+        free(r->headers);
+        for (size_t j = 0; j < r->nquery; j++)
+            kv_free(&r->query[j]);
+        free(r->query);
+        for (size_t j = 0; j < r->nsplits; j++) {
+            if (r->splits[j].when_header) {
+                kv_free(r->splits[j].when_header);
+                free(r->splits[j].when_header);
+            }
+            free(r->splits[j].when_cookie);
+            free(r->splits[j].when_cookie_value);
+        }
+        free(r->splits);
+        free(r->strip_prefix);
+        free(r->prefix_rewrite);
+        ops_free(&r->req_ops);
+        ops_free(&r->resp_ops);
+        free(r->location);
+        free(r->body);
+        free(r->content_type);
+        free(r->fallback_body);
+        free(r->fallback_type);
+    }
+    free(c->routes);
+    free(c->path);
+    free(c->yaml_text);
+    free(c->deadline_header);
+    free(c);
+}
+
+void gw_config_ref(gw_config *c) { atomic_fetch_add(&c->refs, 1); }
+
+void gw_config_unref(gw_config *c)
+{
+    if (c && atomic_fetch_sub(&c->refs, 1) == 1)
+        config_free(c);
+}
+
+int gw_cluster_index(const gw_config *c, const char *name)
+{
+    for (size_t i = 0; i < c->nclusters; i++)
+        if (strcmp(c->clusters[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static pcre2_code *compile_re(const char *pattern, char *why, size_t whylen)
+{
+    int ec;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec,
+                                   &off, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(ec, msg, sizeof msg);
+        snprintf(why, whylen, "bad regex at offset %zu: %s", (size_t)off, (char *)msg);
+        return NULL;
+    }
+    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* best effort */
+    return re;
+}
+
+static bool valid_token(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 32 || c >= 127 || strchr("\"(),/:;<=>?@[\\]{}", c))
+            return false;
+    }
+    return true;
+}
+
+static bool valid_value(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 32 && *s != '\t')
+            return false;
+    return true;
+}
+
+/* "host:port" endpoint text. */
+static int parse_endpoint(const char *text, gw_endpoint_conf *ep)
+{
+    const char *colon = strrchr(text, ':');
+    if (!colon || colon == text)
+        return WEFT_EINVAL;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 1 || port > 65535)
+        return WEFT_EINVAL;
+    size_t hl = (size_t)(colon - text);
+    const char *h = text;
+    if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    ep->host = strndup(h, hl);
+    ep->port = (uint16_t)port;
+    ep->id = strdup(text);
+    if (!ep->host || !ep->id)
+        return WEFT_ENOMEM;
+    return 0;
+}
+
+static int get_str(const weft_conf_node *m, const char *key, char **out, weft_conf_err *err)
+{
+    const char *s = NULL;
+    if (weft_conf_string(m, key, &s, err) < 0)
+        return WEFT_ECONFIG;
+    if (s) {
+        free(*out);
+        *out = strdup(s);
+    }
+    return 0;
+}
+
+static int get_dur(const weft_conf_node *m, const char *key, uint32_t *out, weft_conf_err *err)
+{
+    int64_t v = *out;
+    if (weft_conf_duration_ms(m, key, 0, 24LL * 3600 * 1000, &v, err) < 0)
+        return WEFT_ECONFIG;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int get_u32(const weft_conf_node *m, const char *key, int64_t min, int64_t max,
+                   uint32_t *out, weft_conf_err *err)
+{
+    int64_t v = *out;
+    if (weft_conf_int(m, key, min, max, &v, err) < 0)
+        return WEFT_ECONFIG;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_conf *cl,
+                         weft_conf_err *err)
+{
+    cl->name = strdup(name);
+    cl->lb = WEFT_LB_P2C_EWMA;
+    cl->panic_percent = 50;
+    cl->connect_timeout_ms = 2000;
+    cl->idle_timeout_ms = 30000;
+    cl->max_idle = 64;
+    cl->health.path = strdup("/health");
+    cl->health.interval_ms = 5000;
+    cl->health.timeout_ms = 1000;
+    cl->health.healthy_threshold = 2;
+    cl->health.unhealthy_threshold = 3;
+    weft_outlier_opts_default(&cl->outlier);
+    cl->outlier_enabled = true;
+    weft_breaker_opts_default(&cl->breaker);
+    cl->breaker_enabled = true;
+    weft_adaptive_opts_default(&cl->adaptive_opts);
+
+    if (weft_conf_kind(n) != WEFT_CONF_MAP)
+        FAIL(n, NULL, "a cluster is a mapping (endpoints, lb, health_check, ...)");
+    const weft_conf_node *eps = weft_conf_get(n, "endpoints");
+    if (!eps || weft_conf_kind(eps) != WEFT_CONF_SEQ || weft_conf_seq_len(eps) == 0)
+        FAIL(eps ? eps : n, eps ? NULL : "endpoints",
+             "a cluster needs a non-empty list of endpoints (\"host:port\" or {address, weight})");
+    cl->neps = weft_conf_seq_len(eps);
+    cl->eps = calloc(cl->neps, sizeof *cl->eps);
+    if (!cl->eps)
+        FAIL(n, NULL, "out of memory");
+    for (size_t i = 0; i < cl->neps; i++) {
+        const weft_conf_node *e = weft_conf_seq_at(eps, i);
+        const char *addr = NULL;
+        cl->eps[i].weight = 1;
+        if (weft_conf_kind(e) == WEFT_CONF_SCALAR) {
+            addr = weft_conf_scalar(e);
+        } else if (weft_conf_kind(e) == WEFT_CONF_MAP) {
+            if (weft_conf_string(e, "address", &addr, err) < 0 ||
+                get_u32(e, "weight", 1, 1000, &cl->eps[i].weight, err) < 0)
+                goto fail;
+            if (!addr)
+                FAIL(e, "address", "missing address (host:port)");
+        } else {
+            FAIL(e, NULL, "expected \"host:port\" or {address: host:port, weight: N}");
+        }
+        if (parse_endpoint(addr, &cl->eps[i]) < 0)
+            FAIL(e, NULL, "bad endpoint '%s' (want host:port with port 1-65535)", addr);
+    }
+    const char *lb = NULL;
+    if (weft_conf_string(n, "lb", &lb, err) < 0)
+        goto fail;
+    if (lb) {
+        cl->lb = weft_lb_algo_from(lb);
+        if (cl->lb < 0)
+            FAIL(weft_conf_get(n, "lb"), NULL,
+                 "unknown balancer '%s' (p2c_ewma, round_robin, weighted_round_robin, "
+                 "least_request, random, ring_hash, maglev)",
+                 lb);
+    }
+    const weft_conf_node *hash = weft_conf_get(n, "hash");
+    if (hash) {
+        bool src = false;
+        if (weft_conf_bool(hash, "source_ip", &src, err) < 0 ||
+            get_str(hash, "header", &cl->hash_name, err) < 0)
+            goto fail;
+        if (cl->hash_name) {
+            cl->hash_on = GW_HASH_HEADER;
+        } else if (get_str(hash, "cookie", &cl->hash_name, err) < 0) {
+            goto fail;
+        } else if (cl->hash_name) {
+            cl->hash_on = GW_HASH_COOKIE;
+        } else if (src) {
+            cl->hash_on = GW_HASH_SOURCE_IP;
+        } else {
+            FAIL(hash, NULL, "hash needs one of: source_ip: true, header: NAME, cookie: NAME");
+        }
+    } else if (cl->lb == WEFT_LB_RING_HASH || cl->lb == WEFT_LB_MAGLEV) {
+        cl->hash_on = GW_HASH_SOURCE_IP;
+    }
+    if (get_u32(n, "panic_threshold", 0, 100, &cl->panic_percent, err) < 0 ||
+        get_dur(n, "connect_timeout", &cl->connect_timeout_ms, err) < 0 ||
+        get_dur(n, "idle_timeout", &cl->idle_timeout_ms, err) < 0 ||
+        get_u32(n, "max_idle", 0, 100000, &cl->max_idle, err) < 0 ||
+        get_u32(n, "max_requests", 0, 10000000, &cl->max_requests, err) < 0)
+        goto fail;
+    const weft_conf_node *hc = weft_conf_get(n, "health_check");
+    if (hc) {
+        cl->health.enabled = true;
+        bool en = true;
+        if (weft_conf_bool(hc, "enabled", &en, err) < 0 ||
+            weft_conf_bool(hc, "tcp", &cl->health.tcp, err) < 0 ||
+            get_str(hc, "path", &cl->health.path, err) < 0 ||
+            get_dur(hc, "interval", &cl->health.interval_ms, err) < 0 ||
+            get_dur(hc, "timeout", &cl->health.timeout_ms, err) < 0 ||
+            get_u32(hc, "healthy_threshold", 1, 100, &cl->health.healthy_threshold, err) < 0 ||
+            get_u32(hc, "unhealthy_threshold", 1, 100, &cl->health.unhealthy_threshold, err) < 0)
+            goto fail;
+        cl->health.enabled = en;
+        if (cl->health.interval_ms < 10)
+            FAIL(hc, "interval", "must be at least 10ms");
+        if (cl->health.path[0] != '/')
+            FAIL(hc, "path", "must start with /");
+    }
+    const weft_conf_node *od = weft_conf_get(n, "outlier_detection");
+    if (od) {
+        if (weft_conf_kind(od) == WEFT_CONF_SCALAR) {
+            if (weft_conf_bool(n, "outlier_detection", &cl->outlier_enabled, err) < 0)
+                goto fail;
+        } else if (get_u32(od, "consecutive_5xx", 0, 1000, &cl->outlier.consecutive_5xx, err) < 0 ||
+                   get_u32(od, "consecutive_gateway_errors", 0, 1000,
+                           &cl->outlier.consecutive_gateway, err) < 0 ||
+                   get_dur(od, "base_ejection_time", &cl->outlier.base_ejection_ms, err) < 0 ||
+                   get_dur(od, "max_ejection_time", &cl->outlier.max_ejection_ms, err) < 0 ||
+                   get_u32(od, "max_ejection_percent", 0, 100, &cl->outlier.max_ejection_percent,
+                           err) < 0) {
+            goto fail;
+        }
+    }
+    const weft_conf_node *cb = weft_conf_get(n, "circuit_breaker");
+    if (cb) {
+        if (weft_conf_kind(cb) == WEFT_CONF_SCALAR) {
+            if (weft_conf_bool(n, "circuit_breaker", &cl->breaker_enabled, err) < 0)
+                goto fail;
+        } else {
+            int64_t slow = (int64_t)(cl->breaker.slow_call_us / 1000);
+            if (get_dur(cb, "window", &cl->breaker.window_ms, err) < 0 ||
+                get_u32(cb, "min_requests", 1, 1000000, &cl->breaker.min_requests, err) < 0 ||
+                get_u32(cb, "error_percent", 1, 100, &cl->breaker.error_percent, err) < 0 ||
+                get_dur(cb, "sleep_window", &cl->breaker.sleep_ms, err) < 0 ||
+                get_u32(cb, "half_open_requests", 1, 1000, &cl->breaker.half_open_probes, err) < 0 ||
+                weft_conf_duration_ms(cb, "slow_call", 0, 3600000, &slow, err) < 0)
+                goto fail;
+            cl->breaker.slow_call_us = (uint64_t)slow * 1000;
+            if (cl->breaker.window_ms < 100)
+                FAIL(cb, "window", "must be at least 100ms");
+        }
+    }
+    const weft_conf_node *ac = weft_conf_get(n, "adaptive_concurrency");
+    if (ac) {
+        cl->adaptive = true;
+        if (get_u32(ac, "initial_limit", 1, 100000, &cl->adaptive_opts.initial_limit, err) < 0 ||
+            get_u32(ac, "min_limit", 1, 100000, &cl->adaptive_opts.min_limit, err) < 0 ||
+            get_u32(ac, "max_limit", 1, 100000, &cl->adaptive_opts.max_limit, err) < 0)
+            goto fail;
+    }
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
+/* {Name: value | {regex: RE} | {present: true} | {absent: true}} */
+static int parse_kv_map(const weft_conf_node *m, const char *what, gw_kv_match **out, size_t *nout,
+                        bool header_names, weft_conf_err *err)
+{
+    if (weft_conf_kind(m) != WEFT_CONF_MAP)
+        FAIL(m, NULL, "%s is a mapping of name to value, {regex: ...}, {present: true} or "
+                      "{absent: true}", what);
+    size_t n = weft_conf_map_len(m);
+    *out = calloc(n ? n : 1, sizeof **out);
+    *nout = n;
+    for (size_t i = 0; i < n; i++) {
+        const char *key;
+        const weft_conf_node *v = weft_conf_map_at(m, i, &key);
+        gw_kv_match *k = &(*out)[i];
+        k->name = strdup(key);
+        if (header_names && !valid_token(key))
+            FAIL(v, key, "not a valid header name");
+        if (weft_conf_kind(v) == WEFT_CONF_SCALAR) {
+            k->value = strdup(weft_conf_scalar(v));
+        } else {
+            const char *re = NULL;
+            bool present = false, absent = false;
+            if (weft_conf_string(v, "regex", &re, err) < 0 ||
+                weft_conf_bool(v, "present", &present, err) < 0 ||
+                weft_conf_bool(v, "absent", &absent, err) < 0 ||
+                get_str(v, "exact", &k->value, err) < 0)
+                goto fail;
+            if (re) {
+                char why[200];
+                k->regex = compile_re(re, why, sizeof why);
+                if (!k->regex)
+                    FAIL(v, "regex", "%s", why);
+            }
+            k->absent = absent;
+            if (!re && !present && !absent && !k->value)
+                FAIL(v, NULL, "give exact, regex, present: true or absent: true");
+        }
+    }
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
+static int parse_header_ops(const weft_conf_node *n, gw_header_ops *o, weft_conf_err *err)
+{
+    static const char *const kinds[] = {"set", "add"};
+    for (int k = 0; k < 2; k++) {
+        const weft_conf_node *m = weft_conf_get(n, kinds[k]);
+        if (!m)
+            continue;
+        if (weft_conf_kind(m) != WEFT_CONF_MAP)
+            FAIL(m, kinds[k], "expected a mapping of header name to value");
+        size_t cnt = weft_conf_map_len(m);
+        gw_header_op *ops = calloc(cnt ? cnt : 1, sizeof *ops);
+        if (k == 0) {
+            o->set = ops;
+            o->nset = cnt;
+        } else {
+            o->add = ops;
+            o->nadd = cnt;
+        }
+        for (size_t i = 0; i < cnt; i++) {
+            const char *key;
+            const weft_conf_node *v = weft_conf_map_at(m, i, &key);
+            const char *val = weft_conf_scalar(v);
+            if (!valid_token(key))
+                FAIL(v, key, "not a valid header name");
+            if (!val || !valid_value(val))
+                FAIL(v, key, "expected a header value without control characters");
+            ops[i].name = strdup(key);
+            ops[i].value = strdup(val);
+        }
+    }
+    const weft_conf_node *rm = weft_conf_get(n, "remove");
+    if (rm) {
+        if (weft_conf_kind(rm) != WEFT_CONF_SEQ)
+            FAIL(rm, "remove", "expected a list of header names");
+        o->nremove = weft_conf_seq_len(rm);
+        o->remove = calloc(o->nremove ? o->nremove : 1, sizeof *o->remove);
+        for (size_t i = 0; i < o->nremove; i++) {
+            const char *s = weft_conf_scalar(weft_conf_seq_at(rm, i));
+            if (!s || !valid_token(s))
+                FAIL(weft_conf_seq_at(rm, i), "remove", "not a valid header name");
+            o->remove[i] = strdup(s);
+        }
+    }
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
+static int parse_retry(const weft_conf_node *n, gw_retry_conf *rc, weft_conf_err *err)
+{
+    if (get_u32(n, "attempts", 1, 10, &rc->attempts, err) < 0 ||
+        weft_conf_bool(n, "all_methods", &rc->all_methods, err) < 0)
+        goto fail;
+    const weft_conf_node *on = weft_conf_get(n, "on");
+    if (on) {
+        if (weft_conf_kind(on) != WEFT_CONF_SEQ)
+            FAIL(on, "on", "expected a list of conditions");
+        rc->on = 0;
+        static const char *const names[] = {"connect-failure", "reset", "5xx", "gateway-error",
+                                            "retriable-status", "timeout"};
+        for (size_t i = 0; i < weft_conf_seq_len(on); i++) {
+            const char *s = weft_conf_scalar(weft_conf_seq_at(on, i));
+            int bit = -1;
+            for (int b = 0; s && b < 6; b++)
+                if (strcmp(s, names[b]) == 0)
+                    bit = b;
+            if (bit < 0)
+                FAIL(weft_conf_seq_at(on, i), "on",
+                     "unknown retry condition (connect-failure, reset, 5xx, gateway-error, "
+                     "retriable-status, timeout)");
+            rc->on |= 1u << bit;
+        }
+    }
+    const weft_conf_node *st = weft_conf_get(n, "statuses");
+    if (st) {
+        if (weft_conf_kind(st) != WEFT_CONF_SEQ || weft_conf_seq_len(st) > 16)
+            FAIL(st, "statuses", "expected a list of up to 16 status codes");
+        rc->nstatuses = weft_conf_seq_len(st);
+        for (size_t i = 0; i < rc->nstatuses; i++) {
+            const char *s = weft_conf_scalar(weft_conf_seq_at(st, i));
+            char *end;
+            long v = s ? strtol(s, &end, 10) : 0;
+            if (!s || *end || v < 100 || v > 599)
+                FAIL(weft_conf_seq_at(st, i), "statuses", "expected a status code 100-599");
+            rc->statuses[i] = (int)v;
+        }
+        rc->on |= GW_RETRY_STATUS;
+    }
+    const weft_conf_node *bo = weft_conf_get(n, "backoff");
+    if (bo && (get_dur(bo, "base", &rc->backoff_base_ms, err) < 0 ||
+               get_dur(bo, "max", &rc->backoff_max_ms, err) < 0))
+        goto fail;
+    const weft_conf_node *bu = weft_conf_get(n, "budget");
+    if (bu) {
+        if (weft_conf_kind(bu) == WEFT_CONF_SCALAR) {
+            if (weft_conf_bool(n, "budget", &rc->budget_enabled, err) < 0)
+                goto fail;
+        } else {
+            uint32_t pct = (uint32_t)(rc->budget_percent * 100 + 0.5);
+            if (get_u32(bu, "percent", 0, 100, &pct, err) < 0 ||
+                get_u32(bu, "min_retries_per_sec", 0, 100000, &rc->budget_min_per_sec, err) < 0 ||
+                get_dur(bu, "ttl", &rc->budget_ttl_ms, err) < 0)
+                goto fail;
+            rc->budget_percent = pct / 100.0;
+            if (rc->budget_ttl_ms < 1000 || rc->budget_ttl_ms > 60000)
+                FAIL(bu, "ttl", "must be between 1s and 60s");
+        }
+    }
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
+static int parse_split_item(const gw_config *c, const weft_conf_node *it, gw_split *sp,
+                            weft_conf_err *err)
+{
+    const char *cl = NULL;
+    sp->weight = 1;
+    if (weft_conf_string(it, "cluster", &cl, err) < 0 ||
+        get_u32(it, "weight", 0, 1000000, &sp->weight, err) < 0)
+        goto fail;
+    if (!cl)
+        FAIL(it, "cluster", "missing cluster");
+    sp->cluster = gw_cluster_index(c, cl);
+    if (sp->cluster < 0)
+        FAIL(weft_conf_get(it, "cluster"), NULL, "no cluster named '%s'", cl);
+    const weft_conf_node *h = weft_conf_get(it, "header");
+    if (h) {
+        gw_kv_match *km = NULL;
+        size_t nk = 0;
+        if (parse_kv_map(h, "header", &km, &nk, true, err) < 0) {
+            if (km) {
+                for (size_t i = 0; i < nk; i++)
+                    kv_free(&km[i]);
+                free(km);
+            }
+            goto fail;
+        }
+        if (nk != 1) {
+            for (size_t i = 0; i < nk; i++)
+                kv_free(&km[i]);
+            free(km);
+            FAIL(h, "header", "give exactly one header");
+        }
+        sp->when_header = km;
+    }
+    const weft_conf_node *ck = weft_conf_get(it, "cookie");
+    if (ck) {
+        if (get_str(ck, "name", &sp->when_cookie, err) < 0 ||
+            get_str(ck, "value", &sp->when_cookie_value, err) < 0)
+            goto fail;
+        if (!sp->when_cookie)
+            FAIL(ck, "name", "missing cookie name");
+    }
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
+static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, size_t idx,
+                       weft_conf_err *err)
+{
+    char why[200];
+    r->timeout_ms = 15000;
+    r->retry.attempts = 2;
+    r->retry.on = GW_RETRY_CONNECT | GW_RETRY_RESET;
+    r->retry.backoff_base_ms = 25;
+    r->retry.backoff_max_ms = 250;
+    r->retry.budget_enabled = true;
+    r->retry.budget_percent = 0.2;
+    r->retry.budget_min_per_sec = 10;
+    r->retry.budget_ttl_ms = 10000;
+    if (weft_conf_kind(n) != WEFT_CONF_MAP)
+        FAIL(n, NULL, "a route is a mapping (match, cluster | split | redirect | direct, ...)");
+    if (get_str(n, "name", &r->name, err) < 0)
+        goto fail;
+    if (!r->name) {
+        char tmp[32];
+        snprintf(tmp, sizeof tmp, "route%zu", idx);
+        r->name = strdup(tmp);
+    }
+    const weft_conf_node *m = weft_conf_get(n, "match");
+    if (m) {
+        const char *p = NULL;
+        int kinds = 0;
+        if (get_str(m, "host", &r->host, err) < 0)
+            goto fail;
+        static const char *const pk[] = {"path", "prefix", "regex"};
+        for (int k = 0; k < 3; k++) {
+            const char *v = NULL;
+            if (weft_conf_string(m, pk[k], &v, err) < 0)
+                goto fail;
+            if (!v)
+                continue;
+            kinds++;
+            p = v;
+            r->path_kind = k == 0 ? GW_PATH_EXACT : k == 1 ? GW_PATH_PREFIX : GW_PATH_REGEX;
+            if (k < 2 && v[0] != '/')
+                FAIL(weft_conf_get(m, pk[k]), NULL, "must start with /");
+        }
+        if (kinds > 1)
+            FAIL(m, NULL, "give only one of path, prefix, regex");
+        if (p) {
+            r->path = strdup(p);
+            if (r->path_kind == GW_PATH_REGEX) {
+                r->path_re = compile_re(p, why, sizeof why);
+                if (!r->path_re)
+                    FAIL(weft_conf_get(m, "regex"), NULL, "%s", why);
+            }
+        }
+        const weft_conf_node *meth = weft_conf_get(m, "methods");
+        if (meth) {
+            if (weft_conf_kind(meth) != WEFT_CONF_SEQ)
+                FAIL(meth, "methods", "expected a list like [GET, POST]");
+            for (size_t i = 0; i < weft_conf_seq_len(meth); i++) {
+                const char *s = weft_conf_scalar(weft_conf_seq_at(meth, i));
+                int mid = s ? weft_http_method_from(weft_str_from(s)) : 0;
+                if (mid == WEFT_METHOD_UNKNOWN)
+                    FAIL(weft_conf_seq_at(meth, i), "methods", "unknown method '%s'",
+                         s ? s : "");
+                r->methods |= WEFT_M(mid);
+            }
+        }
+        const weft_conf_node *h = weft_conf_get(m, "headers");
+        if (h && parse_kv_map(h, "headers", &r->headers, &r->nheaders, true, err) < 0)
+            goto fail;
+        const weft_conf_node *q = weft_conf_get(m, "query");
+        if (q && parse_kv_map(q, "query", &r->query, &r->nquery, false, err) < 0)
+            goto fail;
+    }
+    /* action: exactly one of cluster, split, redirect, direct */
+    const weft_conf_node *acl = weft_conf_get(n, "cluster");
+    const weft_conf_node *asp = weft_conf_get(n, "split");
+    const weft_conf_node *ard = weft_conf_get(n, "redirect");
+    const weft_conf_node *adr = weft_conf_get(n, "direct");
+    int nact = !!acl + !!asp + !!ard + !!adr;
+    if (nact != 1)
+        FAIL(n, NULL, "a route needs exactly one of: cluster, split, redirect, direct");
+    if (acl) {
+        const char *name = weft_conf_scalar(acl);
+        int ci = name ? gw_cluster_index(c, name) : -1;
+        if (ci < 0)
+            FAIL(acl, NULL, "no cluster named '%s'", name ? name : "");
+        r->splits = calloc(1, sizeof *r->splits);
+        r->nsplits = 1;
+        r->splits[0].cluster = ci;
+        r->splits[0].weight = 1;
+        r->split_total = 1;
+    } else if (asp) {
+        if (weft_conf_kind(asp) != WEFT_CONF_SEQ || weft_conf_seq_len(asp) == 0)
+            FAIL(asp, NULL, "split is a list of {cluster, weight[, header | cookie]}");
+        r->nsplits = weft_conf_seq_len(asp);
+        r->splits = calloc(r->nsplits, sizeof *r->splits);
+        for (size_t i = 0; i < r->nsplits; i++) {
+            if (parse_split_item(c, weft_conf_seq_at(asp, i), &r->splits[i], err) < 0)
+                goto fail;
+            if (!r->splits[i].when_header && !r->splits[i].when_cookie)
+                r->split_total += r->splits[i].weight;
+        }
+        if (r->split_total == 0)
+            FAIL(asp, NULL, "at least one weighted (unconditional) split needs weight > 0");
+    } else if (ard) {
+        r->action = GW_ACT_REDIRECT;
+        r->status = 302;
+        uint32_t st = 302;
+        if (get_str(ard, "location", &r->location, err) < 0 ||
+            get_u32(ard, "status", 301, 308, &st, err) < 0)
+            goto fail;
+        r->status = (int)st;
+        if (!r->location || !valid_value(r->location))
+            FAIL(ard, "location", "missing or invalid location");
+    } else {
+        r->action = GW_ACT_DIRECT;
+        uint32_t st = 200;
+        if (get_u32(adr, "status", 200, 599, &st, err) < 0 ||
+            get_str(adr, "body", &r->body, err) < 0 ||
+            get_str(adr, "content_type", &r->content_type, err) < 0)
+            goto fail;
+        r->status = (int)st;
+        r->body_len = r->body ? strlen(r->body) : 0;
+        if (!r->content_type)
+            r->content_type = strdup("text/plain; charset=utf-8");
+    }
+    if (get_str(n, "strip_prefix", &r->strip_prefix, err) < 0 ||
+        get_str(n, "prefix_rewrite", &r->prefix_rewrite, err) < 0 ||
+        get_dur(n, "timeout", &r->timeout_ms, err) < 0 ||
+        get_dur(n, "per_try_timeout", &r->per_try_timeout_ms, err) < 0)
+        goto fail;
+    if (r->timeout_ms == 0)
+        FAIL(weft_conf_get(n, "timeout"), NULL, "must be greater than 0");
+    const weft_conf_node *rq = weft_conf_get(n, "request_headers");
+    if (rq && parse_header_ops(rq, &r->req_ops, err) < 0)
+        goto fail;
+    const weft_conf_node *rs = weft_conf_get(n, "response_headers");
+    if (rs && parse_header_ops(rs, &r->resp_ops, err) < 0)
+        goto fail;
+    const weft_conf_node *rt = weft_conf_get(n, "retry");
+    if (rt) {
+        if (weft_conf_kind(rt) == WEFT_CONF_SCALAR) {
+            bool on = true;
+            if (weft_conf_bool(n, "retry", &on, err) < 0)
+                goto fail;
+            if (!on)
+                r->retry.attempts = 1;
+        } else if (parse_retry(rt, &r->retry, err) < 0) {
+            goto fail;
+        }
+    }
+    const weft_conf_node *fb = weft_conf_get(n, "fallback");
+    if (fb) {
+        uint32_t st = 503;
+        r->fallback = true;
+        if (get_u32(fb, "status", 200, 599, &st, err) < 0 ||
+            get_str(fb, "body", &r->fallback_body, err) < 0 ||
+            get_str(fb, "content_type", &r->fallback_type, err) < 0)
+            goto fail;
+        r->fallback_status = (int)st;
+        r->fallback_body_len = r->fallback_body ? strlen(r->fallback_body) : 0;
+        if (!r->fallback_type)
+            r->fallback_type = strdup("application/json");
+    }
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
+int gw_config_from_conf(const char *path, const weft_conf_node *root, gw_config **out,
+                        weft_conf_err *err)
+{
+    gw_config *c = calloc(1, sizeof *c);
+    if (!c)
+        return WEFT_ENOMEM;
+    atomic_init(&c->refs, 1);
+    c->path = dup_or_null(path);
+    c->access_log = false;
+    c->xff = true;
+    c->via = true;
+    c->deadline_header = strdup("X-Weft-Deadline-Ms");
+    if (weft_conf_bool(root, "access_log", &c->access_log, err) < 0 ||
+        weft_conf_bool(root, "forwarded_headers", &c->xff, err) < 0 ||
+        weft_conf_bool(root, "via", &c->via, err) < 0 ||
+        get_str(root, "deadline_header", &c->deadline_header, err) < 0)
+        goto fail;
+    const weft_conf_node *cls = weft_conf_get(root, "clusters");
+    if (cls) {
+        if (weft_conf_kind(cls) != WEFT_CONF_MAP)
+            FAIL(cls, "clusters", "expected a mapping of cluster name to cluster");
+        c->nclusters = weft_conf_map_len(cls);
+        c->clusters = calloc(c->nclusters ? c->nclusters : 1, sizeof *c->clusters);
+        for (size_t i = 0; i < c->nclusters; i++) {
+            const char *name;
+            const weft_conf_node *cn = weft_conf_map_at(cls, i, &name);
+            if (parse_cluster(name, cn, &c->clusters[i], err) < 0)
+                goto fail;
+        }
+    }
+    const weft_conf_node *rts = weft_conf_get(root, "routes");
+    if (!rts || weft_conf_kind(rts) != WEFT_CONF_SEQ || weft_conf_seq_len(rts) == 0)
+        FAIL(rts ? rts : root, rts ? NULL : "routes", "the gateway needs a list of routes");
+    c->nroutes = weft_conf_seq_len(rts);
+    c->routes = calloc(c->nroutes, sizeof *c->routes);
+    for (size_t i = 0; i < c->nroutes; i++)
+        if (parse_route(c, weft_conf_seq_at(rts, i), &c->routes[i], i, err) < 0)
+            goto fail;
+    *out = c;
+    return 0;
+fail:
+    config_free(c);
+    return WEFT_ECONFIG;
+}
+
+int gw_config_load(const char *path, gw_config **out, weft_conf_err *err)
+{
+    weft_conf *doc;
+    int rc = weft_conf_load_file(path, &doc, err);
+    if (rc < 0)
+        return WEFT_ECONFIG;
+    rc = gw_config_from_conf(path, weft_conf_root(doc), out, err);
+    weft_conf_free(doc);
+    return rc;
+}

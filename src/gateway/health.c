@@ -1,0 +1,191 @@
+/*
+ * health.c — active health checks and the endpoint health verdict.
+ *
+ * Each endpoint of a cluster with health_check configured is probed every
+ * interval (jittered by ±10 % so checks of many endpoints and workers do not
+ * align): an HTTP GET of the configured path through a small dedicated
+ * client pool (2xx = pass), or a bare TCP connect. healthy_threshold
+ * consecutive passes mark it healthy, unhealthy_threshold consecutive
+ * failures mark it down. Endpoints start healthy so a fresh gateway serves
+ * at once; a down endpoint is noticed within
+ * unhealthy_threshold × interval.
+ *
+ * Each worker runs its own checks (no shared state on the request path);
+ * with W workers an endpoint sees W probes per interval. An endpoint is
+ * eligible for balancing when its active check says healthy and outlier
+ * detection has not ejected it; panic mode in the balancer covers the
+ * case where too few remain.
+ */
+#include "gwrt.h"
+
+#include "http/http_int.h"
+#include "weft/log.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+void gw_cluster_refresh_health(gw_cluster_rt *cl, uint64_t now_ms)
+{
+    weft_lb_endpoint *eps = weft_lb_endpoints(cl->lb);
+    for (size_t i = 0; i < cl->conf->neps; i++)
+        eps[i].healthy = cl->hc[i].healthy && !weft_outlier_ejected(&cl->outlier[i], now_ms);
+}
+
+static void schedule(gw_hc_ep *h, bool soon)
+{
+    const gw_health_conf *hc = &h->cl->conf->health;
+    gw_worker *w = h->cl->gen->w;
+    uint64_t base = soon ? hc->interval_ms / 10 + 1 : hc->interval_ms;
+    uint64_t jitter = base / 10 ? weft_rng_below(&w->rng, base / 5 + 1) : 0;
+    weft_timer_start(w->loop, &h->timer, base - base / 10 + jitter);
+}
+
+static void verdict(gw_hc_ep *h, bool ok)
+{
+    gw_cluster_rt *cl = h->cl;
+    const gw_health_conf *hc = &cl->conf->health;
+    bool was = h->healthy;
+    if (ok) {
+        h->fail_streak = 0;
+        if (++h->ok_streak >= hc->healthy_threshold)
+            h->healthy = true;
+    } else {
+        h->ok_streak = 0;
+        weft_metric_inc(cl->gen->w->rt->m, cl->m_hc_fail);
+        if (++h->fail_streak >= hc->unhealthy_threshold)
+            h->healthy = false;
+    }
+    if (was != h->healthy) {
+        weft_log(WEFT_LOG_WARN, h->healthy ? "endpoint healthy" : "endpoint unhealthy",
+                 WEFT_KV_STR("cluster", cl->conf->name),
+                 WEFT_KV_STR("endpoint", cl->conf->eps[h->idx].id));
+        gw_cluster_refresh_health(cl, weft_loop_now_ms(cl->gen->w->loop));
+    }
+    schedule(h, false);
+}
+
+static void http_done(weft_http_creq *q, int err, void *ud)
+{
+    gw_hc_ep *h = ud;
+    (void)q;
+    h->q = NULL;
+    verdict(h, err == 0 && h->resp_ok);
+}
+
+static void http_resp(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
+{
+    gw_hc_ep *h = ud;
+    (void)q;
+    h->resp_ok = resp->status >= 200 && resp->status <= 299;
+}
+
+static void tcp_close(gw_hc_ep *h)
+{
+    if (h->fd >= 0) {
+        weft_io_stop(h->cl->gen->w->loop, &h->io);
+        close(h->fd);
+        h->fd = -1;
+    }
+}
+
+static void tcp_ready(weft_loop *loop, weft_io *io, unsigned events)
+{
+    (void)loop;
+    (void)events;
+    gw_hc_ep *h = io->data;
+    int err = 0;
+    socklen_t el = sizeof err;
+    getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+    tcp_close(h);
+    verdict(h, err == 0);
+}
+
+static void probe(weft_loop *loop, weft_timer *t)
+{
+    gw_hc_ep *h = t->data;
+    gw_cluster_rt *cl = h->cl;
+    const gw_health_conf *hc = &cl->conf->health;
+    const gw_endpoint_conf *e = &cl->conf->eps[h->idx];
+    if (h->q || h->fd >= 0) {
+        /* previous probe still running past its timeout: it failed */
+        if (h->q) {
+            weft_http_creq_cancel(h->q);
+            h->q = NULL;
+        }
+        tcp_close(h);
+        verdict(h, false);
+        return;
+    }
+    h->started_ms = weft_loop_now_ms(loop);
+    h->resp_ok = false;
+    if (!hc->tcp) {
+        weft_http_creq_opts o = {
+            .method = "GET",
+            .host = e->host,
+            .port = e->port,
+            .target = hc->path,
+            .timeout_ms = hc->timeout_ms,
+            .on_response = http_resp,
+            .on_done = http_done,
+            .ud = h,
+        };
+        if (weft_http_client_request(cl->gen->w->hc_client, &o, &h->q) < 0)
+            verdict(h, false);
+        return;
+    }
+    struct sockaddr_storage sa;
+    socklen_t len;
+    char spec[300];
+    snprintf(spec, sizeof spec, "%s%s%s:%u", strchr(e->host, ':') ? "[" : "", e->host,
+             strchr(e->host, ':') ? "]" : "", e->port);
+    if (weft_http_parse_hostport(spec, &sa, &len) < 0) {
+        verdict(h, false);
+        return;
+    }
+    h->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (h->fd < 0) {
+        verdict(h, false);
+        return;
+    }
+    if (connect(h->fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS) {
+        tcp_close(h);
+        verdict(h, false);
+        return;
+    }
+    weft_io_init(&h->io, h->fd, tcp_ready, h);
+    weft_io_start(loop, &h->io, WEFT_IO_WRITE);
+    /* the timeout: re-enter probe() after timeout_ms, which fails it */
+    weft_timer_start(loop, &h->timer, hc->timeout_ms);
+}
+
+void gw_health_start(gw_cluster_rt *cl)
+{
+    if (!cl->conf->health.enabled)
+        return;
+    for (size_t i = 0; i < cl->conf->neps; i++) {
+        gw_hc_ep *h = &cl->hc[i];
+        weft_timer_init(&h->timer, probe, h);
+        schedule(h, true);
+    }
+}
+
+void gw_health_stop(gw_cluster_rt *cl)
+{
+    if (!cl->conf->health.enabled || !cl->hc)
+        return;
+    weft_loop *loop = cl->gen->w->loop;
+    for (size_t i = 0; i < cl->conf->neps; i++) {
+        gw_hc_ep *h = &cl->hc[i];
+        weft_timer_stop(loop, &h->timer);
+        if (h->q) {
+            weft_http_creq_cancel(h->q);
+            h->q = NULL;
+        }
+        tcp_close(h);
+    }
+}

@@ -1,0 +1,1044 @@
+/*
+ * proxy.c — the gateway's request path: route, pick, forward, retry,
+ * stream back.
+ *
+ * Everything a request touches is worker-local: the generation (config
+ * snapshot + balancers, breakers, outlier counters, retry budgets), the
+ * connection pool (one weft_http_client per worker) and the metrics slots.
+ *
+ * One downstream request may make several upstream attempts. Each attempt
+ * passes, in order: the cluster's circuit breaker (a short-circuit costs no
+ * upstream work: 503 + X-Weft-Circuit: open, or the route's fallback), the
+ * concurrency limits (static max_requests, optional adaptive limit), and the
+ * balancer, which skips endpoints this request already tried. Retries need
+ * (1) a matching condition, (2) an idempotent method unless configured,
+ * (3) attempts left, (4) a token from the route's retry budget, and (5) a
+ * full-jitter backoff plus the endpoint's expected latency that still ends
+ * before the request's deadline — so an outage cannot multiply load and no
+ * retry is started that could not finish.
+ *
+ * The request head sent upstream is serialised once per downstream request
+ * (hop-by-hop headers dropped, configured header edits applied,
+ * X-Forwarded-*, Via and X-Request-Id added); each attempt adds only its
+ * own deadline header. The response streams back with backpressure: when
+ * the client's socket falls behind, the upstream read is paused.
+ */
+#include "gwrt.h"
+
+#include "http/codec.h"
+#include "weft/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef struct gw_req {
+    weft_http_req *r;
+    gw_worker *w;
+    gw_gen *gen;
+    const gw_route_conf *route;
+    gw_route_rt *rrt;
+    gw_cluster_rt *cl;
+    int ep;
+    int tried[16];
+    size_t ntried;
+    uint32_t attempt;
+    uint32_t retries;
+    uint64_t start_us, try_start_us;
+    uint64_t deadline_ms;
+    weft_http_creq *q;
+    weft_timer timer;
+    bool resp_started;
+    bool breaker_taken, adaptive_taken, inflight_taken;
+    bool got_response;
+    bool paused;
+    int status;
+    const char *error;
+    char *target;
+    weft_buf hdrs;
+    uint64_t hash_key;
+    uint64_t upstream_us;
+} gw_req;
+
+static const weft_str HOP_BY_HOP[] = {
+    {"Connection", 10},        {"Keep-Alive", 10}, {"Proxy-Connection", 16},
+    {"TE", 2},                 {"Trailer", 7},     {"Transfer-Encoding", 17},
+    {"Upgrade", 7},            {"Content-Length", 14}, {"Expect", 6},
+    {"Proxy-Authorization", 19},
+};
+
+static bool is_hop_by_hop(weft_str name)
+{
+    for (size_t i = 0; i < sizeof HOP_BY_HOP / sizeof HOP_BY_HOP[0]; i++)
+        if (weft_str_ieq(name, HOP_BY_HOP[i]))
+            return true;
+    return false;
+}
+
+/* Is `name` listed in the Connection header's tokens? */
+static bool named_in_connection(weft_str conn, weft_str name)
+{
+    size_t i = 0;
+    while (i < conn.n) {
+        while (i < conn.n && (conn.p[i] == ' ' || conn.p[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < conn.n && conn.p[i] != ',' && conn.p[i] != ' ')
+            i++;
+        if (i > s && weft_str_ieq((weft_str){conn.p + s, i - s}, name))
+            return true;
+    }
+    return false;
+}
+
+static bool in_list(char **names, size_t n, weft_str name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (weft_str_ieq(name, weft_str_from(names[i])))
+            return true;
+    return false;
+}
+
+static bool in_ops(const gw_header_op *ops, size_t n, weft_str name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (weft_str_ieq(name, weft_str_from(ops[i].name)))
+            return true;
+    return false;
+}
+
+static bool idempotent(int m)
+{
+    return m == WEFT_METHOD_GET || m == WEFT_METHOD_HEAD || m == WEFT_METHOD_OPTIONS ||
+           m == WEFT_METHOD_PUT || m == WEFT_METHOD_DELETE || m == WEFT_METHOD_TRACE;
+}
+
+static int append(weft_buf *b, weft_str a, weft_str sep, weft_str v)
+{
+    int rc = weft_buf_reserve(b, a.n + sep.n + v.n + 2);
+    if (rc < 0)
+        return rc;
+    weft_buf_append(b, a.p, a.n);
+    weft_buf_append(b, sep.p, sep.n);
+    weft_buf_append(b, v.p, v.n);
+    weft_buf_append(b, "\r\n", 2);
+    return 0;
+}
+
+static const weft_str COLON = {": ", 2};
+
+/* Peer IP without the port. */
+static weft_str peer_ip(weft_http_req *r)
+{
+    const char *p = weft_http_req_peer(r);
+    size_t n = strlen(p);
+    if (p[0] == '[') {
+        const char *e = strchr(p, ']');
+        return e ? (weft_str){p + 1, (size_t)(e - p - 1)} : weft_str_from(p);
+    }
+    const char *c = strrchr(p, ':');
+    return (weft_str){p, c ? (size_t)(c - p) : n};
+}
+
+static int build_upstream_head(gw_req *g)
+{
+    weft_http_req *r = g->r;
+    const gw_route_conf *rt = g->route;
+    const gw_config *cfg = g->gen->cfg;
+    weft_buf *b = &g->hdrs;
+    weft_buf_init(b, 256 * 1024);
+    weft_str conn = weft_http_req_header(r, WEFT_STR("Connection"));
+    weft_str xff = WEFT_STR_NULL, via = WEFT_STR_NULL;
+    weft_str dl = cfg->deadline_header[0] ? weft_str_from(cfg->deadline_header) : WEFT_STR_NULL;
+    int rc = 0;
+    size_t n = weft_http_req_header_count(r);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        weft_str name, value;
+        weft_http_req_header_at(r, i, &name, &value);
+        if (is_hop_by_hop(name) || (conn.n && named_in_connection(conn, name)))
+            continue;
+        if (weft_str_ieq(name, WEFT_STR("X-Forwarded-For")) && cfg->xff) {
+            xff = value;
+            continue;
+        }
+        if (weft_str_ieq(name, WEFT_STR("Via")) && cfg->via) {
+            via = value;
+            continue;
+        }
+        if (weft_str_ieq(name, WEFT_STR("X-Request-Id")) ||
+            (dl.n && weft_str_ieq(name, dl)) ||
+            (cfg->xff && (weft_str_ieq(name, WEFT_STR("X-Forwarded-Proto")) ||
+                          weft_str_ieq(name, WEFT_STR("X-Forwarded-Host")))))
+            continue;
+        if (in_list(rt->req_ops.remove, rt->req_ops.nremove, name) ||
+            in_ops(rt->req_ops.set, rt->req_ops.nset, name))
+            continue;
+        rc = append(b, name, COLON, value);
+    }
+    for (size_t i = 0; i < rt->req_ops.nset && rc == 0; i++)
+        rc = append(b, weft_str_from(rt->req_ops.set[i].name), COLON,
+                    weft_str_from(rt->req_ops.set[i].value));
+    for (size_t i = 0; i < rt->req_ops.nadd && rc == 0; i++)
+        rc = append(b, weft_str_from(rt->req_ops.add[i].name), COLON,
+                    weft_str_from(rt->req_ops.add[i].value));
+    if (cfg->xff && rc == 0) {
+        weft_str ip = peer_ip(r);
+        if (xff.n) /* "X-Forwarded-For: <existing>, <client>" */
+            rc = weft_buf_append(b, "X-Forwarded-For: ", 17) ||
+                 append(b, xff, WEFT_STR(", "), ip);
+        else
+            rc = append(b, WEFT_STR("X-Forwarded-For"), COLON, ip);
+        weft_str host = weft_http_req_header(r, WEFT_STR("Host"));
+        if (rc == 0)
+            rc = append(b, WEFT_STR("X-Forwarded-Proto"), COLON, WEFT_STR("http"));
+        if (rc == 0 && host.n)
+            rc = append(b, WEFT_STR("X-Forwarded-Host"), COLON, host);
+    }
+    if (cfg->via && rc == 0) {
+        if (via.n) /* "Via: <existing>, 1.1 weft" */
+            rc = weft_buf_append(b, "Via: ", 5) || append(b, via, WEFT_STR(", "), WEFT_STR("1.1 weft"));
+        else
+            rc = append(b, WEFT_STR("Via"), COLON, WEFT_STR("1.1 weft"));
+    }
+    if (rc == 0)
+        rc = append(b, WEFT_STR("X-Request-Id"), COLON, weft_http_req_id(r));
+    return rc;
+}
+
+/* Rewritten request target (path prefix strip/rewrite, query kept). */
+static char *build_target(gw_req *g)
+{
+    weft_str path = weft_http_req_path(g->r);
+    weft_str query = weft_http_req_query(g->r);
+    const gw_route_conf *rt = g->route;
+    if (rt->strip_prefix) {
+        size_t sl = strlen(rt->strip_prefix);
+        if (path.n >= sl && memcmp(path.p, rt->strip_prefix, sl) == 0) {
+            path.p += sl;
+            path.n -= sl;
+        }
+    }
+    const char *pre = rt->prefix_rewrite ? rt->prefix_rewrite : "";
+    size_t pl = strlen(pre);
+    bool need_slash = (pl == 0 || pre[pl - 1] != '/') && (path.n == 0 || path.p[0] != '/');
+    if (pl && pre[pl - 1] == '/' && path.n && path.p[0] == '/') {
+        path.p++;
+        path.n--;
+    }
+    size_t len = pl + need_slash + path.n + (query.n ? query.n + 1 : 0);
+    char *t = weft_http_req_alloc(g->r, len + 1);
+    if (!t)
+        return NULL;
+    char *p = t;
+    memcpy(p, pre, pl);
+    p += pl;
+    if (need_slash)
+        *p++ = '/';
+    memcpy(p, path.p, path.n);
+    p += path.n;
+    if (query.n) {
+        *p++ = '?';
+        memcpy(p, query.p, query.n);
+        p += query.n;
+    }
+    *p = '\0';
+    if (t[0] != '/') {
+        /* prefix_rewrite without a leading slash: keep the target valid */
+        char *t2 = weft_http_req_alloc(g->r, len + 2);
+        if (!t2)
+            return NULL;
+        t2[0] = '/';
+        memcpy(t2 + 1, t, len + 1);
+        t = t2;
+    }
+    return t;
+}
+
+static uint64_t hash_key(gw_req *g)
+{
+    const gw_cluster_conf *cc = g->cl->conf;
+    weft_str v = WEFT_STR_NULL;
+    switch (cc->hash_on) {
+    case GW_HASH_SOURCE_IP:
+        v = peer_ip(g->r);
+        break;
+    case GW_HASH_HEADER:
+        v = weft_http_req_header(g->r, weft_str_from(cc->hash_name));
+        break;
+    case GW_HASH_COOKIE: {
+        weft_str ck = weft_http_req_header(g->r, WEFT_STR("Cookie"));
+        if (!gw_cookie_get(ck, cc->hash_name, &v))
+            v = WEFT_STR_NULL;
+        break;
+    }
+    default:
+        break;
+    }
+    if (!v.p)
+        return weft_rng_next(&g->w->rng);
+    return weft_hash64(v.p, v.n, 0x5765667448617368ULL);
+}
+
+static int choose_cluster(gw_req *g)
+{
+    const gw_route_conf *rt = g->route;
+    for (size_t i = 0; i < rt->nsplits; i++) {
+        const gw_split *s = &rt->splits[i];
+        if (s->when_header) {
+            weft_str v = weft_http_req_header(g->r, weft_str_from(s->when_header->name));
+            if (gw_kv_matches(s->when_header, v))
+                return s->cluster;
+        } else if (s->when_cookie) {
+            weft_str ck = weft_http_req_header(g->r, WEFT_STR("Cookie")), v;
+            if (gw_cookie_get(ck, s->when_cookie, &v) &&
+                (!s->when_cookie_value ||
+                 weft_str_eq(v, weft_str_from(s->when_cookie_value))))
+                return s->cluster;
+        }
+    }
+    if (rt->nsplits == 1)
+        return rt->splits[0].cluster;
+    uint64_t x = weft_rng_below(&g->w->rng, rt->split_total);
+    for (size_t i = 0; i < rt->nsplits; i++) {
+        const gw_split *s = &rt->splits[i];
+        if (s->when_header || s->when_cookie)
+            continue;
+        if (x < s->weight)
+            return s->cluster;
+        x -= s->weight;
+    }
+    return rt->splits[0].cluster;
+}
+
+/* ---- lifecycle ---- */
+
+static void gen_unref(gw_gen *gen);
+
+static void req_free(gw_req *g)
+{
+    weft_buf_release(&g->hdrs);
+    weft_timer_stop(g->w->loop, &g->timer);
+    g->w->inflight--;
+    gen_unref(g->gen);
+    free(g);
+}
+
+static int class_index(int status)
+{
+    int c = status / 100;
+    return c >= 1 && c <= 5 ? c : 0;
+}
+
+static void access_log(gw_req *g, int status)
+{
+    if (!g->gen->cfg->access_log)
+        return;
+    uint64_t now = weft_now_us();
+    const gw_cluster_rt *cl = g->cl;
+    weft_str id = weft_http_req_id(g->r);
+    weft_log(WEFT_LOG_INFO, "access", WEFT_KV_SLICE("request_id", id),
+             WEFT_KV_STR("route", g->route->name),
+             WEFT_KV_SLICE("method", weft_http_req_method_str(g->r)),
+             WEFT_KV_SLICE("path", weft_http_req_path(g->r)),
+             WEFT_KV_STR("client", weft_http_req_peer(g->r)),
+             WEFT_KV_STR("cluster", cl ? cl->conf->name : ""),
+             WEFT_KV_STR("upstream", cl && g->ep >= 0 ? cl->conf->eps[g->ep].id : ""),
+             WEFT_KV_INT("status", status), WEFT_KV_UINT("attempts", g->attempt),
+             WEFT_KV_FLOAT("duration_ms", (double)(now - g->start_us) / 1000.0),
+             WEFT_KV_FLOAT("upstream_ms", (double)g->upstream_us / 1000.0),
+             WEFT_KV_STR("error", g->error ? g->error : ""));
+}
+
+static void count_final(gw_req *g, int status)
+{
+    weft_metrics *m = g->w->rt->m;
+    weft_metric_inc(m, g->rrt->m_req[class_index(status)]);
+    weft_metric_observe(m, g->rrt->m_dur, (double)(weft_now_us() - g->start_us) / 1e6);
+    access_log(g, status);
+}
+
+/* Answer the client ourselves (errors, fallback, short-circuit) and free. */
+static void respond_local(gw_req *g, int status, const char *reason, const char *extra_name,
+                          const char *extra_value)
+{
+    weft_http_req *r = g->r;
+    const gw_route_conf *rt = g->route;
+    count_final(g, status);
+    weft_http_req_on_abort(r, NULL, NULL);
+    weft_http_resp_header(r, WEFT_STR("X-Request-Id"), weft_http_req_id(r));
+    if (extra_name)
+        weft_http_resp_header(r, weft_str_from(extra_name), weft_str_from(extra_value));
+    bool fallback = rt->fallback && (status == 503 || status == 502 || status == 504);
+    if (fallback) {
+        weft_http_resp_header(r, WEFT_STR("X-Weft-Fallback"), WEFT_STR("true"));
+        req_free(g);
+        weft_http_respond(r, rt->fallback_status, weft_str_from(rt->fallback_type),
+                          rt->fallback_body, rt->fallback_body_len);
+        return;
+    }
+    req_free(g);
+    weft_http_respond_error(r, status, reason);
+}
+
+/* Account the end of one upstream attempt. */
+static void attempt_done(gw_req *g, int outcome, bool success, bool have_outcome)
+{
+    gw_cluster_rt *cl = g->cl;
+    uint64_t now_us = weft_now_us();
+    uint64_t now_ms = now_us / 1000;
+    uint64_t lat = now_us - g->try_start_us;
+    g->upstream_us += lat;
+    if (g->breaker_taken) {
+        if (have_outcome)
+            weft_breaker_record(&cl->breaker, now_ms, success, lat);
+        else
+            weft_breaker_release(&cl->breaker);
+        g->breaker_taken = false;
+    }
+    if (g->inflight_taken) {
+        cl->inflight--;
+        g->inflight_taken = false;
+        if (g->ep >= 0)
+            weft_lb_on_done(cl->lb, g->ep, lat, now_us);
+    }
+    if (g->adaptive_taken) {
+        weft_adaptive_release(&cl->adaptive, lat, !success);
+        g->adaptive_taken = false;
+    }
+    if (have_outcome && cl->conf->outlier_enabled && g->ep >= 0) {
+        if (weft_outlier_record(&cl->conf->outlier, cl->outlier, cl->conf->neps, (size_t)g->ep,
+                                outcome, now_ms)) {
+            cl->ejections++;
+            weft_metric_inc(g->w->rt->m, cl->m_ejections);
+            weft_log(WEFT_LOG_WARN, "endpoint ejected", WEFT_KV_STR("cluster", cl->conf->name),
+                     WEFT_KV_STR("endpoint", cl->conf->eps[g->ep].id),
+                     WEFT_KV_UINT("times", cl->outlier[g->ep].times_ejected),
+                     WEFT_KV_UINT("until_ms",
+                                  cl->outlier[g->ep].ejected_until_ms - now_ms));
+            gw_cluster_refresh_health(cl, now_ms);
+        }
+    }
+}
+
+static void start_attempt(gw_req *g);
+
+static void retry_fire(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    start_attempt(t->data);
+}
+
+/* May this failure be retried? On yes, schedules the retry and returns true. */
+static bool maybe_retry(gw_req *g, unsigned cond)
+{
+    const gw_retry_conf *rc = &g->route->retry;
+    if (!(rc->on & cond) || g->attempt >= rc->attempts || g->ntried >= 16)
+        return false;
+    if (!rc->all_methods && !idempotent(weft_http_req_method(g->r)))
+        return false;
+    uint64_t now_ms = weft_now_us() / 1000;
+    uint32_t backoff = (uint32_t)weft_backoff_full_jitter(&g->w->rng, g->retries + 1,
+                                                          rc->backoff_base_ms, rc->backoff_max_ms);
+    /* Expected duration of the retry: the best latency estimate we have. */
+    uint64_t expect_ms = 0;
+    if (g->ep >= 0) {
+        const weft_lb_endpoint *e = &weft_lb_endpoints(g->cl->lb)[g->ep];
+        expect_ms = (uint64_t)(e->ewma_us / 1000.0);
+    }
+    if (now_ms + backoff + expect_ms >= g->deadline_ms)
+        return false;
+    if (rc->budget_enabled && !weft_retry_budget_withdraw(&g->rrt->budget, now_ms)) {
+        weft_metric_inc(g->w->rt->m, g->rrt->m_budget_exhausted);
+        return false;
+    }
+    g->retries++;
+    weft_metric_inc(g->w->rt->m, g->rrt->m_retries);
+    weft_timer_start(g->w->loop, &g->timer, backoff);
+    return true;
+}
+
+static int err_outcome(int err)
+{
+    return err == WEFT_EREFUSED || err == WEFT_ETIMEDOUT || err == WEFT_ERESET ||
+                   err == WEFT_ENOTFOUND || err == WEFT_EADDR
+               ? WEFT_OUTCOME_CONNECT_FAIL
+               : WEFT_OUTCOME_GATEWAY;
+}
+
+static unsigned err_cond(int err)
+{
+    switch (err) {
+    case WEFT_EREFUSED:
+    case WEFT_ENOTFOUND:
+    case WEFT_EADDR: return GW_RETRY_CONNECT | GW_RETRY_GATEWAY;
+    case WEFT_ERESET:
+    case WEFT_ECLOSED:
+    case WEFT_EPROTO: return GW_RETRY_RESET;
+    case WEFT_ETIMEDOUT: return GW_RETRY_TIMEOUT;
+    default: return GW_RETRY_RESET;
+    }
+}
+
+static bool status_retriable(const gw_retry_conf *rc, int status, unsigned *cond)
+{
+    *cond = 0;
+    if (status >= 500)
+        *cond |= GW_RETRY_5XX;
+    if (status == 502 || status == 503 || status == 504)
+        *cond |= GW_RETRY_GATEWAY;
+    for (size_t i = 0; i < rc->nstatuses; i++)
+        if (rc->statuses[i] == status)
+            *cond |= GW_RETRY_STATUS;
+    return *cond != 0;
+}
+
+static void on_drain(weft_http_req *r, void *ud)
+{
+    gw_req *g = ud;
+    (void)r;
+    if (g->paused && g->q) {
+        g->paused = false;
+        weft_http_creq_pause(g->q, false);
+    }
+}
+
+static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
+{
+    gw_req *g = ud;
+    const gw_route_conf *rt = g->route;
+    unsigned cond;
+    g->got_response = true;
+    g->status = resp->status;
+    if (status_retriable(&rt->retry, resp->status, &cond)) {
+        int outcome = (cond & GW_RETRY_GATEWAY) ? WEFT_OUTCOME_GATEWAY
+                      : resp->status >= 500     ? WEFT_OUTCOME_5XX
+                                                : WEFT_OUTCOME_SUCCESS;
+        /* maybe_retry schedules the retry only if every condition holds;
+         * only then is this response dropped */
+        if (maybe_retry(g, cond)) {
+            attempt_done(g, outcome, outcome == WEFT_OUTCOME_SUCCESS, true);
+            weft_http_creq_cancel(q);
+            g->q = NULL;
+            return;
+        }
+    }
+    /* Forward the head. */
+    weft_http_req *r = g->r;
+    weft_str ctype = WEFT_STR_NULL;
+    for (size_t i = 0; i < resp->nheaders; i++) {
+        weft_str name = resp->names[i];
+        if (weft_str_ieq(name, WEFT_STR("Content-Type"))) {
+            ctype = resp->values[i];
+            continue;
+        }
+        if (is_hop_by_hop(name) || weft_str_ieq(name, WEFT_STR("Date")) ||
+            weft_str_ieq(name, WEFT_STR("Server")) ||
+            in_list(rt->resp_ops.remove, rt->resp_ops.nremove, name) ||
+            in_ops(rt->resp_ops.set, rt->resp_ops.nset, name))
+            continue;
+        weft_http_resp_header(r, name, resp->values[i]);
+    }
+    for (size_t i = 0; i < rt->resp_ops.nset; i++)
+        weft_http_resp_header(r, weft_str_from(rt->resp_ops.set[i].name),
+                              weft_str_from(rt->resp_ops.set[i].value));
+    for (size_t i = 0; i < rt->resp_ops.nadd; i++)
+        weft_http_resp_header(r, weft_str_from(rt->resp_ops.add[i].name),
+                              weft_str_from(rt->resp_ops.add[i].value));
+    int status = resp->status < 200 ? 502 : resp->status;
+    int64_t clen = resp->content_length;
+    if (weft_http_req_method(r) == WEFT_METHOD_HEAD || status == 204 || status == 304)
+        clen = resp->content_length >= 0 ? resp->content_length : 0;
+    if (weft_http_resp_start(r, status, ctype, clen) < 0) {
+        /* the client is gone; on_abort already cleaned up or will */
+        return;
+    }
+    g->resp_started = true;
+    weft_http_resp_on_drain(r, on_drain, g);
+}
+
+static void up_body(weft_http_creq *q, weft_str data, void *ud)
+{
+    gw_req *g = ud;
+    if (!g->resp_started)
+        return;
+    int rc = weft_http_resp_write(g->r, data.p, data.n);
+    if (rc == 1 && !g->paused) {
+        g->paused = true;
+        weft_http_creq_pause(q, true);
+    }
+}
+
+static void up_done(weft_http_creq *q, int err, void *ud)
+{
+    gw_req *g = ud;
+    (void)q;
+    g->q = NULL;
+    if (err == 0) {
+        int st = g->status;
+        int outcome = st >= 500 ? ((st == 502 || st == 503 || st == 504) ? WEFT_OUTCOME_GATEWAY
+                                                                        : WEFT_OUTCOME_5XX)
+                                : WEFT_OUTCOME_SUCCESS;
+        attempt_done(g, outcome, st < 500, true);
+        count_final(g, st);
+        weft_http_req *r = g->r;
+        weft_http_req_on_abort(r, NULL, NULL);
+        weft_http_resp_on_drain(r, NULL, NULL);
+        req_free(g);
+        weft_http_resp_end(r);
+        return;
+    }
+    attempt_done(g, err_outcome(err), false, true);
+    g->error = weft_strerror(err);
+    if (g->resp_started) {
+        /* failed mid-body: the client must see a truncated response */
+        count_final(g, g->status);
+        weft_http_req *r = g->r;
+        weft_http_req_on_abort(r, NULL, NULL);
+        req_free(g);
+        weft_http_resp_abort(r);
+        return;
+    }
+    if (maybe_retry(g, err_cond(err)))
+        return;
+    int status = err == WEFT_ETIMEDOUT ? 504 : 502;
+    respond_local(g, status, err == WEFT_ETIMEDOUT ? "upstream timeout" : "upstream unavailable",
+                  NULL, NULL);
+}
+
+static void on_client_abort(weft_http_req *r, void *ud)
+{
+    gw_req *g = ud;
+    (void)r;
+    if (g->q) {
+        weft_http_creq_cancel(g->q);
+        g->q = NULL;
+        attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
+    }
+    g->error = "client closed";
+    access_log(g, 499);
+    req_free(g);
+}
+
+static void start_attempt(gw_req *g)
+{
+    gw_worker *w = g->w;
+    gw_cluster_rt *cl = g->cl;
+    uint64_t now_ms = weft_now_us() / 1000;
+    g->attempt++;
+    g->ep = -1;
+    if (now_ms >= g->deadline_ms) {
+        respond_local(g, 504, "request deadline exceeded", NULL, NULL);
+        return;
+    }
+    if (cl->conf->breaker_enabled && !weft_breaker_allow(&cl->breaker, now_ms)) {
+        weft_metric_inc(w->rt->m, cl->m_breaker_reject);
+        g->error = "circuit open";
+        respond_local(g, 503, "circuit open", "X-Weft-Circuit", "open");
+        return;
+    }
+    g->breaker_taken = cl->conf->breaker_enabled;
+    if ((cl->conf->max_requests && cl->inflight >= cl->conf->max_requests) ||
+        (cl->conf->adaptive && !weft_adaptive_acquire(&cl->adaptive))) {
+        if (g->breaker_taken) {
+            weft_breaker_release(&cl->breaker);
+            g->breaker_taken = false;
+        }
+        weft_metric_inc(w->rt->m, cl->m_overload);
+        g->error = "overloaded";
+        respond_local(g, 503, "upstream concurrency limit reached", "X-Weft-Overloaded", "true");
+        return;
+    }
+    g->adaptive_taken = cl->conf->adaptive;
+    int ep = weft_lb_pick(cl->lb, g->hash_key, g->tried, g->ntried, &w->rng);
+    if (ep < 0) {
+        attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
+        g->error = "no healthy endpoint";
+        respond_local(g, 503, "no healthy upstream", NULL, NULL);
+        return;
+    }
+    g->ep = ep;
+    if (g->ntried < 16)
+        g->tried[g->ntried++] = ep;
+    weft_lb_on_start(cl->lb, ep);
+    cl->inflight++;
+    g->inflight_taken = true;
+    g->try_start_us = weft_now_us();
+
+    uint64_t remaining = g->deadline_ms - now_ms;
+    uint32_t per_try = g->route->per_try_timeout_ms ? g->route->per_try_timeout_ms
+                                                    : (uint32_t)remaining;
+    if (per_try > remaining)
+        per_try = (uint32_t)remaining;
+    char dline[96];
+    const char *hdr_list[2] = {NULL, NULL};
+    const gw_config *cfg = g->gen->cfg;
+    if (cfg->deadline_header[0]) {
+        snprintf(dline, sizeof dline, "%s: %llu", cfg->deadline_header,
+                 (unsigned long long)remaining);
+        hdr_list[0] = dline;
+    }
+    const gw_endpoint_conf *e = &cl->conf->eps[ep];
+    weft_str body = weft_http_req_body(g->r);
+    weft_http_creq_opts o = {
+        .method = NULL,
+        .host = e->host,
+        .port = e->port,
+        .target = g->target,
+        .headers = hdr_list,
+        .raw_headers = {weft_buf_rptr(&g->hdrs), weft_buf_used(&g->hdrs)},
+        .body = body.n ? body.p : NULL,
+        .body_len = body.n,
+        .timeout_ms = per_try ? per_try : 1,
+        .on_response = up_response,
+        .on_body = up_body,
+        .on_done = up_done,
+        .ud = g,
+    };
+    char method[32];
+    weft_str ms = weft_http_req_method_str(g->r);
+    size_t ml = ms.n < sizeof method - 1 ? ms.n : sizeof method - 1;
+    memcpy(method, ms.p, ml);
+    method[ml] = '\0';
+    o.method = method;
+    int rc = weft_http_client_request(w->client, &o, &g->q);
+    if (rc < 0) {
+        attempt_done(g, WEFT_OUTCOME_GATEWAY, false, true);
+        g->error = weft_strerror(rc);
+        respond_local(g, 502, "cannot forward request", NULL, NULL);
+    }
+}
+
+/* ---- direct / redirect ---- */
+
+static void do_direct(weft_http_req *r, const gw_route_conf *rt)
+{
+    weft_http_respond(r, rt->status, weft_str_from(rt->content_type), rt->body, rt->body_len);
+}
+
+static void do_redirect(weft_http_req *r, const gw_route_conf *rt)
+{
+    weft_http_resp_header(r, WEFT_STR("Location"), weft_str_from(rt->location));
+    weft_http_respond(r, rt->status, WEFT_STR_NULL, NULL, 0);
+}
+
+/* ---- generations ---- */
+
+static void gen_free(gw_gen *gen)
+{
+    for (size_t i = 0; i < gen->cfg->nclusters; i++) {
+        gw_cluster_rt *cl = &gen->clusters[i];
+        gw_health_stop(cl);
+        weft_lb_free(cl->lb);
+        free(cl->outlier);
+        free(cl->hc);
+    }
+    free(gen->clusters);
+    free(gen->routes);
+    gw_config_unref(gen->cfg);
+    free(gen);
+}
+
+static void gen_unref(gw_gen *gen)
+{
+    if (--gen->refs == 0)
+        gen_free(gen);
+}
+
+static void reg_classes(weft_metrics *m, const char *name, const char *help, const char *lkey,
+                        const char *lval, weft_metric ids[6])
+{
+    static const char *const cls[] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    char labels[256];
+    for (int i = 0; i < 6; i++) {
+        snprintf(labels, sizeof labels, "%s=\"%s\",code=\"%s\"", lkey, lval, cls[i]);
+        weft_metrics_counter(m, name, help, labels, &ids[i]);
+    }
+}
+
+static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
+{
+    weft_metrics *m = w->rt->m;
+    gw_gen *gen = calloc(1, sizeof *gen);
+    if (!gen)
+        return NULL;
+    gen->refs = 1;
+    gen->cfg = cfg;
+    gw_config_ref(cfg);
+    gen->w = w;
+    gen->clusters = calloc(cfg->nclusters ? cfg->nclusters : 1, sizeof *gen->clusters);
+    gen->routes = calloc(cfg->nroutes, sizeof *gen->routes);
+    if (!gen->clusters || !gen->routes)
+        goto fail;
+    char labels[256];
+    for (size_t i = 0; i < cfg->nclusters; i++) {
+        const gw_cluster_conf *cc = &cfg->clusters[i];
+        gw_cluster_rt *cl = &gen->clusters[i];
+        cl->conf = cc;
+        cl->gen = gen;
+        weft_lb_endpoint *eps = calloc(cc->neps, sizeof *eps);
+        cl->outlier = calloc(cc->neps, sizeof *cl->outlier);
+        cl->hc = calloc(cc->neps, sizeof *cl->hc);
+        if (!eps || !cl->outlier || !cl->hc) {
+            free(eps);
+            goto fail;
+        }
+        for (size_t j = 0; j < cc->neps; j++) {
+            eps[j].id = cc->eps[j].id;
+            eps[j].weight = cc->eps[j].weight;
+            eps[j].healthy = true;
+            cl->hc[j].healthy = true;
+            cl->hc[j].fd = -1;
+            cl->hc[j].cl = cl;
+            cl->hc[j].idx = j;
+        }
+        int rc = weft_lb_new(cc->lb, eps, cc->neps, &cl->lb);
+        free(eps);
+        if (rc < 0)
+            goto fail;
+        weft_lb_set_panic_percent(cl->lb, cc->panic_percent);
+        weft_breaker_init(&cl->breaker, &cc->breaker);
+        weft_adaptive_init(&cl->adaptive, &cc->adaptive_opts);
+        reg_classes(m, "weft_gateway_upstream_responses_total",
+                    "Upstream responses by cluster and status class.", "cluster", cc->name,
+                    cl->m_upstream);
+        snprintf(labels, sizeof labels, "cluster=\"%s\"", cc->name);
+        weft_metrics_counter(m, "weft_gateway_breaker_rejections_total",
+                             "Requests short-circuited by an open circuit breaker.", labels,
+                             &cl->m_breaker_reject);
+        weft_metrics_counter(m, "weft_gateway_ejections_total",
+                             "Endpoints ejected by outlier detection.", labels, &cl->m_ejections);
+        weft_metrics_counter(m, "weft_gateway_overload_rejections_total",
+                             "Requests shed by concurrency limits.", labels, &cl->m_overload);
+        weft_metrics_counter(m, "weft_gateway_health_check_failures_total",
+                             "Failed active health checks.", labels, &cl->m_hc_fail);
+    }
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const gw_route_conf *rc = &cfg->routes[i];
+        gw_route_rt *rr = &gen->routes[i];
+        weft_retry_budget_init(&rr->budget, rc->retry.budget_percent, rc->retry.budget_min_per_sec,
+                               rc->retry.budget_ttl_ms);
+        reg_classes(m, "weft_gateway_requests_total",
+                    "Requests answered by the gateway, by route and status class.", "route",
+                    rc->name, rr->m_req);
+        snprintf(labels, sizeof labels, "route=\"%s\"", rc->name);
+        weft_metrics_histogram(m, "weft_gateway_request_duration_seconds",
+                               "Gateway request latency (including retries).", labels,
+                               weft_latency_buckets, weft_latency_nbuckets, &rr->m_dur);
+        weft_metrics_counter(m, "weft_gateway_retries_total", "Retries started.", labels,
+                             &rr->m_retries);
+        weft_metrics_counter(m, "weft_gateway_retry_budget_exhausted_total",
+                             "Retries refused because the retry budget was spent.", labels,
+                             &rr->m_budget_exhausted);
+    }
+    for (size_t i = 0; i < cfg->nclusters; i++)
+        gw_health_start(&gen->clusters[i]);
+    return gen;
+fail:
+    gen->refs = 0;
+    for (size_t i = 0; i < cfg->nclusters; i++) {
+        weft_lb_free(gen->clusters[i].lb);
+        free(gen->clusters[i].outlier);
+        free(gen->clusters[i].hc);
+    }
+    free(gen->clusters);
+    free(gen->routes);
+    gw_config_unref(cfg);
+    free(gen);
+    return NULL;
+}
+
+/* ---- handler ---- */
+
+void gw_handle(weft_http_req *r, void *ud)
+{
+    gw_runtime *rt = ud;
+    gw_worker *w = rt->workers[weft_loop_index(weft_http_req_loop(r))];
+    gw_gen *gen = w->gen;
+    int ri = gw_route_match(gen->cfg, r);
+    if (ri < 0) {
+        weft_http_respond_error(r, 404, "no route");
+        return;
+    }
+    const gw_route_conf *route = &gen->cfg->routes[ri];
+    if (route->action == GW_ACT_DIRECT) {
+        weft_metric_inc(rt->m, gen->routes[ri].m_req[class_index(route->status)]);
+        do_direct(r, route);
+        return;
+    }
+    if (route->action == GW_ACT_REDIRECT) {
+        weft_metric_inc(rt->m, gen->routes[ri].m_req[class_index(route->status)]);
+        do_redirect(r, route);
+        return;
+    }
+    gw_req *g = calloc(1, sizeof *g);
+    if (!g) {
+        weft_http_respond_error(r, 503, "out of memory");
+        return;
+    }
+    g->r = r;
+    g->w = w;
+    g->gen = gen;
+    gen->refs++;
+    w->inflight++;
+    g->route = route;
+    g->rrt = &gen->routes[ri];
+    g->ep = -1;
+    g->start_us = weft_now_us();
+    g->deadline_ms = g->start_us / 1000 + route->timeout_ms;
+    weft_timer_init(&g->timer, retry_fire, g);
+    g->cl = &gen->clusters[choose_cluster(g)];
+    g->hash_key = hash_key(g);
+    g->target = build_target(g);
+    if (!g->target || build_upstream_head(g) < 0) {
+        respond_local(g, 431, "request headers too large to forward", NULL, NULL);
+        return;
+    }
+    if (route->retry.budget_enabled)
+        weft_retry_budget_deposit(&g->rrt->budget, g->start_us / 1000);
+    weft_http_req_on_abort(r, on_client_abort, g);
+    weft_http_resp_header(r, WEFT_STR("X-Request-Id"), weft_http_req_id(r));
+    start_attempt(g);
+}
+
+/* ---- workers ---- */
+
+static void tick(weft_loop *loop, weft_timer *t)
+{
+    gw_worker *w = t->data;
+    uint64_t now_ms = weft_loop_now_ms(loop);
+    gw_gen *gen = w->gen;
+    for (size_t i = 0; i < gen->cfg->nclusters; i++) {
+        gw_cluster_rt *cl = &gen->clusters[i];
+        if (weft_outlier_tick(cl->outlier, cl->conf->neps, now_ms))
+            gw_cluster_refresh_health(cl, now_ms);
+    }
+    weft_timer_start(loop, t, 100);
+}
+
+gw_runtime *gw_runtime_new(gw_config *cfg, weft_http_server *srv, int nworkers)
+{
+    gw_runtime *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return NULL;
+    pthread_mutex_init(&rt->mu, NULL);
+    rt->cfg = cfg;
+    rt->srv = srv;
+    rt->nworkers = nworkers;
+    rt->m = weft_metrics_global();
+    return rt;
+}
+
+void gw_runtime_free(gw_runtime *rt)
+{
+    if (!rt)
+        return;
+    gw_config_unref(rt->cfg);
+    pthread_mutex_destroy(&rt->mu);
+    free(rt);
+}
+
+gw_config *gw_runtime_config(gw_runtime *rt)
+{
+    pthread_mutex_lock(&rt->mu);
+    gw_config *c = rt->cfg;
+    gw_config_ref(c);
+    pthread_mutex_unlock(&rt->mu);
+    return c;
+}
+
+int gw_worker_start(gw_runtime *rt, weft_loop *loop)
+{
+    int idx = weft_loop_index(loop);
+    gw_worker *w = calloc(1, sizeof *w);
+    if (!w)
+        return WEFT_ENOMEM;
+    w->loop = loop;
+    w->rt = rt;
+    weft_rng_seed(&w->rng, weft_now_us() ^ ((uint64_t)idx << 32) ^ (uint64_t)(uintptr_t)w);
+    weft_http_client_opts co;
+    weft_http_client_opts_default(&co);
+    w->client = weft_http_client_new(loop, &co);
+    co.max_idle_per_host = 4;
+    w->hc_client = weft_http_client_new(loop, &co);
+    if (!w->client || !w->hc_client)
+        return WEFT_ENOMEM;
+    rt->workers[idx] = w;
+    gw_config *cfg = gw_runtime_config(rt);
+    w->gen = gen_new(w, cfg);
+    gw_config_unref(cfg);
+    if (!w->gen)
+        return WEFT_ENOMEM;
+    w->gen->current = true;
+    weft_timer_init(&w->tick, tick, w);
+    weft_timer_start(loop, &w->tick, 100);
+    return 0;
+}
+
+void gw_worker_stop(gw_runtime *rt, weft_loop *loop)
+{
+    int idx = weft_loop_index(loop);
+    gw_worker *w = rt->workers[idx];
+    if (!w)
+        return;
+    weft_timer_stop(loop, &w->tick);
+    /* connections were closed by the server: requests freed via on_abort */
+    gw_gen *gen = w->gen;
+    w->gen = NULL;
+    if (gen)
+        gen_unref(gen);
+    weft_http_client_free(w->client);
+    weft_http_client_free(w->hc_client);
+    rt->workers[idx] = NULL;
+    free(w);
+}
+
+typedef struct install_msg {
+    gw_runtime *rt;
+    gw_config *cfg;
+} install_msg;
+
+static void install_on_worker(weft_loop *loop, void *arg)
+{
+    install_msg *msg = arg;
+    gw_worker *w = msg->rt->workers[weft_loop_index(loop)];
+    if (w) {
+        gw_gen *ng = gen_new(w, msg->cfg);
+        if (ng) {
+            gw_gen *old = w->gen;
+            ng->current = true;
+            w->gen = ng;
+            old->current = false;
+            gen_unref(old); /* freed now, or when its last request ends */
+        } else {
+            weft_log(WEFT_LOG_ERROR, "reload: out of memory on a worker; old config kept");
+        }
+    }
+    gw_config_unref(msg->cfg);
+    free(msg);
+}
+
+void gw_runtime_install(gw_runtime *rt, gw_config *cfg)
+{
+    pthread_mutex_lock(&rt->mu);
+    gw_config *old = rt->cfg;
+    rt->cfg = cfg;
+    rt->reloads++;
+    for (int i = 0; i < rt->nworkers; i++) {
+        gw_worker *w = rt->workers[i];
+        if (!w)
+            continue;
+        install_msg *msg = malloc(sizeof *msg);
+        if (!msg)
+            continue;
+        msg->rt = rt;
+        msg->cfg = cfg;
+        gw_config_ref(cfg);
+        if (weft_loop_post(w->loop, install_on_worker, msg) < 0) {
+            gw_config_unref(cfg);
+            free(msg);
+        }
+    }
+    pthread_mutex_unlock(&rt->mu);
+    gw_config_unref(old);
+}

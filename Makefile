@@ -10,6 +10,8 @@ ASAN       := $(BUILD)/asan
 FUZZ       := $(BUILD)/fuzz
 FUZZ_SECS  ?= 30
 WERROR     ?= ON
+# Debian's interpreter, which has python3-pytest/requests (a pyenv python3 may not)
+PYTHON     ?= /usr/bin/python3
 
 .PHONY: all release asan fuzz-build test unit integration fuzz-short fuzz bench demo deps clean format
 
@@ -41,7 +43,7 @@ unit:
 
 integration:
 	@echo "== integration tests (pytest, ASan+UBSan binary)"
-	@WEFT_BIN=$(abspath $(ASAN))/weft python3 -m pytest -q tests/integration
+	@WEFT_BIN=$(abspath $(ASAN))/weft $(PYTHON) -m pytest -q tests/integration
 
 fuzz-short:
 	@echo "== fuzz ($(FUZZ_SECS)s per harness)"

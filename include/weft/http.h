@@ -119,6 +119,8 @@ size_t weft_http_req_header_count(const weft_http_req *r);
 void weft_http_req_header_at(const weft_http_req *r, size_t i, weft_str *name, weft_str *value);
 /* Query parameter (raw, not percent-decoded); returns false if absent. */
 bool weft_http_req_query_param(const weft_http_req *r, const char *name, weft_str *value);
+/* Request body length as framed: Content-Length, 0 without a body, -1 if chunked. */
+int64_t weft_http_req_content_length(const weft_http_req *r);
 /* Buffered body (non-stream routes). */
 weft_str weft_http_req_body(const weft_http_req *r);
 /* X-Request-Id from the client, or a generated one (hex, 16 chars). */

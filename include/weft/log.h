@@ -9,6 +9,12 @@
  * being handled on this thread (weft_log_set_request_id) is added as
  * request_id=... automatically.
  *
+ * Every line is valid logfmt / JSON whatever the input: in JSON mode
+ * ill-formed UTF-8 is replaced by U+FFFD and NaN/Inf floats are logged as
+ * null. A line longer than 4 KiB is cut after its last complete field (or
+ * inside a long string value, between characters, with the quote closed)
+ * and ends with truncated=true.
+ *
  * Thread-safety: every call may be made from any thread; each line is
  * written with one write(2) so lines never interleave. The level check is a
  * plain load, so disabled levels cost one comparison.

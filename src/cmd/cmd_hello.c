@@ -134,18 +134,10 @@ static void h_echo(weft_http_req *r, void *ud)
 {
     (void)ud;
     weft_str ct = weft_http_req_header(r, WEFT_STR("Content-Type"));
-    weft_str cl = weft_http_req_header(r, WEFT_STR("Content-Length"));
-    int64_t len = -1;
-    if (cl.n) {
-        len = 0;
-        for (size_t i = 0; i < cl.n; i++)
-            len = len * 10 + (cl.p[i] - '0'); /* the parser validated the digits */
-    }
+    int64_t len = weft_http_req_content_length(r); /* -1: chunked in, chunked out */
     if (weft_http_resp_start(r, 200, ct.n ? ct : WEFT_STR("application/octet-stream"), len) < 0)
         return;
-    weft_http_req_on_body(r, echo_data, echo_end, NULL);
-    if (len == 0)
-        weft_http_resp_end(r);
+    weft_http_req_on_body(r, echo_data, echo_end, NULL); /* an empty body ends at once */
 }
 
 /* ---- /bytes: produce N bytes, paced by on_drain ---- */
@@ -161,8 +153,9 @@ static void bytes_pump(weft_http_req *r, void *ud)
 {
     bytes_state *st = ud;
     while (st->left) {
-        size_t off = (size_t)(st->pos % 256);
-        size_t n = sizeof pattern - 256;
+        /* byte i of the stream is 'a' + i % 26 */
+        size_t off = (size_t)(st->pos % 26);
+        size_t n = sizeof pattern - 26;
         if (n > st->left)
             n = (size_t)st->left;
         int rc = weft_http_resp_write(r, pattern + off, n);

@@ -5,12 +5,17 @@
  * write(2): lines from different threads never interleave and no lock is
  * needed. Values are escaped so a log line is always one line and always
  * parseable (quotes in text mode when a value has spaces, '=' or quotes;
- * JSON string escaping in JSON mode). Lines longer than the buffer are cut
- * and marked with truncated=true rather than split.
+ * JSON string escaping in JSON mode; ill-formed UTF-8 becomes U+FFFD in
+ * JSON, and non-finite numbers become null). Lines longer than the buffer
+ * are cut and marked with truncated=true rather than split: the cut falls
+ * after the last complete field, or inside a long string value between two
+ * characters with the value's closing quote kept, so a truncated line is
+ * still valid JSON / logfmt.
  */
 #include "weft/log.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -55,29 +60,30 @@ int weft_log_format_from(const char *s)
     return -1;
 }
 
+/* Output buffer. Nothing is ever written past cap, and nothing is written
+ * in part except string values, which are cut only between characters (an
+ * escape or a UTF-8 sequence is never split) and always get their closing
+ * quote. Once cut, every later put is ignored. */
 typedef struct out {
     char *p;
     size_t n, cap;
-    bool cut;
+    bool cut;  /* something did not fit */
+    bool kept; /* ...but the value being written was cut cleanly */
 } out;
 
 static void put(out *o, const char *s, size_t n)
 {
-    if (o->n + n > o->cap) {
-        n = o->cap - o->n;
+    if (o->cut)
+        return;
+    if (n > o->cap - o->n) {
         o->cut = true;
+        return;
     }
     memcpy(o->p + o->n, s, n);
     o->n += n;
 }
 
-static void putc_(out *o, char c)
-{
-    if (o->n < o->cap)
-        o->p[o->n++] = c;
-    else
-        o->cut = true;
-}
+static void putc_(out *o, char c) { put(o, &c, 1); }
 
 static void putf(out *o, const char *fmt, ...) WEFT_PRINTF(2, 3);
 static void putf(out *o, const char *fmt, ...)
@@ -91,21 +97,89 @@ static void putf(out *o, const char *fmt, ...)
         put(o, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
-static void put_json_str(out *o, const char *s, size_t n)
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0 if it is not one. */
+static size_t utf8_len(const unsigned char *s, size_t n)
 {
-    putc_(o, '"');
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            putc_(o, '\\');
-            putc_(o, (char)c);
-        } else if (c < 0x20 || c == 0x7f) {
-            putf(o, "\\u%04x", c);
-        } else {
-            putc_(o, (char)c);
-        }
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0)
+            lo = 0xa0;
+        else if (c == 0xed)
+            hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0)
+            lo = 0x90;
+        else if (c == 0xf4)
+            hi = 0x8f;
+    } else
+        return 0;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    return len;
+}
+
+/* A double-quoted string with JSON escapes (also the quoting used for
+ * logfmt). In JSON mode ill-formed UTF-8 becomes U+FFFD so the line stays
+ * valid JSON; in text mode such bytes pass through as they are. If the
+ * string does not fit it is cut between characters and still closed. */
+static void put_quoted(out *o, const char *str, size_t n, bool json)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    if (o->cut)
+        return;
+    if (o->cap - o->n < 2) {
+        o->cut = true;
+        return;
     }
-    putc_(o, '"');
+    o->p[o->n++] = '"';
+    size_t room = o->cap - 1; /* the closing quote always fits */
+    for (size_t i = 0; i < n;) {
+        char esc[8];
+        const char *u = esc;
+        size_t ulen, used = 1;
+        unsigned char c = s[i];
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            ulen = 2;
+        } else if (c < 0x20 || c == 0x7f) {
+            ulen = (size_t)snprintf(esc, sizeof esc, "\\u%04x", c);
+        } else if (c < 0x80) {
+            u = (const char *)s + i;
+            ulen = 1;
+        } else if ((used = utf8_len(s + i, n - i)) > 0) {
+            u = (const char *)s + i;
+            ulen = used;
+        } else {
+            used = 1;
+            if (json) {
+                u = "\\ufffd";
+                ulen = 6;
+            } else {
+                u = (const char *)s + i;
+                ulen = 1;
+            }
+        }
+        if (ulen > room - o->n) {
+            o->cut = true;
+            o->kept = true;
+            break;
+        }
+        memcpy(o->p + o->n, u, ulen);
+        o->n += ulen;
+        i += used;
+    }
+    o->p[o->n++] = '"';
 }
 
 static void put_text_str(out *o, const char *s, size_t n)
@@ -116,17 +190,33 @@ static void put_text_str(out *o, const char *s, size_t n)
         if (c <= ' ' || c == '"' || c == '=' || c == 0x7f)
             quote = true;
     }
-    if (!quote) {
-        put(o, s, n);
+    if (quote) {
+        put_quoted(o, s, n, false); /* JSON escaping is a fine quoting for logfmt too */
         return;
     }
-    put_json_str(o, s, n); /* JSON escaping is a fine quoting for logfmt too */
+    if (o->cut)
+        return;
+    size_t room = o->cap - o->n;
+    if (n > room) {
+        /* a bare value may be cut anywhere but inside a UTF-8 sequence
+         * (and not to nothing: an empty value must be quoted) */
+        size_t k = room;
+        while (k > 0 && room - k < 3 && ((unsigned char)s[k] & 0xc0) == 0x80)
+            k--; /* at most 3 continuation bytes belong to one sequence */
+        o->cut = true;
+        if (k == 0)
+            return;
+        o->kept = true;
+        n = k;
+    }
+    memcpy(o->p + o->n, s, n);
+    o->n += n;
 }
 
 static void put_str(out *o, const char *s, size_t n)
 {
     if (log_format == WEFT_LOG_JSON)
-        put_json_str(o, s, n);
+        put_quoted(o, s, n, true);
     else
         put_text_str(o, s, n);
 }
@@ -136,7 +226,7 @@ static void put_key(out *o, const char *k, bool first)
     if (log_format == WEFT_LOG_JSON) {
         if (!first)
             putc_(o, ',');
-        put_json_str(o, k, strlen(k));
+        put_quoted(o, k, strlen(k), true);
         putc_(o, ':');
     } else {
         if (!first)
@@ -146,12 +236,59 @@ static void put_key(out *o, const char *k, bool first)
     }
 }
 
+static void put_value(out *o, const weft_kv *f)
+{
+    bool json = log_format == WEFT_LOG_JSON;
+    switch (f->type) {
+    case WEFT_KV_S:
+        if (f->v.s)
+            put_str(o, f->v.s, strlen(f->v.s));
+        else
+            put(o, "null", 4);
+        break;
+    case WEFT_KV_SL: put_str(o, f->v.sl.p ? f->v.sl.p : "", f->v.sl.n); break;
+    case WEFT_KV_I: putf(o, "%lld", (long long)f->v.i); break;
+    case WEFT_KV_U: putf(o, "%llu", (unsigned long long)f->v.u); break;
+    case WEFT_KV_F:
+        /* JSON has no NaN or Infinity; text keeps nan/inf */
+        if (json && !isfinite(f->v.f))
+            put(o, "null", 4);
+        else
+            putf(o, "%.6g", f->v.f);
+        break;
+    case WEFT_KV_B: put(o, f->v.b ? "true" : "false", f->v.b ? 4 : 5); break;
+    default: put(o, "null", 4); break;
+    }
+}
+
+/* Append one key/value field. Returns false once the line is full: then
+ * the output ends after the last complete field, or after this field's
+ * value if that was cut cleanly (a string cut between characters). */
+static bool put_field(out *o, const char *key, const weft_kv *f, bool first)
+{
+    size_t mark = o->n;
+    put_key(o, key, first);
+    if (o->cut) {
+        o->n = mark;
+        return false;
+    }
+    o->kept = false;
+    put_value(o, f);
+    if (o->cut) {
+        if (!o->kept)
+            o->n = mark;
+        return false;
+    }
+    return true;
+}
+
 void weft_log_kv(int level, const char *msg, const weft_kv *fields)
 {
     if (level < weft_log_level_ || level < 0 || level > WEFT_LOG_ERROR)
         return;
     char buf[4096];
-    out o = {buf, 0, sizeof buf - 32, false};
+    /* 32 bytes past cap stay free for the truncation marker and closing marks */
+    out o = {buf, 0, sizeof buf - 32, false, false};
     struct timeval tv;
     gettimeofday(&tv, NULL);
     struct tm tm;
@@ -163,37 +300,20 @@ void weft_log_kv(int level, const char *msg, const weft_kv *fields)
                       (int)(tv.tv_usec / 1000));
     if (log_format == WEFT_LOG_JSON)
         putc_(&o, '{');
-    put_key(&o, "ts", true);
-    put_str(&o, ts, (size_t)tn);
-    put_key(&o, "level", false);
-    put_str(&o, level_names[level], strlen(level_names[level]));
-    put_key(&o, "msg", false);
-    put_str(&o, msg, strlen(msg));
-    if (tl_reqid) {
-        put_key(&o, "request_id", false);
-        put_str(&o, tl_reqid, tl_reqid_len);
-    }
-    for (const weft_kv *f = fields; f && f->key; f++) {
-        put_key(&o, f->key, false);
-        switch (f->type) {
-        case WEFT_KV_S:
-            if (f->v.s)
-                put_str(&o, f->v.s, strlen(f->v.s));
-            else
-                put(&o, "null", 4);
-            break;
-        case WEFT_KV_SL: put_str(&o, f->v.sl.p ? f->v.sl.p : "", f->v.sl.n); break;
-        case WEFT_KV_I: putf(&o, "%lld", (long long)f->v.i); break;
-        case WEFT_KV_U: putf(&o, "%llu", (unsigned long long)f->v.u); break;
-        case WEFT_KV_F: putf(&o, "%.6g", f->v.f); break;
-        case WEFT_KV_B: put(&o, f->v.b ? "true" : "false", f->v.b ? 4 : 5); break;
-        default: put(&o, "null", 4); break;
-        }
-    }
-    /* room was reserved past o.cap for the closing marks */
+    /* ts and level always fit, so the line never ends right after '{' */
+    bool more = put_field(&o, "ts", &WEFT_KV_SLICE("ts", ((weft_str){ts, (size_t)tn})), true) &&
+                put_field(&o, "level", &WEFT_KV_STR("level", level_names[level]), false) &&
+                put_field(&o, "msg", &WEFT_KV_STR("msg", msg), false);
+    if (more && tl_reqid)
+        more = put_field(&o, "request_id",
+                         &WEFT_KV_SLICE("request_id", ((weft_str){tl_reqid, tl_reqid_len})), false);
+    for (const weft_kv *f = fields; more && f && f->key; f++)
+        more = put_field(&o, f->key, f, false);
+    /* the reserved room, for the closing marks only */
     o.cap = sizeof buf;
     if (o.cut) {
         static const char tj[] = ",\"truncated\":true", tt[] = " truncated=true";
+        o.cut = false;
         if (log_format == WEFT_LOG_JSON)
             put(&o, tj, sizeof tj - 1);
         else

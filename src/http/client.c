@@ -48,6 +48,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
@@ -106,13 +107,16 @@ struct weft_http_creq {
     uint64_t body_left;
     weft_chunked chunked;
     weft_http_parser parser;
-    weft_http_head head;
-    weft_str names[WEFT_HTTP_MAX_HEADERS_CAP];
-    weft_str values[WEFT_HTTP_MAX_HEADERS_CAP];
     void (*on_response)(weft_http_creq *q, const weft_http_cresp *resp, void *ud);
     void (*on_body)(weft_http_creq *q, weft_str data, void *ud);
     void (*on_done)(weft_http_creq *q, int err, void *ud);
     void *ud;
+    weft_http_creq *next_free;
+    /* Large parse results last: they are always written before being read,
+     * so a recycled request zeroes only the fields above (see req_alloc). */
+    weft_http_head head;
+    weft_str names[WEFT_HTTP_MAX_HEADERS_CAP];
+    weft_str values[WEFT_HTTP_MAX_HEADERS_CAP];
 };
 
 struct weft_http_client {
@@ -125,6 +129,8 @@ struct weft_http_client {
     weft_timer reap_timer;
     bool freeing;
     weft_http_client_stats st;
+    weft_http_creq *free_reqs; /* recycled request structs (~9 KiB each) */
+    uint32_t nfree;
 };
 
 static void conn_io_cb(weft_loop *loop, weft_io *io, unsigned events);
@@ -399,9 +405,33 @@ static void req_detach(weft_http_creq *q)
     req_unlink(q);
 }
 
+#define MAX_FREE_REQS 64
+
+static weft_http_creq *req_alloc(weft_http_client *c)
+{
+    weft_http_creq *q = c->free_reqs;
+    if (q) {
+        c->free_reqs = q->next_free;
+        c->nfree--;
+        memset(q, 0, offsetof(weft_http_creq, head));
+        return q;
+    }
+    return calloc(1, sizeof *q);
+}
+
 static void req_free(weft_http_creq *q)
 {
     free(q->out);
+    q->out = NULL;
+#ifndef WEFT_DEBUG_ALLOC
+    weft_http_client *c = q->c;
+    if (c && !c->freeing && c->nfree < MAX_FREE_REQS) {
+        q->next_free = c->free_reqs;
+        c->free_reqs = q;
+        c->nfree++;
+        return;
+    }
+#endif
     free(q);
 }
 
@@ -824,9 +854,19 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         weft_timer_start(c->loop, &q->timer, c->opts.connect_timeout_ms);
         return 0;
     }
-    /* Pooled, or connected at once: send when writable. */
+    /* Pooled, or connected at once. A pooled socket is almost always
+     * writable: send now and skip two epoll_ctl calls per request. Errors
+     * are left for the event loop to report (the caller must never see a
+     * callback from inside submit). */
     q->phase = Q_HEAD;
-    rc = weft_io_start(c->loop, &cn->io, WEFT_IO_READ | WEFT_IO_WRITE);
+    ssize_t n;
+    do {
+        n = send(cn->fd, q->out, q->out_len, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0)
+        q->out_off = (size_t)n;
+    unsigned want = WEFT_IO_READ | (q->out_off < q->out_len ? WEFT_IO_WRITE : 0);
+    rc = weft_io_start(c->loop, &cn->io, want);
     if (rc < 0)
         goto fail_close;
     arm_timer(q, q->timeout_ms);
@@ -936,8 +976,16 @@ static int build_request(weft_http_creq *q, const weft_http_creq_opts *o)
         goto fail;
     if (o->body_len || q->method == WEFT_METHOD_POST || q->method == WEFT_METHOD_PUT ||
         q->method == WEFT_METHOD_PATCH) {
-        snprintf(tmp, sizeof tmp, "Content-Length: %zu\r\n", o->body_len);
-        if ((rc = append_s(&b, tmp)) < 0)
+        char *p = tmp + sizeof tmp;
+        size_t v = o->body_len;
+        *--p = '\n';
+        *--p = '\r';
+        do {
+            *--p = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        if ((rc = append_s(&b, "Content-Length: ")) < 0 ||
+            (rc = weft_buf_append(&b, p, (size_t)(tmp + sizeof tmp - p))) < 0)
             goto fail;
     }
     if ((rc = append_s(&b, "\r\n")) < 0 || (rc = weft_buf_append(&b, o->body, o->body_len)) < 0)
@@ -961,7 +1009,7 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
         return WEFT_EINVAL;
     if (c->freeing)
         return WEFT_ECANCELED;
-    weft_http_creq *q = calloc(1, sizeof *q);
+    weft_http_creq *q = req_alloc(c);
     if (!q)
         return WEFT_ENOMEM;
     q->c = c;
@@ -1094,6 +1142,11 @@ void weft_http_client_free(weft_http_client *c)
     }
     weft_timer_stop(c->loop, &c->reap_timer);
     reap_cb(c->loop, &c->reap_timer);
+    while (c->free_reqs) {
+        weft_http_creq *q = c->free_reqs;
+        c->free_reqs = q->next_free;
+        free(q);
+    }
     free(c);
 }
 

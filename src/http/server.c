@@ -53,6 +53,7 @@
 #define LINGER_MAX_BYTES (1u << 20)
 #define DRAIN_IDLE_GRACE_MS 500
 #define BODY_READ_MAX (64u * 1024)
+#define BODY_DISCARD_MAX (64u * 1024)
 #define MAX_WORKERS 256
 
 typedef struct route {
@@ -106,6 +107,12 @@ struct wstate {
     uint64_t reqseq;
     weft_http_req *free_reqs;
     size_t nfree_reqs;
+    /* connections answered from outside their own callbacks (async
+     * handlers), flushed together at the end of the loop iteration by a
+     * zero-delay timer: the head, body and end of a proxied response then
+     * leave in one write instead of one write each */
+    conn *pending;
+    weft_timer pending_timer;
 };
 
 enum cstate { C_HEAD, C_BODY, C_WAIT, C_LINGER };
@@ -159,6 +166,8 @@ struct conn {
     bool read_paused;
     bool peer_eof;
     uint32_t lingered;
+    bool queued;          /* on w->pending */
+    conn *next_pending;
     struct sockaddr_storage peer;
     socklen_t peerlen;
 };
@@ -390,6 +399,26 @@ static int open_listener(struct sockaddr_storage *sa, socklen_t len, int *out)
     return 0;
 }
 
+/* SO_REUSEPORT would let a second process (same user) bind a port that is
+ * already serving and silently take half its connections. Probe with a
+ * plain bind first, so "address in use" is reported as it should be. */
+static bool port_in_use(const struct sockaddr_storage *sa, socklen_t len)
+{
+    const struct sockaddr_in *v4 = (const struct sockaddr_in *)sa;
+    if (v4->sin_port == 0)
+        return false;
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (sa->ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    bool busy = bind(fd, (const struct sockaddr *)sa, len) < 0 && errno == EADDRINUSE;
+    close(fd);
+    return busy;
+}
+
 int weft_http_server_bind(weft_http_server *s, int workers)
 {
     if (workers < 1 || workers > MAX_WORKERS)
@@ -402,6 +431,12 @@ int weft_http_server_bind(weft_http_server *s, int workers)
             return WEFT_ENOMEM;
         for (int w = 0; w < workers; w++)
             a->fds[w] = -1;
+        if (port_in_use(&a->sa, a->salen)) {
+            errno = EADDRINUSE;
+            weft_log(WEFT_LOG_ERROR, "cannot listen", WEFT_KV_STR("addr", a->spec),
+                     WEFT_KV_STR("error", strerror(errno)));
+            return WEFT_EEXIST;
+        }
         for (int w = 0; w < workers; w++) {
             int rc = open_listener(&a->sa, a->salen, &a->fds[w]);
             if (rc < 0) {
@@ -549,6 +584,13 @@ weft_str weft_http_req_target(const weft_http_req *r) { return r->head.target; }
 weft_str weft_http_req_path(const weft_http_req *r) { return r->head.path; }
 weft_str weft_http_req_query(const weft_http_req *r) { return r->head.query; }
 int weft_http_req_version_minor(const weft_http_req *r) { return r->head.version_minor; }
+int64_t weft_http_req_content_length(const weft_http_req *r)
+{
+    return r->head.body_kind == WEFT_BODY_LENGTH ? (int64_t)r->head.content_length
+           : r->head.body_kind == WEFT_BODY_NONE ? 0
+                                                 : -1;
+}
+
 weft_str weft_http_req_body(const weft_http_req *r)
 {
     return (weft_str){weft_buf_rptr(&r->body), weft_buf_used(&r->body)};
@@ -784,6 +826,22 @@ static void count_response(conn *c, weft_http_req *r)
     weft_metric_observe(s->m, s->m_duration, secs);
 }
 
+static void run_pending(weft_loop *loop, weft_timer *t);
+
+/* Output was produced from outside the connection's own callbacks: queue
+ * the connection for the end-of-iteration flush. */
+static void schedule_flush(conn *c)
+{
+    if (c->queued || c->dead)
+        return;
+    wstate *w = c->w;
+    c->queued = true;
+    c->next_pending = w->pending;
+    w->pending = c;
+    if (!weft_timer_active(&w->pending_timer))
+        weft_timer_start(w->loop, &w->pending_timer, 0);
+}
+
 /* Response finished from outside conn_process (async handler): flush, then
  * continue with pipelined requests. */
 static void after_async(conn *c)
@@ -803,13 +861,14 @@ static int resp_complete(weft_http_req *r)
     conn *c = r->c;
     r->resp_done = true;
     count_response(c, r);
-    if (!r->body_done) {
-        /* The body was not (fully) read; we cannot find the next request's
-         * start cheaply and safely, so this connection ends here. */
+    if (!r->body_done && (r->body_kind != WEFT_BODY_LENGTH || r->body_left > BODY_DISCARD_MAX)) {
+        /* A large (or unbounded) unread body is not worth reading just to
+         * find the next request: end the connection (lingering close). A
+         * small one is read and discarded so keep-alive survives. */
         c->keep_alive = false;
     }
     if (c->busy == 0)
-        after_async(c);
+        schedule_flush(c);
     return 0;
 }
 
@@ -855,7 +914,7 @@ int weft_http_resp_start(weft_http_req *r, int status, weft_str ctype, int64_t c
         return rc;
     }
     if (r->c->busy == 0)
-        conn_flush(r->c);
+        schedule_flush(r->c);
     return 0;
 }
 
@@ -864,8 +923,15 @@ int weft_http_resp_write(weft_http_req *r, const void *data, size_t len)
     conn *c = r->c;
     if (!c || !r->resp_started || r->resp_done || c->dead)
         return WEFT_ECLOSED;
-    if (r->resp_head_only || len == 0)
+    if (len == 0)
         return 0;
+    if (r->resp_head_only) {
+        /* HEAD: the body is not sent, but it still counts against the
+         * announced Content-Length so resp_end sees a complete message */
+        if (r->resp_left >= 0)
+            r->resp_left -= (int64_t)len < r->resp_left ? (int64_t)len : r->resp_left;
+        return 0;
+    }
     int rc;
     if (r->resp_left >= 0) {
         if ((uint64_t)len > (uint64_t)r->resp_left)
@@ -899,8 +965,14 @@ int weft_http_resp_write(weft_http_req *r, const void *data, size_t len)
         conn_close(c);
         return rc;
     }
-    if (c->busy == 0)
-        conn_flush(c);
+    size_t queued = weft_buf_used(&c->out);
+    if (c->busy == 0) {
+        /* flush at the end of the iteration, or now if a lot is queued */
+        if (queued > c->w->srv->o.out_high_water / 2)
+            conn_flush(c);
+        else
+            schedule_flush(c);
+    }
     if (c->dead)
         return WEFT_ECLOSED;
     return weft_buf_used(&c->out) > c->w->srv->o.out_high_water ? 1 : 0;
@@ -976,6 +1048,14 @@ static void abort_request(conn *c)
 static void conn_release(conn *c)
 {
     wstate *w = c->w;
+    if (c->queued) {
+        for (conn **pp = &w->pending; *pp; pp = &(*pp)->next_pending)
+            if (*pp == c) {
+                *pp = c->next_pending;
+                break;
+            }
+        c->queued = false;
+    }
     abort_request(c);
     weft_io_stop(w->loop, &c->io);
     weft_timer_stop(w->loop, &c->timer);
@@ -1225,7 +1305,9 @@ static bool pump_body(conn *c)
             if (r->chunked.done)
                 r->body_done = true;
         }
-        if (data.n) {
+        if (data.n && r->resp_done) {
+            /* answered already (404, 405, early reply): drop the body */
+        } else if (data.n) {
             if (r->stream) {
                 if (r->on_data && !r->resp_done)
                     r->on_data(r, data, r->body_ud);
@@ -1322,6 +1404,14 @@ static void start_request(conn *c, weft_http_req *r, size_t head_len)
         call_handler(c, r);
         if (c->dead || c->req != r)
             return;
+        if (r->stream && r->body_done && r->on_end) {
+            /* empty body: the stream ends before it starts */
+            weft_http_end_cb cb = r->on_end;
+            r->on_end = NULL;
+            cb(r, 0, r->body_ud);
+            if (c->dead || c->req != r)
+                return;
+        }
     } else {
         c->state = C_BODY;
     }
@@ -1345,7 +1435,7 @@ static void conn_process(conn *c)
                 if (c->req != r)
                     continue;
             }
-            if (r->resp_done && r->body_done) {
+            if (r->resp_done && (r->body_done || !c->keep_alive)) {
                 finish_request(c);
                 if (!c->keep_alive)
                     return;
@@ -1450,12 +1540,22 @@ static void conn_on_io(weft_loop *loop, weft_io *io, unsigned events)
         conn_flush(c);
     if (!c->dead && (events & WEFT_IO_READ) && !c->read_paused)
         conn_read(c);
-    /* resume work that backpressure held back: body bytes or pipelined
-     * requests already in the input buffer produce no new read event */
-    if (!c->dead && !c->read_paused && weft_buf_used(&c->in) && c->state != C_LINGER)
-        conn_process(c);
-    if (!c->dead)
+    /* Flush, then resume work that backpressure held back: body bytes or
+     * pipelined requests already in the input buffer produce no new read
+     * event, and if the flush drained everything no write event will come
+     * either. Repeat while that makes progress. */
+    for (int i = 0; i < 64 && !c->dead; i++) {
         conn_flush(c);
+        if (c->dead || c->read_paused || c->state == C_LINGER || !weft_buf_used(&c->in))
+            break;
+        size_t in_before = weft_buf_used(&c->in);
+        weft_http_req *req_before = c->req;
+        size_t out_before = weft_buf_used(&c->out);
+        conn_process(c);
+        if (weft_buf_used(&c->in) == in_before && c->req == req_before &&
+            weft_buf_used(&c->out) == out_before)
+            break;
+    }
     c->busy--;
     if (c->dead && c->busy == 0)
         conn_release(c);
@@ -1487,6 +1587,21 @@ static void conn_on_timer(weft_loop *loop, weft_timer *t)
     c->busy--;
     if (c->dead && c->busy == 0)
         conn_release(c);
+}
+
+static void run_pending(weft_loop *loop, weft_timer *t)
+{
+    wstate *w = t->data;
+    (void)loop;
+    /* pop one at a time: work done for one connection may release or
+     * queue others, and conn_release unlinks from this list */
+    conn *c;
+    while ((c = w->pending) != NULL) {
+        w->pending = c->next_pending;
+        c->queued = false;
+        c->next_pending = NULL;
+        after_async(c);
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1565,6 +1680,7 @@ int weft_http_server_start_worker(weft_http_server *s, weft_loop *loop)
     }
     if (getrandom(&w->rng, sizeof w->rng, 0) != sizeof w->rng || w->rng == 0)
         w->rng = weft_now_us() ^ ((uint64_t)(uintptr_t)w << 16) ^ 0x9e3779b97f4a7c15ULL;
+    weft_timer_init(&w->pending_timer, run_pending, w);
     s->ws[idx] = w;
     for (size_t i = 0; i < s->naddrs; i++) {
         weft_io_init(&w->lio[i], s->addrs[i].fds[idx], on_accept, w);
@@ -1604,6 +1720,7 @@ void weft_http_server_stop_worker(weft_http_server *s, weft_loop *loop)
     wstate *w = s->ws[idx];
     if (!w)
         return;
+    weft_timer_stop(loop, &w->pending_timer);
     while (w->conns) {
         conn *c = w->conns;
         c->busy = 0;

@@ -76,8 +76,7 @@ void weft_retry_budget_init(weft_retry_budget *b, double percent, uint32_t min_p
 static size_t roll(weft_retry_budget *b, uint64_t now_ms)
 {
     uint32_t bms = b->bucket_ms ? b->bucket_ms : 1;
-    weft_window_roll_(&b->epoch, now_ms / bms, b->deposits, b->withdrawals,
-                      WEFT_BUDGET_BUCKETS);
+    weft_window_roll_(&b->epoch, now_ms / bms, b->deposits, b->withdrawals, WEFT_BUDGET_BUCKETS);
     return (size_t)(b->epoch % WEFT_BUDGET_BUCKETS);
 }
 

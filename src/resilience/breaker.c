@@ -108,8 +108,7 @@ bool weft_breaker_allow(weft_breaker *b, uint64_t now_ms)
     if (!b)
         return false;
     switch (b->state) {
-    case WEFT_BREAKER_CLOSED:
-        return true;
+    case WEFT_BREAKER_CLOSED: return true;
     case WEFT_BREAKER_OPEN:
         if (now_ms < b->opened_at_ms + b->o.sleep_ms)
             return false;
@@ -120,8 +119,7 @@ bool weft_breaker_allow(weft_breaker *b, uint64_t now_ms)
             return false;
         b->probes_out++;
         return true;
-    default:
-        return false;
+    default: return false;
     }
 }
 
@@ -180,13 +178,9 @@ void weft_breaker_counts(weft_breaker *b, uint64_t now_ms, uint32_t *ok, uint32_
 const char *weft_breaker_state_name(int state)
 {
     switch (state) {
-    case WEFT_BREAKER_CLOSED:
-        return "closed";
-    case WEFT_BREAKER_OPEN:
-        return "open";
-    case WEFT_BREAKER_HALF_OPEN:
-        return "half_open";
-    default:
-        return "unknown";
+    case WEFT_BREAKER_CLOSED: return "closed";
+    case WEFT_BREAKER_OPEN: return "open";
+    case WEFT_BREAKER_HALF_OPEN: return "half_open";
+    default: return "unknown";
     }
 }

@@ -30,7 +30,8 @@
  *  - LEAST_REQUEST: cost (inflight+1)/weight compared exactly by cross
  *    multiplication; full scan with random tie-break for n <= 8, power of
  *    two choices above (Envoy's choice_count 2).
- *  - RANDOM: weighted, by binary search over weight prefix sums.
+ *  - RANDOM: weighted, by branch-free binary search over weight prefix
+ *    sums.
  *  - P2C_EWMA: two distinct random eligible endpoints, the cheaper wins;
  *    cost = peak-EWMA latency × (inflight+1) / weight, and an endpoint with
  *    no sample costs 0 when idle but 1e12+inflight when busy (Finagle), so
@@ -41,13 +42,13 @@
  *    key (found in O(1) expected through an index on the key's top bits),
  *    then walk forward to the first eligible endpoint.
  *  - MAGLEV: table of M slots, M the smallest prime in a fixed list that is
- *    >= 100·n (at least 5003; 1048573 at most, so n <= 1048573), filled by each endpoint's offset/skip
- *    permutation of two hashes of its id. Weight is honoured by turns: per
- *    round every endpoint accrues its weight and places one entry per
- *    max_weight accrued; the first round gives everyone an entry so no
- *    endpoint is unreachable. An ineligible slot is resolved by probing
- *    key-derived steps (slot + j·step mod M, M prime so every slot is
- *    visited), deterministically per key.
+ *    >= 100·n (at least 5003; at most 1048573, which also bounds n), filled
+ *    by each endpoint's offset/skip permutation of two hashes of its id.
+ *    Weight is honoured by turns: per round every endpoint accrues its
+ *    weight and places one entry per max_weight accrued; the first round
+ *    gives everyone an entry so no endpoint is unreachable. An ineligible
+ *    slot is resolved by probing key-derived steps (slot + j·step mod M, M
+ *    prime so every slot is visited), deterministically per key.
  * For both hash algorithms the caller's key is re-mixed first, so
  * sequential or poorly mixed keys still spread; marking an endpoint
  * unhealthy moves only the keys that were on it, since tables are never
@@ -56,7 +57,8 @@
  * Decisions: weight 0 is rejected with WEFT_EINVAL (the header promises
  * >= 1; a silent 1 would hide a config error); hash algorithms require a
  * non-NULL id. A NULL rng makes the balancer use its own, seeded
- * deterministically at creation. The EWMA is floored at 1 µs so that 0 keeps meaning "no sample".
+ * deterministically at creation. The EWMA is floored at 1 µs so that 0
+ * keeps meaning "no sample".
  */
 #include "weft/resilience.h"
 
@@ -130,7 +132,7 @@ typedef struct pick_ctx {
     const int *ex;
     size_t nex;
     bool panic;
-    bool use_ex; /* false once exclusion was found to leave nothing */
+    bool use_ex;  /* false once exclusion was found to leave nothing */
     size_t count; /* eligible endpoints under the exact rule */
 } pick_ctx;
 
@@ -327,8 +329,8 @@ static int pick_wrr(weft_lb *lb, pick_ctx *c)
 }
 
 /* First i in a[0..len) with a[i] > x (strict) or >= x, given one exists.
- * Branch-free halving: the compiler turns the step into a conditional move,
- * which beats a mispredicted branch on random keys. */
+ * Branch-free halving (the step is the comparison times half): random keys
+ * would mispredict a branch at every level. */
 static inline size_t search_gt(const uint64_t *a, size_t len, uint64_t x)
 {
     const uint64_t *b = a;
@@ -439,21 +441,14 @@ int weft_lb_pick(weft_lb *lb, uint64_t key, const int *exclude, size_t nexclude,
         rng = &lb->own_rng;
     lb->panic_known = false;
     switch (lb->algo) {
-    case WEFT_LB_ROUND_ROBIN:
-        return pick_rr(lb, &c);
-    case WEFT_LB_WEIGHTED_RR:
-        return pick_wrr(lb, &c);
-    case WEFT_LB_LEAST_REQUEST:
-        return pick_least_request(lb, &c, rng);
-    case WEFT_LB_RANDOM:
-        return pick_random(lb, &c, rng);
-    case WEFT_LB_RING_HASH:
-        return pick_ring(lb, &c, key);
-    case WEFT_LB_MAGLEV:
-        return pick_maglev(lb, &c, key);
+    case WEFT_LB_ROUND_ROBIN: return pick_rr(lb, &c);
+    case WEFT_LB_WEIGHTED_RR: return pick_wrr(lb, &c);
+    case WEFT_LB_LEAST_REQUEST: return pick_least_request(lb, &c, rng);
+    case WEFT_LB_RANDOM: return pick_random(lb, &c, rng);
+    case WEFT_LB_RING_HASH: return pick_ring(lb, &c, key);
+    case WEFT_LB_MAGLEV: return pick_maglev(lb, &c, key);
     case WEFT_LB_P2C_EWMA:
-    default:
-        return pick_p2c(lb, &c, rng, true);
+    default: return pick_p2c(lb, &c, rng, true);
     }
 }
 

@@ -75,8 +75,7 @@ bool weft_outlier_record(const weft_outlier_opts *o, weft_outlier_host *hosts, s
         if (h->consec_gateway != UINT32_MAX)
             h->consec_gateway++;
         break;
-    default:
-        return false;
+    default: return false;
     }
     if (weft_outlier_ejected(h, now_ms))
         return false;

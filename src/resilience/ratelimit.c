@@ -36,7 +36,7 @@
 #define EPS 1e-9
 
 typedef struct rl_entry {
-    struct rl_entry *hnext;      /* hash chain */
+    struct rl_entry *hnext;       /* hash chain */
     struct rl_entry *prev, *next; /* LRU list, head = most recent */
     uint64_t hash;
     double tokens;
@@ -215,7 +215,8 @@ static uint32_t ceil_secs(double x)
     return c >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)c;
 }
 
-bool weft_ratelimit_take(weft_ratelimit *rl, weft_str key, uint64_t now_us, weft_ratelimit_info *info)
+bool weft_ratelimit_take(weft_ratelimit *rl, weft_str key, uint64_t now_us,
+                         weft_ratelimit_info *info)
 {
     if (info)
         memset(info, 0, sizeof *info);

@@ -407,12 +407,9 @@ def scrape(port, reader=None):
 # ---------------------------------------------------------------- /bytes pattern
 
 def bytes_pattern_block():
-    """The 16128-byte piece /bytes streams over and over (see bytes_pump in
-    src/cmd/cmd_hello.c: pattern[i] = 'a' + i % 26, written in pieces of
-    sizeof pattern - 256 = 16128 bytes starting at offset pos % 256, which
-    is always 0 because 16128 is a multiple of 256)."""
-    pat = bytes(ord("a") + i % 26 for i in range(16384))
-    return pat[:16384 - 256]
+    """A whole number of periods of the /bytes stream, whose byte i is
+    'a' + i % 26 (see bytes_pump in src/cmd/cmd_hello.c)."""
+    return bytes(ord("a") + i % 26 for i in range(26 * 630))
 
 
 def expected_bytes(n):

@@ -1000,13 +1000,17 @@ static void test_io_pipe(void **state)
     assert_int_equal(rr.calls, 1);
     assert_int_equal(rr.ev[0], WEFT_IO_READ);
     assert_int_equal(rr.nread, 3);
-    /* writer gone: the hang-up is reported */
+    /* writer gone: the hang-up is reported, with READ so that a reader
+     * finds the end of input by reading (EPOLLHUP alone, no EPOLLIN) */
     close(p[1]);
     rr.stop_io = true;
+    rr.nread = -1;
     assert_int_equal(weft_loop_run(loop), 0);
     assert_false(g.fired);
     assert_int_equal(rr.calls, 2);
     assert_true(rr.ev[1] & WEFT_IO_HUP);
+    assert_true(rr.ev[1] & WEFT_IO_READ);
+    assert_int_equal(rr.nread, 0);
     assert_int_equal(rio.events, 0);
     weft_timer_stop(loop, &g.t);
     weft_loop_free(loop);

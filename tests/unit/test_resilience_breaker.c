@@ -72,7 +72,7 @@ static void test_breaker_error_percent(void **state)
     for (int i = 0; i < 9; i++)
         weft_breaker_record(&b, 0, false, 0);
     assert_int_equal(weft_breaker_state(&b, 0), WEFT_BREAKER_CLOSED); /* 45 % */
-    weft_breaker_record(&b, 0, false, 0);                              /* 10/21 = 47.6 % */
+    weft_breaker_record(&b, 0, false, 0);                             /* 10/21 = 47.6 % */
     assert_int_equal(weft_breaker_state(&b, 0), WEFT_BREAKER_CLOSED);
     weft_breaker_record(&b, 0, false, 0); /* 11/22 = 50 % */
     assert_int_equal(weft_breaker_state(&b, 0), WEFT_BREAKER_OPEN);
@@ -325,7 +325,7 @@ static void test_outlier_ejection_time_grows_and_caps(void **state)
     weft_outlier_opts_default(&o);
     weft_outlier_host h[1] = {0};
     uint64_t now = 0;
-    const uint64_t want[] = {30000, 60000, 90000, 120000, 150000, 180000,
+    const uint64_t want[] = {30000,  60000,  90000,  120000, 150000, 180000,
                              210000, 240000, 270000, 300000, 300000, 300000};
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
         bool ej = false;

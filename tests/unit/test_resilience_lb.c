@@ -382,7 +382,7 @@ static void test_p2c_ewma_peak_decay(void **state)
     assert_int_equal(e[0].ewma_stamp_us, 1000000);
     weft_lb_on_done(lb, 0, 5000, 1000001); /* peak: jumps straight up */
     assert_true(e[0].ewma_us == 5000.0);
-    assert_int_equal(e[0].inflight, 0); /* never below zero */
+    assert_int_equal(e[0].inflight, 0);     /* never below zero */
     weft_lb_on_done(lb, 0, 1000, 11000001); /* Δt = τ = 10 s */
     double want = 5000 * exp(-1.0) + 1000 * (1 - exp(-1.0));
     assert_true(fabs(e[0].ewma_us - want) < 1e-6);
@@ -658,7 +658,8 @@ static void test_maglev_many_endpoints(void **state)
     assert_non_null(names);
     for (int i = 0; i < 700; i++) {
         snprintf(names[i], sizeof names[i], "h%d", i);
-        eps[i] = (weft_lb_endpoint){.id = names[i], .weight = 1 + (uint32_t)(i % 3), .healthy = true};
+        eps[i] =
+            (weft_lb_endpoint){.id = names[i], .weight = 1 + (uint32_t)(i % 3), .healthy = true};
     }
     weft_lb *lb = NULL;
     assert_int_equal(weft_lb_new(WEFT_LB_MAGLEV, eps, 700, &lb), 0);

@@ -88,7 +88,7 @@ static void test_ratelimit_refill(void **state)
     for (int i = 0; i < 10; i++)
         assert_true(take(rl, "k", 0, NULL));
     assert_false(take(rl, "k", 0, &info));
-    assert_info(&info, 10, 0, 1, 1); /* 0.1 s to a token rounds up to 1 s */
+    assert_info(&info, 10, 0, 1, 1);           /* 0.1 s to a token rounds up to 1 s */
     assert_false(take(rl, "k", 50000, &info)); /* half a token */
     assert_true(take(rl, "k", 100000, &info));
     assert_info(&info, 10, 0, 1, 0);
@@ -269,8 +269,8 @@ static void test_adaptive_defaults_and_sanitize(void **state)
     assert_int_equal(a.o.long_window, 600);
     assert_near(a.o.smoothing, 0.2, 0);
     assert_int_equal(weft_adaptive_limit(&a), 20);
-    o = (weft_adaptive_opts){.initial_limit = 500, .min_limit = 50, .max_limit = 10,
-                             .smoothing = 3.0};
+    o = (weft_adaptive_opts){
+        .initial_limit = 500, .min_limit = 50, .max_limit = 10, .smoothing = 3.0};
     weft_adaptive_init(&a, &o);
     assert_int_equal(a.o.max_limit, 50);
     assert_int_equal(weft_adaptive_limit(&a), 50);

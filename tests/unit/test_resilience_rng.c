@@ -153,7 +153,8 @@ static void test_hash_avalanche(void **state)
 {
     (void)state;
     /* flipping any single input bit flips about half of the output bits */
-    const char *keys[] = {"a", "10.0.0.1:8080", "user-12345", "a somewhat longer key of 40 bytes.."};
+    const char *keys[] = {"a", "10.0.0.1:8080", "user-12345",
+                          "a somewhat longer key of 40 bytes.."};
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         char buf[64];
         size_t n = strlen(keys[k]);
@@ -335,7 +336,7 @@ static void test_budget_defaults_and_bad_args(void **state)
     for (int i = 0; i < 100; i++)
         weft_retry_budget_deposit(&b, 0);
     assert_false(weft_retry_budget_withdraw(&b, 0)); /* no percent, no reserve */
-    weft_retry_budget_init(&b, -1.0, 1, 5); /* tiny ttl: 1 ms buckets */
+    weft_retry_budget_init(&b, -1.0, 1, 5);          /* tiny ttl: 1 ms buckets */
     assert_int_equal(b.bucket_ms, 1);
     assert_near(weft_retry_budget_balance(&b, 0), 0.005, 1e-12);
     weft_retry_budget_init(NULL, 0.2, 10, 10000);

@@ -69,6 +69,15 @@ extern int weft_log_level_;
 
 void weft_log_kv(int level, const char *msg, const weft_kv *fields);
 
+/* Format one line (with its newline) into buf[0..size) exactly as
+ * weft_log_kv would write it, regardless of the level filter; returns its
+ * length (0 if size < 64). For callers that batch lines themselves, such as
+ * the gateway's buffered access log. */
+size_t weft_log_format(char *buf, size_t size, int level, const char *msg, const weft_kv *fields);
+
+/* The fd log lines go to (for callers that write formatted lines themselves). */
+int weft_log_fd(void);
+
 /* Configuration, normally once at start-up (not thread-safe against logging). */
 void weft_log_set_level(int level);
 void weft_log_set_format(int format);

@@ -35,6 +35,7 @@ const char weft_help_gateway[] =
     "  --workers N          worker threads (default: CPU count)\n"
     "  --log-level LEVEL    debug, info, warn, error or off\n"
     "  --log-format FMT     text or json\n"
+    "  --check              validate the config file and exit (0 = valid)\n"
     "\n"
     "Admin API: GET /admin/config, GET /admin/clusters, POST /admin/reload,\n"
     "GET /metrics, /health, /ready.\n"
@@ -233,6 +234,16 @@ static void w_stop(weft_loop *loop, void *arg)
 int weft_cmd_gateway(int argc, char **argv)
 {
     static const char *const extra[] = {"--admin", NULL};
+    /* --check takes no value: validate the file and exit (like nginx -t) */
+    bool check = false;
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--check") == 0)
+            check = true;
+        else
+            argv[n++] = argv[i];
+    }
+    argc = n;
     weft_cli cli;
     int rc = weft_cli_parse(&cli, "gateway", argc, argv, extra, weft_help_gateway);
     if (rc != 0)
@@ -267,6 +278,13 @@ int weft_cmd_gateway(int argc, char **argv)
         gw_config_unref(cfg);
         weft_cli_release(&cli);
         return 2;
+    }
+    if (check) {
+        printf("%s: ok (%zu routes, %zu clusters)\n", cli.config_path, cfg->nroutes,
+               cfg->nclusters);
+        gw_config_unref(cfg);
+        weft_cli_release(&cli);
+        return 0;
     }
     g_srv = weft_http_server_new(&cli.http);
     weft_http_server_opts aopts;

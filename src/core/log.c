@@ -32,6 +32,7 @@ static _Thread_local size_t tl_reqid_len;
 void weft_log_set_level(int level) { weft_log_level_ = level; }
 void weft_log_set_format(int format) { log_format = format; }
 void weft_log_set_fd(int fd) { log_fd = fd; }
+int weft_log_fd(void) { return log_fd; }
 
 void weft_log_set_request_id(const char *id, size_t len)
 {
@@ -282,26 +283,40 @@ static bool put_field(out *o, const char *key, const weft_kv *f, bool first)
     return true;
 }
 
-void weft_log_kv(int level, const char *msg, const weft_kv *fields)
+/* Per-thread cache of the "YYYY-MM-DDTHH:MM:SS" part of the timestamp:
+ * busy loggers (the access log) pay for gmtime once per second. */
+static _Thread_local time_t tl_ts_sec = -1;
+static _Thread_local char tl_ts[80];
+
+size_t weft_log_format(char *buf, size_t size, int level, const char *msg, const weft_kv *fields)
 {
-    if (level < weft_log_level_ || level < 0 || level > WEFT_LOG_ERROR)
-        return;
-    char buf[4096];
+    if (size < 64 || level < 0 || level > WEFT_LOG_ERROR)
+        return 0;
     /* 32 bytes past cap stay free for the truncation marker and closing marks */
-    out o = {buf, 0, sizeof buf - 32, false, false};
+    out o = {buf, 0, size - 32, false, false};
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    struct tm tm;
-    time_t secs = tv.tv_sec;
-    gmtime_r(&secs, &tm);
-    char ts[40];
-    int tn = snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                      (int)(tv.tv_usec / 1000));
+    if (tv.tv_sec != tl_ts_sec) {
+        struct tm tm;
+        time_t secs = tv.tv_sec;
+        gmtime_r(&secs, &tm);
+        snprintf(tl_ts, sizeof tl_ts, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        tl_ts_sec = tv.tv_sec;
+    }
+    char ts[96];
+    size_t tn = strlen(tl_ts);
+    memcpy(ts, tl_ts, tn);
+    int ms = (int)(tv.tv_usec / 1000);
+    ts[tn++] = '.';
+    ts[tn++] = (char)('0' + ms / 100);
+    ts[tn++] = (char)('0' + ms / 10 % 10);
+    ts[tn++] = (char)('0' + ms % 10);
+    ts[tn++] = 'Z';
     if (log_format == WEFT_LOG_JSON)
         putc_(&o, '{');
     /* ts and level always fit, so the line never ends right after '{' */
-    bool more = put_field(&o, "ts", &WEFT_KV_SLICE("ts", ((weft_str){ts, (size_t)tn})), true) &&
+    bool more = put_field(&o, "ts", &WEFT_KV_SLICE("ts", ((weft_str){ts, tn})), true) &&
                 put_field(&o, "level", &WEFT_KV_STR("level", level_names[level]), false) &&
                 put_field(&o, "msg", &WEFT_KV_STR("msg", msg), false);
     if (more && tl_reqid)
@@ -310,7 +325,7 @@ void weft_log_kv(int level, const char *msg, const weft_kv *fields)
     for (const weft_kv *f = fields; more && f && f->key; f++)
         more = put_field(&o, f->key, f, false);
     /* the reserved room, for the closing marks only */
-    o.cap = sizeof buf;
+    o.cap = size;
     if (o.cut) {
         static const char tj[] = ",\"truncated\":true", tt[] = " truncated=true";
         o.cut = false;
@@ -322,6 +337,15 @@ void weft_log_kv(int level, const char *msg, const weft_kv *fields)
     if (log_format == WEFT_LOG_JSON)
         putc_(&o, '}');
     putc_(&o, '\n');
+    return o.n;
+}
+
+void weft_log_kv(int level, const char *msg, const weft_kv *fields)
+{
+    if (level < weft_log_level_ || level < 0 || level > WEFT_LOG_ERROR)
+        return;
+    char buf[4096];
+    out o = {buf, weft_log_format(buf, sizeof buf, level, msg, fields), sizeof buf, false, false};
     size_t off = 0;
     while (off < o.n) {
         ssize_t w = write(log_fd, buf + off, o.n - off);

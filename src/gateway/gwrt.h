@@ -80,6 +80,10 @@ struct gw_worker {
     weft_rng rng;
     weft_timer tick;        /* outlier un-ejection, health refresh */
     uint64_t inflight;
+    /* access log lines, written in batches (32 KiB or every second) */
+    weft_buf alog;
+    uint64_t alog_flushed_ms;
+    weft_buf hdrs;          /* scratch: the forwarded header block being built */
 };
 
 typedef struct gw_runtime {

@@ -28,7 +28,9 @@
 #include "http/codec.h"
 #include "weft/log.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -56,7 +58,6 @@ typedef struct gw_req {
     int status;
     const char *error;
     char *target;
-    weft_buf hdrs;
     uint64_t hash_key;
     uint64_t upstream_us;
 } gw_req;
@@ -70,8 +71,13 @@ static const weft_str HOP_BY_HOP[] = {
 
 static bool is_hop_by_hop(weft_str name)
 {
+    /* lengths of the names above: skip the compares for everything else */
+    switch (name.n) {
+    case 2: case 6: case 7: case 10: case 14: case 16: case 17: case 19: break;
+    default: return false;
+    }
     for (size_t i = 0; i < sizeof HOP_BY_HOP / sizeof HOP_BY_HOP[0]; i++)
-        if (weft_str_ieq(name, HOP_BY_HOP[i]))
+        if (HOP_BY_HOP[i].n == name.n && weft_str_ieq(name, HOP_BY_HOP[i]))
             return true;
     return false;
 }
@@ -141,13 +147,15 @@ static weft_str peer_ip(weft_http_req *r)
     return (weft_str){p, c ? (size_t)(c - p) : n};
 }
 
-static int build_upstream_head(gw_req *g)
+/* Serialise the forwarded header block into the worker's scratch buffer
+ * (rebuilt for each attempt: the client copies it at submit, so nothing is
+ * allocated per request). */
+static int build_upstream_head(gw_req *g, weft_buf *b)
 {
     weft_http_req *r = g->r;
     const gw_route_conf *rt = g->route;
     const gw_config *cfg = g->gen->cfg;
-    weft_buf *b = &g->hdrs;
-    weft_buf_init(b, 256 * 1024);
+    weft_buf_clear(b);
     weft_str conn = weft_http_req_header(r, WEFT_STR("Connection"));
     weft_str xff = WEFT_STR_NULL, via = WEFT_STR_NULL;
     weft_str dl = cfg->deadline_header[0] ? weft_str_from(cfg->deadline_header) : WEFT_STR_NULL;
@@ -317,7 +325,6 @@ static void gen_unref(gw_gen *gen);
 
 static void req_free(gw_req *g)
 {
-    weft_buf_release(&g->hdrs);
     weft_timer_stop(g->w->loop, &g->timer);
     g->w->inflight--;
     gen_unref(g->gen);
@@ -330,15 +337,42 @@ static int class_index(int status)
     return c >= 1 && c <= 5 ? c : 0;
 }
 
+#define ALOG_FLUSH_BYTES (32 * 1024)
+#define ALOG_FLUSH_MS 1000
+
+static void alog_flush(gw_worker *w)
+{
+    int fd = weft_log_fd();
+    while (weft_buf_used(&w->alog)) {
+        ssize_t n = write(fd, weft_buf_rptr(&w->alog), weft_buf_used(&w->alog));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            weft_buf_clear(&w->alog); /* log sink broken: drop, never block requests */
+            break;
+        }
+        weft_buf_consume(&w->alog, (size_t)n);
+    }
+    w->alog_flushed_ms = weft_loop_now_ms(w->loop);
+}
+
+/* One JSON/logfmt line per request, in the same format as every other log
+ * line, appended to a per-worker buffer: one write per 32 KiB or second
+ * instead of one per request. */
 static void access_log(gw_req *g, int status)
 {
     if (!g->gen->cfg->access_log)
         return;
+    gw_worker *w = g->w;
     uint64_t now = weft_now_us();
     const gw_cluster_rt *cl = g->cl;
     weft_str id = weft_http_req_id(g->r);
-    weft_log(WEFT_LOG_INFO, "access", WEFT_KV_SLICE("request_id", id),
-             WEFT_KV_STR("route", g->route->name),
+    if (weft_buf_reserve(&w->alog, 4096) < 0)
+        alog_flush(w);
+    if (weft_buf_reserve(&w->alog, 4096) < 0)
+        return;
+    const weft_kv fields[] = {WEFT_KV_SLICE("request_id", id),
+                              WEFT_KV_STR("route", g->route->name),
              WEFT_KV_SLICE("method", weft_http_req_method_str(g->r)),
              WEFT_KV_SLICE("path", weft_http_req_path(g->r)),
              WEFT_KV_STR("client", weft_http_req_peer(g->r)),
@@ -347,7 +381,12 @@ static void access_log(gw_req *g, int status)
              WEFT_KV_INT("status", status), WEFT_KV_UINT("attempts", g->attempt),
              WEFT_KV_FLOAT("duration_ms", (double)(now - g->start_us) / 1000.0),
              WEFT_KV_FLOAT("upstream_ms", (double)g->upstream_us / 1000.0),
-             WEFT_KV_STR("error", g->error ? g->error : ""));
+             WEFT_KV_STR("error", g->error ? g->error : ""), {.key = NULL}};
+    size_t n = weft_log_format(weft_buf_wptr(&w->alog), weft_buf_avail(&w->alog), WEFT_LOG_INFO,
+                               "access", fields);
+    weft_buf_commit(&w->alog, n);
+    if (weft_buf_used(&w->alog) >= ALOG_FLUSH_BYTES)
+        alog_flush(w);
 }
 
 static void count_final(gw_req *g, int status)
@@ -693,13 +732,19 @@ static void start_attempt(gw_req *g)
     }
     const gw_endpoint_conf *e = &cl->conf->eps[ep];
     weft_str body = weft_http_req_body(g->r);
+    if (build_upstream_head(g, &w->hdrs) < 0) {
+        attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
+        g->error = "request headers too large to forward";
+        respond_local(g, 431, "request headers too large to forward", NULL, NULL);
+        return;
+    }
     weft_http_creq_opts o = {
         .method = NULL,
         .host = e->host,
         .port = e->port,
         .target = g->target,
         .headers = hdr_list,
-        .raw_headers = {weft_buf_rptr(&g->hdrs), weft_buf_used(&g->hdrs)},
+        .raw_headers = {weft_buf_rptr(&w->hdrs), weft_buf_used(&w->hdrs)},
         .body = body.n ? body.p : NULL,
         .body_len = body.n,
         .timeout_ms = per_try ? per_try : 1,
@@ -903,8 +948,8 @@ void gw_handle(weft_http_req *r, void *ud)
     g->cl = &gen->clusters[choose_cluster(g)];
     g->hash_key = hash_key(g);
     g->target = build_target(g);
-    if (!g->target || build_upstream_head(g) < 0) {
-        respond_local(g, 431, "request headers too large to forward", NULL, NULL);
+    if (!g->target) {
+        respond_local(g, 503, "out of memory", NULL, NULL);
         return;
     }
     if (route->retry.budget_enabled)
@@ -926,6 +971,8 @@ static void tick(weft_loop *loop, weft_timer *t)
         if (weft_outlier_tick(cl->outlier, cl->conf->neps, now_ms))
             gw_cluster_refresh_health(cl, now_ms);
     }
+    if (weft_buf_used(&w->alog) && now_ms - w->alog_flushed_ms >= ALOG_FLUSH_MS)
+        alog_flush(w);
     weft_timer_start(loop, t, 100);
 }
 
@@ -968,6 +1015,8 @@ int gw_worker_start(gw_runtime *rt, weft_loop *loop)
         return WEFT_ENOMEM;
     w->loop = loop;
     w->rt = rt;
+    weft_buf_init(&w->alog, 1u << 20);
+    weft_buf_init(&w->hdrs, 256 * 1024);
     weft_rng_seed(&w->rng, weft_now_us() ^ ((uint64_t)idx << 32) ^ (uint64_t)(uintptr_t)w);
     weft_http_client_opts co;
     weft_http_client_opts_default(&co);
@@ -995,6 +1044,9 @@ void gw_worker_stop(gw_runtime *rt, weft_loop *loop)
     if (!w)
         return;
     weft_timer_stop(loop, &w->tick);
+    alog_flush(w);
+    weft_buf_release(&w->alog);
+    weft_buf_release(&w->hdrs);
     /* connections were closed by the server: requests freed via on_abort */
     gw_gen *gen = w->gen;
     w->gen = NULL;

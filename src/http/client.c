@@ -91,7 +91,7 @@ struct weft_http_creq {
     conn *cn;
     int method;
     char *out; /* serialized request, kept until the end for a retry */
-    size_t out_len, out_off;
+    size_t out_len, out_off, out_cap;
     uint32_t timeout_ms; /* response timeout, 0 = none */
     weft_timer timer;    /* connect / response timeout, deferred errors */
     int phase;           /* enum req_phase */
@@ -413,7 +413,11 @@ static weft_http_creq *req_alloc(weft_http_client *c)
     if (q) {
         c->free_reqs = q->next_free;
         c->nfree--;
+        char *out = q->out;
+        size_t cap = q->out_cap;
         memset(q, 0, offsetof(weft_http_creq, head));
+        q->out = out;
+        q->out_cap = cap;
         return q;
     }
     return calloc(1, sizeof *q);
@@ -421,17 +425,18 @@ static weft_http_creq *req_alloc(weft_http_client *c)
 
 static void req_free(weft_http_creq *q)
 {
-    free(q->out);
-    q->out = NULL;
 #ifndef WEFT_DEBUG_ALLOC
     weft_http_client *c = q->c;
-    if (c && !c->freeing && c->nfree < MAX_FREE_REQS) {
+    if (c && !c->freeing && c->nfree < MAX_FREE_REQS && q->out_cap <= 16384) {
+        /* keep the request buffer with the struct: the next request
+         * serialises into it without a malloc */
         q->next_free = c->free_reqs;
         c->free_reqs = q;
         c->nfree++;
         return;
     }
 #endif
+    free(q->out);
     free(q);
 }
 
@@ -951,6 +956,11 @@ static int build_request(weft_http_creq *q, const weft_http_creq_opts *o)
 
     weft_buf b;
     weft_buf_init(&b, SIZE_MAX / 2);
+    /* reuse the buffer a recycled request struct brought along */
+    b.data = q->out;
+    b.cap = q->out_cap;
+    q->out = NULL;
+    q->out_cap = 0;
     char tmp[64];
     if ((rc = weft_buf_append(&b, o->method, mlen)) < 0 || (rc = append_s(&b, " ")) < 0 ||
         (rc = weft_buf_append(&b, o->target, tlen)) < 0 ||
@@ -992,6 +1002,7 @@ static int build_request(weft_http_creq *q, const weft_http_creq_opts *o)
         goto fail;
     q->out = b.data;
     q->out_len = b.len;
+    q->out_cap = b.cap;
     return 0;
 
 fail:
@@ -1145,6 +1156,7 @@ void weft_http_client_free(weft_http_client *c)
     while (c->free_reqs) {
         weft_http_creq *q = c->free_reqs;
         c->free_reqs = q->next_free;
+        free(q->out);
         free(q);
     }
     free(c);

@@ -168,6 +168,7 @@ struct conn {
     uint32_t lingered;
     bool queued;          /* on w->pending */
     conn *next_pending;
+    char *peer_text;      /* "ip:port", formatted once per connection */
     struct sockaddr_storage peer;
     socklen_t peerlen;
 };
@@ -662,12 +663,13 @@ weft_str weft_http_req_id(weft_http_req *r)
 
 const char *weft_http_req_peer(weft_http_req *r)
 {
-    if (!r->peer) {
+    conn *c = r->c;
+    if (!c->peer_text) {
         char buf[80];
-        weft_http_format_addr(&r->c->peer, buf, sizeof buf);
-        r->peer = weft_arena_strdup(&r->arena, buf, strlen(buf));
+        weft_http_format_addr(&c->peer, buf, sizeof buf);
+        c->peer_text = strdup(buf);
     }
-    return r->peer ? r->peer : "unknown";
+    return c->peer_text ? c->peer_text : "unknown";
 }
 
 void weft_http_req_on_body(weft_http_req *r, weft_http_body_cb on_data, weft_http_end_cb on_end,
@@ -1060,6 +1062,7 @@ static void conn_release(conn *c)
     weft_io_stop(w->loop, &c->io);
     weft_timer_stop(w->loop, &c->timer);
     close(c->io.fd);
+    free(c->peer_text);
     weft_buf_release(&c->in);
     weft_buf_release(&c->out);
     if (c->prev)

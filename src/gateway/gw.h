@@ -20,6 +20,7 @@
 #include "weft/resilience.h"
 #include "weft/weft.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -66,7 +67,8 @@ typedef struct gw_cluster_conf {
 } gw_cluster_conf;
 
 enum gw_path_kind { GW_PATH_ANY = 0, GW_PATH_EXACT, GW_PATH_PREFIX, GW_PATH_REGEX };
-enum gw_action { GW_ACT_PROXY = 0, GW_ACT_REDIRECT, GW_ACT_DIRECT };
+enum gw_action { GW_ACT_PROXY = 0, GW_ACT_REDIRECT, GW_ACT_DIRECT, GW_ACT_AGGREGATE };
+
 
 typedef struct gw_kv_match {
     char *name;
@@ -88,6 +90,48 @@ typedef struct gw_header_ops {
     char **remove;
     size_t nremove;
 } gw_header_ops;
+
+struct weft_ratelimit;
+struct weft_apikeys;
+struct weft_jwks;
+
+enum gw_rl_key { GW_RL_CLIENT_IP = 0, GW_RL_HEADER, GW_RL_API_KEY };
+
+/* A route's rate limiter is the one piece of mutable state shared by all
+ * workers: a limit has to hold for a client whichever worker its
+ * connections land on. It is taken under a mutex for ~50 ns per request. */
+typedef struct gw_ratelimit_conf {
+    double rate;       /* tokens per second */
+    uint32_t burst;
+    int key;           /* enum gw_rl_key */
+    char *header;      /* for GW_RL_HEADER */
+    struct weft_ratelimit *rl;
+    pthread_mutex_t mu;
+} gw_ratelimit_conf;
+
+typedef struct gw_auth_conf {
+    struct weft_apikeys *keys;
+    char *key_header;  /* default X-API-Key */
+    char *key_query;   /* or a query parameter */
+    struct weft_jwks *jwks;
+    char *issuer;
+    char **audiences;
+    size_t naud;
+    unsigned algs;
+    uint32_t leeway_s;
+    gw_header_op *forward; /* claim name -> header name */
+    size_t nforward;
+    gw_header_op *require; /* claim name -> required value (403 if not) */
+    size_t nrequire;
+} gw_auth_conf;
+
+typedef struct gw_agg_part {
+    char *name;
+    int cluster;
+    char *path;
+    uint32_t timeout_ms;
+    char *fallback_json; /* JSON text used when the part fails; NULL = null */
+} gw_agg_part;
 
 typedef struct gw_split {
     int cluster;      /* index into clusters */
@@ -149,6 +193,16 @@ typedef struct gw_route_conf {
     char *body;
     size_t body_len;
     char *content_type;
+    /* edge features */
+    gw_ratelimit_conf *ratelimit;
+    gw_auth_conf *auth;
+    bool cache;
+    uint32_t cache_ttl_ms; /* default lifetime when the response gives none */
+    bool cache_auth;       /* cache requests carrying Authorization too */
+    bool compress;
+    uint32_t compress_min;
+    gw_agg_part *parts;
+    size_t nparts;
     /* fallback (breaker open / no healthy endpoint) */
     bool fallback;
     int fallback_status;
@@ -167,6 +221,8 @@ typedef struct gw_config {
     gw_route_conf *routes;
     size_t nroutes;
     bool access_log;
+    size_t cache_max_bytes; /* per worker; default 64 MiB */
+    int cache_policy;       /* enum weft_cache_policy */
     bool xff;        /* add X-Forwarded-* (default on) */
     bool via;        /* add Via (default on) */
     char *deadline_header; /* default "X-Weft-Deadline-Ms"; "" = off */

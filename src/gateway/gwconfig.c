@@ -12,9 +12,13 @@
  */
 #include "gw.h"
 
+#include "auth.h"
+#include "cache.h"
+
 #include "http/codec.h"
 #include "weft/log.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +101,40 @@ static void config_free(gw_config *c)
         free(r->content_type);
         free(r->fallback_body);
         free(r->fallback_type);
+        if (r->ratelimit) {
+            weft_ratelimit_free(r->ratelimit->rl);
+            pthread_mutex_destroy(&r->ratelimit->mu);
+            free(r->ratelimit->header);
+            free(r->ratelimit);
+        }
+        if (r->auth) {
+            gw_auth_conf *a = r->auth;
+            weft_apikeys_free(a->keys);
+            weft_jwks_free(a->jwks);
+            free(a->key_header);
+            free(a->key_query);
+            free(a->issuer);
+            for (size_t k = 0; k < a->naud; k++)
+                free(a->audiences[k]);
+            free(a->audiences);
+            for (size_t k = 0; k < a->nforward; k++) {
+                free(a->forward[k].name);
+                free(a->forward[k].value);
+            }
+            free(a->forward);
+            for (size_t k = 0; k < a->nrequire; k++) {
+                free(a->require[k].name);
+                free(a->require[k].value);
+            }
+            free(a->require);
+            free(a);
+        }
+        for (size_t k = 0; k < r->nparts; k++) {
+            free(r->parts[k].name);
+            free(r->parts[k].path);
+            free(r->parts[k].fallback_json);
+        }
+        free(r->parts);
     }
     free(c->routes);
     free(c->path);
@@ -564,6 +602,199 @@ fail:
     return WEFT_ECONFIG;
 }
 
+static int parse_ratelimit(const weft_conf_node *n, gw_route_conf *r, weft_conf_err *err)
+{
+    gw_ratelimit_conf *rl = calloc(1, sizeof *rl);
+    if (!rl)
+        FAIL(n, NULL, "out of memory");
+    pthread_mutex_init(&rl->mu, NULL);
+    r->ratelimit = rl;
+    int64_t rps = 0;
+    uint32_t burst = 0;
+    const char *key = NULL;
+    if (weft_conf_int(n, "requests_per_second", 1, 10000000, &rps, err) < 0 ||
+        get_u32(n, "burst", 1, 100000000, &burst, err) < 0 ||
+        weft_conf_string(n, "key", &key, err) < 0)
+        goto fail;
+    if (rps == 0)
+        FAIL(n, "requests_per_second", "missing: the sustained rate per key");
+    rl->rate = (double)rps;
+    rl->burst = burst ? burst : (uint32_t)rps;
+    if (!key || strcmp(key, "client_ip") == 0) {
+        rl->key = GW_RL_CLIENT_IP;
+    } else if (strcmp(key, "api_key") == 0) {
+        rl->key = GW_RL_API_KEY;
+    } else if (strncmp(key, "header:", 7) == 0 && valid_token(key + 7)) {
+        rl->key = GW_RL_HEADER;
+        rl->header = strdup(key + 7);
+    } else {
+        FAIL(weft_conf_get(n, "key"), NULL, "expected client_ip, api_key or header:NAME");
+    }
+    rl->rl = weft_ratelimit_new(rl->rate, rl->burst, 100000);
+    if (!rl->rl)
+        FAIL(n, NULL, "cannot create the rate limiter");
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
+static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_conf *r,
+                      weft_conf_err *err)
+{
+    gw_auth_conf *a = calloc(1, sizeof *a);
+    if (!a)
+        FAIL(n, NULL, "out of memory");
+    r->auth = a;
+    const weft_conf_node *ak = weft_conf_get(n, "api_keys");
+    if (ak) {
+        a->key_header = strdup("X-API-Key");
+        if (get_str(ak, "header", &a->key_header, err) < 0 ||
+            get_str(ak, "query", &a->key_query, err) < 0)
+            goto fail;
+        const weft_conf_node *keys = weft_conf_get(ak, "keys");
+        if (!keys || weft_conf_kind(keys) != WEFT_CONF_SEQ || weft_conf_seq_len(keys) == 0)
+            FAIL(keys ? keys : ak, keys ? NULL : "keys",
+                 "expected a list of {name, hash: \"sha256:<hex>\"} (weft hash-key prints one)");
+        a->keys = weft_apikeys_new();
+        for (size_t i = 0; i < weft_conf_seq_len(keys); i++) {
+            const weft_conf_node *k = weft_conf_seq_at(keys, i);
+            const char *name = NULL, *hash = NULL;
+            if (weft_conf_string(k, "name", &name, err) < 0 ||
+                weft_conf_string(k, "hash", &hash, err) < 0)
+                goto fail;
+            if (!name || !hash)
+                FAIL(k, NULL, "each key needs name and hash");
+            int rc = weft_apikeys_add(a->keys, name, hash);
+            if (rc < 0)
+                FAIL(weft_conf_get(k, "hash"), NULL,
+                     rc == WEFT_EEXIST ? "duplicate key hash"
+                                       : "expected \"sha256:\" followed by 64 hex digits");
+        }
+    }
+    const weft_conf_node *jw = weft_conf_get(n, "jwt");
+    if (jw) {
+        const char *jwks = NULL;
+        if (weft_conf_string(jw, "jwks", &jwks, err) < 0)
+            goto fail;
+        if (!jwks)
+            FAIL(jw, "jwks", "missing: path to a JWKS file");
+        char path[1024], why[512];
+        if (jwks[0] != '/' && cfgpath && strrchr(cfgpath, '/')) {
+            /* relative to the config file's directory */
+            int dl = (int)(strrchr(cfgpath, '/') - cfgpath);
+            snprintf(path, sizeof path, "%.*s/%s", dl, cfgpath, jwks);
+        } else {
+            snprintf(path, sizeof path, "%s", jwks);
+        }
+        if (weft_jwks_load_file(path, &a->jwks, why, sizeof why) < 0)
+            FAIL(weft_conf_get(jw, "jwks"), NULL, "%s", why);
+        uint32_t leeway = 0;
+        if (get_str(jw, "issuer", &a->issuer, err) < 0 || get_dur(jw, "leeway", &leeway, err) < 0)
+            goto fail;
+        a->leeway_s = leeway / 1000;
+        const weft_conf_node *aud = weft_conf_get(jw, "audiences");
+        if (aud) {
+            if (weft_conf_kind(aud) != WEFT_CONF_SEQ)
+                FAIL(aud, "audiences", "expected a list of strings");
+            a->naud = weft_conf_seq_len(aud);
+            a->audiences = calloc(a->naud ? a->naud : 1, sizeof *a->audiences);
+            for (size_t i = 0; i < a->naud; i++) {
+                const char *v = weft_conf_scalar(weft_conf_seq_at(aud, i));
+                if (!v)
+                    FAIL(weft_conf_seq_at(aud, i), "audiences", "expected a string");
+                a->audiences[i] = strdup(v);
+            }
+        }
+        const weft_conf_node *alg = weft_conf_get(jw, "algorithms");
+        if (alg) {
+            if (weft_conf_kind(alg) != WEFT_CONF_SEQ)
+                FAIL(alg, "algorithms", "expected a list like [RS256, ES256]");
+            for (size_t i = 0; i < weft_conf_seq_len(alg); i++) {
+                const char *v = weft_conf_scalar(weft_conf_seq_at(alg, i));
+                if (v && strcmp(v, "HS256") == 0)
+                    a->algs |= WEFT_JWT_HS256;
+                else if (v && strcmp(v, "RS256") == 0)
+                    a->algs |= WEFT_JWT_RS256;
+                else if (v && strcmp(v, "ES256") == 0)
+                    a->algs |= WEFT_JWT_ES256;
+                else
+                    FAIL(weft_conf_seq_at(alg, i), "algorithms", "supported: HS256, RS256, ES256");
+            }
+        }
+        static const char *const maps[] = {"forward_claims", "require_claims"};
+        for (int m = 0; m < 2; m++) {
+            const weft_conf_node *fc = weft_conf_get(jw, maps[m]);
+            if (!fc)
+                continue;
+            if (weft_conf_kind(fc) != WEFT_CONF_MAP)
+                FAIL(fc, maps[m], "expected a mapping of claim to %s",
+                     m == 0 ? "header name" : "required value");
+            size_t cnt = weft_conf_map_len(fc);
+            gw_header_op *ops = calloc(cnt ? cnt : 1, sizeof *ops);
+            if (m == 0) {
+                a->forward = ops;
+                a->nforward = cnt;
+            } else {
+                a->require = ops;
+                a->nrequire = cnt;
+            }
+            for (size_t i = 0; i < cnt; i++) {
+                const char *claim;
+                const weft_conf_node *v = weft_conf_map_at(fc, i, &claim);
+                const char *val = weft_conf_scalar(v);
+                if (!val || (m == 0 && !valid_token(val)))
+                    FAIL(v, claim, m == 0 ? "expected a header name" : "expected a value");
+                ops[i].name = strdup(claim);
+                ops[i].value = strdup(val);
+            }
+        }
+    }
+    if (!a->keys && !a->jwks)
+        FAIL(n, NULL, "auth needs api_keys, jwt, or both");
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
+static int parse_aggregate(gw_config *c, const weft_conf_node *n, gw_route_conf *r,
+                           weft_conf_err *err)
+{
+    const weft_conf_node *parts = weft_conf_get(n, "parts");
+    if (!parts || weft_conf_kind(parts) != WEFT_CONF_SEQ || weft_conf_seq_len(parts) == 0)
+        FAIL(parts ? parts : n, parts ? NULL : "parts",
+             "aggregate needs a list of parts {name, cluster, path, timeout, fallback}");
+    r->nparts = weft_conf_seq_len(parts);
+    r->parts = calloc(r->nparts, sizeof *r->parts);
+    for (size_t i = 0; i < r->nparts; i++) {
+        const weft_conf_node *p = weft_conf_seq_at(parts, i);
+        gw_agg_part *ap = &r->parts[i];
+        const char *cl = NULL;
+        ap->timeout_ms = 1000;
+        if (get_str(p, "name", &ap->name, err) < 0 || weft_conf_string(p, "cluster", &cl, err) < 0 ||
+            get_str(p, "path", &ap->path, err) < 0 || get_dur(p, "timeout", &ap->timeout_ms, err) < 0 ||
+            get_str(p, "fallback", &ap->fallback_json, err) < 0)
+            goto fail;
+        if (!ap->name || !cl || !ap->path || ap->path[0] != '/')
+            FAIL(p, NULL, "each part needs name, cluster and a path starting with /");
+        ap->cluster = gw_cluster_index(c, cl);
+        if (ap->cluster < 0)
+            FAIL(weft_conf_get(p, "cluster"), NULL, "no cluster named '%s'", cl);
+        if (ap->fallback_json) {
+            json_error_t je;
+            json_t *j = json_loads(ap->fallback_json, JSON_DECODE_ANY, &je);
+            if (!j)
+                FAIL(weft_conf_get(p, "fallback"), NULL, "fallback must be JSON text: %s", je.text);
+            json_decref(j);
+        }
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(r->parts[k].name, ap->name) == 0)
+                FAIL(p, "name", "duplicate part name '%s'", ap->name);
+    }
+    return 0;
+fail:
+    return WEFT_ECONFIG;
+}
+
 static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, size_t idx,
                        weft_conf_err *err)
 {
@@ -640,9 +871,15 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
     const weft_conf_node *asp = weft_conf_get(n, "split");
     const weft_conf_node *ard = weft_conf_get(n, "redirect");
     const weft_conf_node *adr = weft_conf_get(n, "direct");
-    int nact = !!acl + !!asp + !!ard + !!adr;
+    const weft_conf_node *agg = weft_conf_get(n, "aggregate");
+    int nact = !!acl + !!asp + !!ard + !!adr + !!agg;
     if (nact != 1)
-        FAIL(n, NULL, "a route needs exactly one of: cluster, split, redirect, direct");
+        FAIL(n, NULL, "a route needs exactly one of: cluster, split, redirect, direct, aggregate");
+    if (agg) {
+        r->action = GW_ACT_AGGREGATE;
+        if (parse_aggregate(c, agg, r, err) < 0)
+            goto fail;
+    }
     if (acl) {
         const char *name = weft_conf_scalar(acl);
         int ci = name ? gw_cluster_index(c, name) : -1;
@@ -676,7 +913,7 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         r->status = (int)st;
         if (!r->location || !valid_value(r->location))
             FAIL(ard, "location", "missing or invalid location");
-    } else {
+    } else if (adr) {
         r->action = GW_ACT_DIRECT;
         uint32_t st = 200;
         if (get_u32(adr, "status", 200, 599, &st, err) < 0 ||
@@ -711,6 +948,38 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
                 r->retry.attempts = 1;
         } else if (parse_retry(rt, &r->retry, err) < 0) {
             goto fail;
+        }
+    }
+    const weft_conf_node *rlc = weft_conf_get(n, "rate_limit");
+    if (rlc && parse_ratelimit(rlc, r, err) < 0)
+        goto fail;
+    const weft_conf_node *au = weft_conf_get(n, "auth");
+    if (au && parse_auth(c->path, au, r, err) < 0)
+        goto fail;
+    const weft_conf_node *ca = weft_conf_get(n, "cache");
+    if (ca) {
+        if (weft_conf_kind(ca) == WEFT_CONF_SCALAR) {
+            if (weft_conf_bool(n, "cache", &r->cache, err) < 0)
+                goto fail;
+        } else {
+            r->cache = true;
+            if (get_dur(ca, "ttl", &r->cache_ttl_ms, err) < 0 ||
+                weft_conf_bool(ca, "authorized", &r->cache_auth, err) < 0)
+                goto fail;
+        }
+    }
+    r->compress_min = 256;
+    const weft_conf_node *cz = weft_conf_get(n, "compress");
+    if (cz) {
+        if (weft_conf_kind(cz) == WEFT_CONF_SCALAR) {
+            if (weft_conf_bool(n, "compress", &r->compress, err) < 0)
+                goto fail;
+        } else {
+            r->compress = true;
+            uint64_t mn = r->compress_min;
+            if (weft_conf_size(cz, "min_size", 0, 1u << 30, &mn, err) < 0)
+                goto fail;
+            r->compress_min = (uint32_t)mn;
         }
     }
     const weft_conf_node *fb = weft_conf_get(n, "fallback");
@@ -748,6 +1017,17 @@ int gw_config_from_conf(const char *path, const weft_conf_node *root, gw_config 
         weft_conf_bool(root, "via", &c->via, err) < 0 ||
         get_str(root, "deadline_header", &c->deadline_header, err) < 0)
         goto fail;
+    c->cache_max_bytes = 64u << 20;
+    c->cache_policy = WEFT_CACHE_LRU;
+    const weft_conf_node *cc = weft_conf_get(root, "cache");
+    if (cc) {
+        uint64_t mb = c->cache_max_bytes;
+        static const char *const pol[] = {"lru", "lfu", NULL};
+        if (weft_conf_size(cc, "max_bytes", 4096, (uint64_t)1 << 40, &mb, err) < 0 ||
+            weft_conf_enum(cc, "policy", pol, &c->cache_policy, err) < 0)
+            goto fail;
+        c->cache_max_bytes = (size_t)mb;
+    }
     const weft_conf_node *cls = weft_conf_get(root, "clusters");
     if (cls) {
         if (weft_conf_kind(cls) != WEFT_CONF_MAP)

@@ -59,7 +59,7 @@ typedef struct gw_cluster_rt {
 typedef struct gw_route_rt {
     weft_retry_budget budget;
     weft_metric m_req[6];
-    weft_metric m_dur, m_retries, m_budget_exhausted;
+    weft_metric m_dur, m_retries, m_budget_exhausted, m_ratelimited;
 } gw_route_rt;
 
 struct gw_gen {
@@ -84,6 +84,8 @@ struct gw_worker {
     weft_buf alog;
     uint64_t alog_flushed_ms;
     weft_buf hdrs;          /* scratch: the forwarded header block being built */
+    struct weft_cache *cache; /* per-worker response cache */
+    weft_metric m_cache_hit, m_cache_miss, m_cache_coalesced;
 };
 
 typedef struct gw_runtime {
@@ -95,6 +97,70 @@ typedef struct gw_runtime {
     uint64_t reloads, reload_failures;
     weft_metrics *m;
 } gw_runtime;
+
+typedef struct gw_req {
+    weft_http_req *r;
+    gw_worker *w;
+    gw_gen *gen;
+    const gw_route_conf *route;
+    gw_route_rt *rrt;
+    gw_cluster_rt *cl;
+    int ep;
+    int tried[16];
+    size_t ntried;
+    uint32_t attempt;
+    uint32_t retries;
+    uint64_t start_us, try_start_us;
+    uint64_t deadline_ms;
+    weft_http_creq *q;
+    weft_timer timer;
+    bool resp_started;
+    bool breaker_taken, adaptive_taken, inflight_taken;
+    bool got_response;
+    bool paused;
+    int status;
+    const char *error;
+    char *target;
+    uint64_t hash_key;
+    uint64_t upstream_us;
+    /* edge features */
+    weft_str auth_hdrs;       /* "Name: value\r\n" lines from verified credentials */
+    char *cache_key;          /* set when this request fills the cache (MISS) */
+    size_t cache_key_len;
+    bool cache_fill;
+    bool cache_waiting;       /* parked as a coalesced waiter */
+    weft_buf cache_body;      /* the upstream body, kept for the cache */
+    weft_str *cache_names, *cache_values;
+    size_t cache_nheaders;
+    struct gw_gzip *gz;       /* response compression in progress */
+    struct gw_agg *agg;       /* aggregation in progress */
+} gw_req;
+
+/* proxy.c */
+void gw_start_attempt(gw_req *g);
+void gw_respond_local(gw_req *g, int status, const char *reason, const char *extra_name,
+                      const char *extra_value);
+void gw_req_free(gw_req *g);
+void gw_count_final(gw_req *g, int status);
+
+/* edge.c: rate limiting, authentication, caching, compression, aggregation */
+/* Each returns true if the request may go on; false if it was answered. */
+bool gw_edge_ratelimit(gw_req *g);
+bool gw_edge_auth(gw_req *g);
+/* Cache lookup: true = go on and fetch (maybe as the filler), false = answered or parked. */
+bool gw_edge_cache_lookup(gw_req *g);
+void gw_edge_cache_response(gw_req *g, const weft_http_cresp *resp);
+void gw_edge_cache_body(gw_req *g, weft_str data);
+void gw_edge_cache_done(gw_req *g, bool ok);
+void gw_edge_cache_cancel(gw_req *g);
+/* Compression: decide at response start (adds headers); returns content length to announce. */
+int64_t gw_edge_gzip_start(gw_req *g, int status, weft_str ctype, weft_str content_encoding,
+                           int64_t clen);
+int gw_edge_gzip_write(gw_req *g, weft_str data); /* resp_write's return convention */
+void gw_edge_gzip_end(gw_req *g);
+void gw_edge_gzip_free(gw_req *g);
+void gw_edge_aggregate(gw_req *g);
+void gw_edge_aggregate_cancel(gw_req *g);
 
 gw_runtime *gw_runtime_new(gw_config *cfg, weft_http_server *srv, int nworkers);
 void gw_runtime_free(gw_runtime *rt);

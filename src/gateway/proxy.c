@@ -25,6 +25,7 @@
  */
 #include "gwrt.h"
 
+#include "cache.h"
 #include "http/codec.h"
 #include "weft/log.h"
 
@@ -35,32 +36,6 @@
 #include <string.h>
 #include <strings.h>
 
-typedef struct gw_req {
-    weft_http_req *r;
-    gw_worker *w;
-    gw_gen *gen;
-    const gw_route_conf *route;
-    gw_route_rt *rrt;
-    gw_cluster_rt *cl;
-    int ep;
-    int tried[16];
-    size_t ntried;
-    uint32_t attempt;
-    uint32_t retries;
-    uint64_t start_us, try_start_us;
-    uint64_t deadline_ms;
-    weft_http_creq *q;
-    weft_timer timer;
-    bool resp_started;
-    bool breaker_taken, adaptive_taken, inflight_taken;
-    bool got_response;
-    bool paused;
-    int status;
-    const char *error;
-    char *target;
-    uint64_t hash_key;
-    uint64_t upstream_us;
-} gw_req;
 
 static const weft_str HOP_BY_HOP[] = {
     {"Connection", 10},        {"Keep-Alive", 10}, {"Proxy-Connection", 16},
@@ -110,6 +85,14 @@ static bool in_ops(const gw_header_op *ops, size_t n, weft_str name)
 {
     for (size_t i = 0; i < n; i++)
         if (weft_str_ieq(name, weft_str_from(ops[i].name)))
+            return true;
+    return false;
+}
+
+static bool in_ops_value(const gw_header_op *ops, size_t n, weft_str name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (weft_str_ieq(name, weft_str_from(ops[i].value)))
             return true;
     return false;
 }
@@ -182,8 +165,15 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
         if (in_list(rt->req_ops.remove, rt->req_ops.nremove, name) ||
             in_ops(rt->req_ops.set, rt->req_ops.nset, name))
             continue;
+        /* identity headers the gateway sets from verified credentials are
+         * never taken from the client */
+        if (rt->auth && (weft_str_ieq(name, WEFT_STR("X-Weft-Consumer")) ||
+                         in_ops_value(rt->auth->forward, rt->auth->nforward, name)))
+            continue;
         rc = append(b, name, COLON, value);
     }
+    if (rc == 0 && g->auth_hdrs.n)
+        rc = weft_buf_append(b, g->auth_hdrs.p, g->auth_hdrs.n);
     for (size_t i = 0; i < rt->req_ops.nset && rc == 0; i++)
         rc = append(b, weft_str_from(rt->req_ops.set[i].name), COLON,
                     weft_str_from(rt->req_ops.set[i].value));
@@ -323,8 +313,11 @@ static int choose_cluster(gw_req *g)
 
 static void gen_unref(gw_gen *gen);
 
-static void req_free(gw_req *g)
+void gw_req_free(gw_req *g)
 {
+    gw_edge_cache_cancel(g);
+    gw_edge_gzip_free(g);
+    gw_edge_aggregate_cancel(g);
     weft_timer_stop(g->w->loop, &g->timer);
     g->w->inflight--;
     gen_unref(g->gen);
@@ -389,7 +382,7 @@ static void access_log(gw_req *g, int status)
         alog_flush(w);
 }
 
-static void count_final(gw_req *g, int status)
+void gw_count_final(gw_req *g, int status)
 {
     weft_metrics *m = g->w->rt->m;
     weft_metric_inc(m, g->rrt->m_req[class_index(status)]);
@@ -398,12 +391,14 @@ static void count_final(gw_req *g, int status)
 }
 
 /* Answer the client ourselves (errors, fallback, short-circuit) and free. */
-static void respond_local(gw_req *g, int status, const char *reason, const char *extra_name,
-                          const char *extra_value)
+void gw_respond_local(gw_req *g, int status, const char *reason, const char *extra_name,
+                      const char *extra_value)
 {
     weft_http_req *r = g->r;
+    if (g->cache_fill)
+        gw_edge_cache_done(g, false);
     const gw_route_conf *rt = g->route;
-    count_final(g, status);
+    gw_count_final(g, status);
     weft_http_req_on_abort(r, NULL, NULL);
     weft_http_resp_header(r, WEFT_STR("X-Request-Id"), weft_http_req_id(r));
     if (extra_name)
@@ -411,12 +406,12 @@ static void respond_local(gw_req *g, int status, const char *reason, const char 
     bool fallback = rt->fallback && (status == 503 || status == 502 || status == 504);
     if (fallback) {
         weft_http_resp_header(r, WEFT_STR("X-Weft-Fallback"), WEFT_STR("true"));
-        req_free(g);
+        gw_req_free(g);
         weft_http_respond(r, rt->fallback_status, weft_str_from(rt->fallback_type),
                           rt->fallback_body, rt->fallback_body_len);
         return;
     }
-    req_free(g);
+    gw_req_free(g);
     weft_http_respond_error(r, status, reason);
 }
 
@@ -460,12 +455,11 @@ static void attempt_done(gw_req *g, int outcome, bool success, bool have_outcome
     }
 }
 
-static void start_attempt(gw_req *g);
 
 static void retry_fire(weft_loop *loop, weft_timer *t)
 {
     (void)loop;
-    start_attempt(t->data);
+    gw_start_attempt(t->data);
 }
 
 /* May this failure be retried? On yes, schedules the retry and returns true. */
@@ -564,13 +558,17 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
     }
     /* Forward the head. */
     weft_http_req *r = g->r;
-    weft_str ctype = WEFT_STR_NULL;
+    weft_str ctype = WEFT_STR_NULL, cenc = WEFT_STR_NULL;
+    if (g->cache_fill)
+        gw_edge_cache_response(g, resp);
     for (size_t i = 0; i < resp->nheaders; i++) {
         weft_str name = resp->names[i];
         if (weft_str_ieq(name, WEFT_STR("Content-Type"))) {
             ctype = resp->values[i];
             continue;
         }
+        if (weft_str_ieq(name, WEFT_STR("Content-Encoding")))
+            cenc = resp->values[i];
         if (is_hop_by_hop(name) || weft_str_ieq(name, WEFT_STR("Date")) ||
             weft_str_ieq(name, WEFT_STR("Server")) ||
             in_list(rt->resp_ops.remove, rt->resp_ops.nremove, name) ||
@@ -588,6 +586,10 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
     int64_t clen = resp->content_length;
     if (weft_http_req_method(r) == WEFT_METHOD_HEAD || status == 204 || status == 304)
         clen = resp->content_length >= 0 ? resp->content_length : 0;
+    else if (g->route->compress)
+        clen = gw_edge_gzip_start(g, status, ctype, cenc, clen);
+    if (g->route->cache)
+        weft_http_resp_header(r, WEFT_STR("X-Cache"), WEFT_STR("MISS"));
     if (weft_http_resp_start(r, status, ctype, clen) < 0) {
         /* the client is gone; on_abort already cleaned up or will */
         return;
@@ -601,7 +603,9 @@ static void up_body(weft_http_creq *q, weft_str data, void *ud)
     gw_req *g = ud;
     if (!g->resp_started)
         return;
-    int rc = weft_http_resp_write(g->r, data.p, data.n);
+    if (g->cache_fill)
+        gw_edge_cache_body(g, data);
+    int rc = g->gz ? gw_edge_gzip_write(g, data) : weft_http_resp_write(g->r, data.p, data.n);
     if (rc == 1 && !g->paused) {
         g->paused = true;
         weft_http_creq_pause(q, true);
@@ -619,29 +623,35 @@ static void up_done(weft_http_creq *q, int err, void *ud)
                                                                         : WEFT_OUTCOME_5XX)
                                 : WEFT_OUTCOME_SUCCESS;
         attempt_done(g, outcome, st < 500, true);
-        count_final(g, st);
+        gw_count_final(g, st);
+        if (g->gz)
+            gw_edge_gzip_end(g);
+        if (g->cache_fill)
+            gw_edge_cache_done(g, true);
         weft_http_req *r = g->r;
         weft_http_req_on_abort(r, NULL, NULL);
         weft_http_resp_on_drain(r, NULL, NULL);
-        req_free(g);
+        gw_req_free(g);
         weft_http_resp_end(r);
         return;
     }
     attempt_done(g, err_outcome(err), false, true);
     g->error = weft_strerror(err);
     if (g->resp_started) {
+        if (g->cache_fill)
+            gw_edge_cache_done(g, false);
         /* failed mid-body: the client must see a truncated response */
-        count_final(g, g->status);
+        gw_count_final(g, g->status);
         weft_http_req *r = g->r;
         weft_http_req_on_abort(r, NULL, NULL);
-        req_free(g);
+        gw_req_free(g);
         weft_http_resp_abort(r);
         return;
     }
     if (maybe_retry(g, err_cond(err)))
         return;
     int status = err == WEFT_ETIMEDOUT ? 504 : 502;
-    respond_local(g, status, err == WEFT_ETIMEDOUT ? "upstream timeout" : "upstream unavailable",
+    gw_respond_local(g, status, err == WEFT_ETIMEDOUT ? "upstream timeout" : "upstream unavailable",
                   NULL, NULL);
 }
 
@@ -656,10 +666,10 @@ static void on_client_abort(weft_http_req *r, void *ud)
     }
     g->error = "client closed";
     access_log(g, 499);
-    req_free(g);
+    gw_req_free(g);
 }
 
-static void start_attempt(gw_req *g)
+void gw_start_attempt(gw_req *g)
 {
     gw_worker *w = g->w;
     gw_cluster_rt *cl = g->cl;
@@ -667,13 +677,13 @@ static void start_attempt(gw_req *g)
     g->attempt++;
     g->ep = -1;
     if (now_ms >= g->deadline_ms) {
-        respond_local(g, 504, "request deadline exceeded", NULL, NULL);
+        gw_respond_local(g, 504, "request deadline exceeded", NULL, NULL);
         return;
     }
     if (cl->conf->breaker_enabled && !weft_breaker_allow(&cl->breaker, now_ms)) {
         weft_metric_inc(w->rt->m, cl->m_breaker_reject);
         g->error = "circuit open";
-        respond_local(g, 503, "circuit open", "X-Weft-Circuit", "open");
+        gw_respond_local(g, 503, "circuit open", "X-Weft-Circuit", "open");
         return;
     }
     g->breaker_taken = cl->conf->breaker_enabled;
@@ -685,7 +695,7 @@ static void start_attempt(gw_req *g)
         }
         weft_metric_inc(w->rt->m, cl->m_overload);
         g->error = "overloaded";
-        respond_local(g, 503, "upstream concurrency limit reached", "X-Weft-Overloaded", "true");
+        gw_respond_local(g, 503, "upstream concurrency limit reached", "X-Weft-Overloaded", "true");
         return;
     }
     g->adaptive_taken = cl->conf->adaptive;
@@ -693,7 +703,7 @@ static void start_attempt(gw_req *g)
     if (ep < 0) {
         attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
         g->error = "no healthy endpoint";
-        respond_local(g, 503, "no healthy upstream", NULL, NULL);
+        gw_respond_local(g, 503, "no healthy upstream", NULL, NULL);
         return;
     }
     g->ep = ep;
@@ -735,7 +745,7 @@ static void start_attempt(gw_req *g)
     if (build_upstream_head(g, &w->hdrs) < 0) {
         attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
         g->error = "request headers too large to forward";
-        respond_local(g, 431, "request headers too large to forward", NULL, NULL);
+        gw_respond_local(g, 431, "request headers too large to forward", NULL, NULL);
         return;
     }
     weft_http_creq_opts o = {
@@ -763,7 +773,7 @@ static void start_attempt(gw_req *g)
     if (rc < 0) {
         attempt_done(g, WEFT_OUTCOME_GATEWAY, false, true);
         g->error = weft_strerror(rc);
-        respond_local(g, 502, "cannot forward request", NULL, NULL);
+        gw_respond_local(g, 502, "cannot forward request", NULL, NULL);
     }
 }
 
@@ -888,6 +898,9 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
         weft_metrics_counter(m, "weft_gateway_retry_budget_exhausted_total",
                              "Retries refused because the retry budget was spent.", labels,
                              &rr->m_budget_exhausted);
+        weft_metrics_counter(m, "weft_gateway_rate_limited_total",
+                             "Requests answered 429 by the route's rate limit.", labels,
+                             &rr->m_ratelimited);
     }
     for (size_t i = 0; i < cfg->nclusters; i++)
         gw_health_start(&gen->clusters[i]);
@@ -934,6 +947,7 @@ void gw_handle(weft_http_req *r, void *ud)
         weft_http_respond_error(r, 503, "out of memory");
         return;
     }
+    weft_buf_init(&g->cache_body, 0);
     g->r = r;
     g->w = w;
     g->gen = gen;
@@ -945,18 +959,28 @@ void gw_handle(weft_http_req *r, void *ud)
     g->start_us = weft_now_us();
     g->deadline_ms = g->start_us / 1000 + route->timeout_ms;
     weft_timer_init(&g->timer, retry_fire, g);
+    weft_http_req_on_abort(r, on_client_abort, g);
+    if (route->ratelimit && !gw_edge_ratelimit(g))
+        return;
+    if (route->auth && !gw_edge_auth(g))
+        return;
+    if (route->action == GW_ACT_AGGREGATE) {
+        gw_edge_aggregate(g);
+        return;
+    }
     g->cl = &gen->clusters[choose_cluster(g)];
     g->hash_key = hash_key(g);
     g->target = build_target(g);
     if (!g->target) {
-        respond_local(g, 503, "out of memory", NULL, NULL);
+        gw_respond_local(g, 503, "out of memory", NULL, NULL);
         return;
     }
     if (route->retry.budget_enabled)
         weft_retry_budget_deposit(&g->rrt->budget, g->start_us / 1000);
-    weft_http_req_on_abort(r, on_client_abort, g);
     weft_http_resp_header(r, WEFT_STR("X-Request-Id"), weft_http_req_id(r));
-    start_attempt(g);
+    if (route->cache && !gw_edge_cache_lookup(g))
+        return;
+    gw_start_attempt(g);
 }
 
 /* ---- workers ---- */
@@ -1017,6 +1041,22 @@ int gw_worker_start(gw_runtime *rt, weft_loop *loop)
     w->rt = rt;
     weft_buf_init(&w->alog, 1u << 20);
     weft_buf_init(&w->hdrs, 256 * 1024);
+    {
+        gw_config *c0 = gw_runtime_config(rt);
+        w->cache = weft_cache_new(c0->cache_max_bytes, c0->cache_policy);
+        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
+                             "Response cache lookups by result.", "result=\"hit\"",
+                             &w->m_cache_hit);
+        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
+                             "Response cache lookups by result.", "result=\"miss\"",
+                             &w->m_cache_miss);
+        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
+                             "Response cache lookups by result.", "result=\"coalesced\"",
+                             &w->m_cache_coalesced);
+        gw_config_unref(c0);
+        if (!w->cache)
+            return WEFT_ENOMEM;
+    }
     weft_rng_seed(&w->rng, weft_now_us() ^ ((uint64_t)idx << 32) ^ (uint64_t)(uintptr_t)w);
     weft_http_client_opts co;
     weft_http_client_opts_default(&co);
@@ -1054,6 +1094,7 @@ void gw_worker_stop(gw_runtime *rt, weft_loop *loop)
         gen_unref(gen);
     weft_http_client_free(w->client);
     weft_http_client_free(w->hc_client);
+    weft_cache_free(w->cache);
     rt->workers[idx] = NULL;
     free(w);
 }

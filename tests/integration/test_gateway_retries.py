@@ -1,0 +1,204 @@
+"""weft gateway retries, retry budget and timeouts against misbehaving
+origins (connection resets, closes without an answer, 503s, slow and hung
+upstreams, refused connects)."""
+import time
+
+import pytest
+
+from gwutil import (Client, closed_port, eps_yaml, gateway, metric, origin_of,  # noqa: F401
+                    origins, sequential)
+
+
+def cfg(os_, route_extra="", top="", name="r", match=""):
+    return f"""{top}
+clusters:
+  c:
+    endpoints: {eps_yaml(os_)}
+    lb: round_robin
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: {name}
+    cluster: c
+{match}{route_extra}
+"""
+
+
+@pytest.mark.parametrize("mode", ["reset", "close"])
+def test_get_retried_on_other_endpoint(gateway, origins, mode):
+    a, b = origins(2)
+    a.set_mode(mode)
+    g = gateway(cfg([a, b], top="access_log: true"), log_format="json")
+    with Client(g.port) as c:
+        for i in range(20):
+            r = c.get(f"/r/{i}")
+            assert r.status == 200 and origin_of(r) == b.name, (i, r)
+    # round robin puts A first every time; each request tried A, then B
+    assert a.count() == 20 and b.count() == 20
+    assert [x.target for x in b.recs()] == [f"/r/{i}" for i in range(20)]
+    assert g.stop() == 0
+    lines = g.json_lines("access")
+    assert len(lines) == 20, g.stderr[-3000:]
+    for ln in lines:
+        assert ln["status"] == 200 and ln["attempts"] == 2, ln
+        assert ln["upstream"] == b.addr and ln["cluster"] == "c", ln
+
+
+def test_post_not_retried_unless_all_methods(gateway, origins):
+    a, b = origins(2)
+    a.set_mode("reset")
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: {eps_yaml([a, b])}
+    lb: round_robin
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: plain
+    match: {{prefix: /plain}}
+    cluster: c
+  - name: all
+    match: {{prefix: /all}}
+    cluster: c
+    retry: {{all_methods: true}}
+""")
+    with Client(g.port) as c:
+        st = []
+        for i in range(10):
+            st.append(c.request("POST", "/plain", body=b"p%d" % i).status)
+        # alternating A (reset: 502, not retried) and B (200)
+        assert st == [502, 200] * 5, st
+        assert a.count(method="POST") == 5 and b.count(method="POST") == 5
+        for i in range(10):
+            r = c.request("POST", "/all", body=b"payload-%d" % i)
+            assert r.status == 200 and origin_of(r) == b.name, r
+        assert a.count(method="POST") == 15 and b.count(method="POST") == 15
+        # the retried POST carried its body to the second endpoint
+        assert [x.body for x in b.recs()[5:]] == [b"payload-%d" % i for i in range(10)]
+    m = g.metrics()
+    assert metric(m, "weft_gateway_retries_total", route="plain") == 0
+    assert metric(m, "weft_gateway_retries_total", route="all") == 10
+
+
+def test_retry_on_gateway_error_status(gateway, origins):
+    a, b = origins(2)
+    a.set_mode("status", status=503)
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: {eps_yaml([a, b])}
+    lb: round_robin
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: gw-err
+    match: {{prefix: /retry}}
+    cluster: c
+    retry: {{attempts: 2, on: [gateway-error]}}
+  - name: default
+    cluster: c
+""")
+    rs = sequential(g.port, 20, target="/retry")
+    assert all(r.status == 200 and origin_of(r) == b.name for r in rs), rs
+    assert a.count() == 20 and b.count() == 20
+    # default conditions (connect-failure, reset) do not include 503
+    rs = sequential(g.port, 10, target="/plain")
+    assert [r.status for r in rs] == [503, 200] * 5
+    m = g.metrics()
+    assert metric(m, "weft_gateway_retries_total", route="gw-err") == 20
+    assert metric(m, "weft_gateway_retries_total", route="default") == 0
+
+
+def test_per_try_timeout_then_fast_endpoint(gateway, origins):
+    a, b = origins(2)
+    a.set_mode("sleep", delay_ms=1500)
+    g = gateway(cfg([a, b], route_extra="""    timeout: 3s
+    per_try_timeout: 300ms
+    retry: {attempts: 2, on: [timeout]}
+"""))
+    with Client(g.port) as c:
+        for _ in range(3):
+            r = c.get("/slow")
+            assert r.status == 200 and origin_of(r) == b.name, r
+            assert 0.29 <= r.elapsed < 0.8, r.elapsed
+    assert a.count() == 3 and b.count() == 3
+
+
+def test_hung_upstream_per_try_timeout_retries_to_healthy(gateway, origins):
+    a, b = origins(2)
+    a.set_mode("hang")
+    g = gateway(cfg([a, b], route_extra="""    per_try_timeout: 300ms
+    retry: {on: [timeout]}
+"""))
+    with Client(g.port) as c:
+        for _ in range(3):
+            r = c.get("/hang")
+            assert r.status == 200 and origin_of(r) == b.name, r
+            assert 0.29 <= r.elapsed < 0.8, r.elapsed
+    assert a.count() == 3 and b.count() == 3
+
+
+def test_route_timeout_504_when_all_slow(gateway, origins):
+    a, b = origins(2)
+    a.set_mode("sleep", delay_ms=1500)
+    b.set_mode("sleep", delay_ms=1500)
+    g = gateway(cfg([a, b], route_extra="""    timeout: 500ms
+    retry: {attempts: 3, on: [timeout, connect-failure, reset]}
+"""))
+    with Client(g.port) as c:
+        r = c.get("/t")
+        assert r.status == 504, r
+        assert 0.45 <= r.elapsed < 0.9, r.elapsed
+        assert r.header("X-Request-Id")
+    # no retry could have finished before the deadline: none was started
+    assert a.count() + b.count() == 1
+    m = g.metrics()
+    assert metric(m, "weft_gateway_requests_total", route="r", code="5xx") == 1
+
+
+def test_connect_refused_is_502_fast(gateway):
+    dead = closed_port()
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: [127.0.0.1:{dead}]
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: r
+    cluster: c
+""")
+    with Client(g.port) as c:
+        for _ in range(5):
+            r = c.get("/x")
+            assert r.status == 502, r
+            assert r.elapsed < 0.5, r.elapsed
+
+
+def test_retry_budget_caps_retries_in_outage(gateway, origins):
+    a, b = origins(2)
+    a.set_mode("status", status=503)
+    b.set_mode("status", status=503)
+    g = gateway(cfg([a, b], route_extra="""    retry:
+      attempts: 5
+      on: [gateway-error]
+      backoff: {base: 1ms, max: 2ms}
+      budget: {percent: 20, min_retries_per_sec: 0, ttl: 10s}
+"""))
+    n = 200
+    t0 = time.monotonic()
+    rs = sequential(g.port, n, target="/outage")
+    took = time.monotonic() - t0
+    assert took < 8, "the 10 s budget window must hold every request"
+    assert all(r.status == 503 for r in rs)
+    total = a.count() + b.count()
+    retries = total - n
+    # balance = 0.2 x requests started - retries taken; a retry needs >= 1,
+    # and each request deposits before its first attempt: after the k-th
+    # request at most floor(0.2 k) retries -> floor(0.2 x 200) = 40
+    assert retries <= 40, (total, a.count(), b.count())
+    assert retries >= 30, "the budget should allow about 20 % retries"
+    m = g.metrics()
+    assert metric(m, "weft_gateway_retries_total", route="r") == retries
+    assert metric(m, "weft_gateway_retry_budget_exhausted_total", route="r") > 0

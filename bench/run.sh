@@ -4,7 +4,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 weft=${1:?usage: bench/run.sh WEFT_BIN}
+rounds=${BENCH_ROUNDS:-5}
+secs=${BENCH_SECS:-5}
+cap=${BENCH_CAP:-25}
 echo "# make bench — $(date -u +%Y-%m-%dT%H:%MZ) — $(nproc) cores, $(uname -r)"
 echo
-python3 "$here/http_hello.py" "$weft" --rounds "${BENCH_ROUNDS:-5}" --secs "${BENCH_SECS:-5}" \
-  --cap "${BENCH_CAP:-25}"
+echo "Each server under test runs in its own cgroup with a ${cap}% CPU quota of one core"
+echo "(CFS period 10 ms), so requests/s is server-bound; CPU-us per request is measured"
+echo "from /proc/PID/stat around each run. Rounds alternate between servers; medians."
+echo
+python3 "$here/http_hello.py" "$weft" --rounds "$rounds" --secs "$secs" --cap "$cap"
+echo
+python3 "$here/gateway.py" "$weft" --rounds "$rounds" --secs "$secs" --cap "$cap"

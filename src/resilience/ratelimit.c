@@ -207,12 +207,17 @@ static rl_entry *admit(weft_ratelimit *rl, weft_str key, uint64_t h, uint64_t no
     return e;
 }
 
+/* ceil/floor of non-negative values by integer truncation: the library
+ * does not link libm (see lb.c) */
 static uint32_t ceil_secs(double x)
 {
     if (x <= EPS)
         return 0;
-    double c = ceil(x - EPS);
-    return c >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)c;
+    x -= EPS;
+    if (x >= (double)UINT32_MAX)
+        return UINT32_MAX;
+    uint32_t t = (uint32_t)x;
+    return (double)t < x ? t + 1 : t;
 }
 
 bool weft_ratelimit_take(weft_ratelimit *rl, weft_str key, uint64_t now_us,
@@ -253,9 +258,9 @@ bool weft_ratelimit_take(weft_ratelimit *rl, weft_str key, uint64_t now_us,
             e->tokens = 0; /* the slack must not leave debt */
     }
     if (info) {
-        double f = floor(e->tokens + EPS);
+        double f = e->tokens + EPS; /* >= 0: truncation is floor */
         info->limit = rl->burst;
-        info->remaining = f <= 0 ? 0 : (uint32_t)f;
+        info->remaining = f <= 0 ? 0 : f >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)f;
         info->reset_s = ceil_secs(((double)rl->burst - e->tokens) / rl->rate);
         if (!ok) {
             uint32_t ra = ceil_secs((1.0 - e->tokens) / rl->rate);

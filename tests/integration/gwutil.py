@@ -126,7 +126,8 @@ class Origin:
     listening (and closes open connections); resume() listens again on the
     same port. GET /health answers `health_status` whatever the mode and is
     counted in health_hits, not in requests. GET /big?n=N streams N bytes
-    of the weftutil /bytes pattern.
+    of the weftutil /bytes pattern (/chunked, /eof and /trunc: see
+    _send_stream); /status/NNN answers NNN.
     """
 
     def __init__(self, name, port=0):
@@ -332,8 +333,13 @@ class Origin:
                 return
             if mode == "sleep":
                 time.sleep(delay / 1000.0)
-            if rec.path == "/big":
-                self._send_big(c, rec, keep)
+            if rec.path in ("/big", "/chunked", "/eof", "/trunc"):
+                if not self._send_stream(c, rec, keep):
+                    return
+            elif rec.path.startswith("/status/"):
+                st = int(rec.path[len("/status/"):])
+                self._respond(c, rec, st, b"" if st in (204, 304) else
+                              b'{"status": %d}' % st, keep, no_length=st in (204, 304))
             else:
                 body = json.dumps({"origin": self.name, "method": rec.method,
                                    "target": rec.target, "len": len(rec.body)}).encode()
@@ -341,10 +347,11 @@ class Origin:
             if not keep:
                 return
 
-    def _respond(self, c, rec, status, body, keep, ctype="application/json"):
+    def _respond(self, c, rec, status, body, keep, ctype="application/json", no_length=False):
         h = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Status'}",
-             f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
-             f"X-Origin: {self.name}"]
+             f"Content-Type: {ctype}", f"X-Origin: {self.name}"]
+        if not no_length:
+            h.append(f"Content-Length: {len(body)}")
         for k, v in self.extra_headers:
             h.append(f"{k}: {v}")
         if not keep:
@@ -354,22 +361,40 @@ class Origin:
             data += body
         c.sendall(data)
 
-    def _send_big(self, c, rec, keep):
+    def _send_stream(self, c, rec, keep):
+        """/big?n=N: Content-Length; /chunked?n=N: chunked; /eof?n=N: no
+        length, close-delimited; /trunc?n=N&cut=M: announces N, sends M,
+        closes. The bytes are the weftutil /bytes pattern. Returns whether
+        the connection may stay open."""
         q = dict(p.split("=", 1) for p in rec.query.split("&") if "=" in p)
         n = int(q.get("n", "0"))
+        kind = rec.path[1:]
         h = ["HTTP/1.1 200 OK", "Content-Type: application/octet-stream",
-             f"Content-Length: {n}", f"X-Origin: {self.name}"]
-        if not keep:
+             f"X-Origin: {self.name}"]
+        if kind in ("big", "trunc"):
+            h.append(f"Content-Length: {n}")
+        elif kind == "chunked":
+            h.append("Transfer-Encoding: chunked")
+        if kind == "eof" or not keep:
             h.append("Connection: close")
         c.sendall(("\r\n".join(h) + "\r\n\r\n").encode("latin-1"))
         if rec.method == "HEAD":
-            return
+            return kind != "eof" and keep
+        send = int(q.get("cut", n)) if kind == "trunc" else n
         blk = pattern_block() * 8
-        left = n
+        left = send
         while left > 0:
             k = min(left, len(blk))
-            c.sendall(blk[:k])
+            if kind == "chunked":
+                c.sendall(b"%x\r\n" % k + blk[:k] + b"\r\n")
+            else:
+                c.sendall(blk[:k])
             left -= k
+        if kind == "chunked":
+            c.sendall(b"0\r\n\r\n")
+        if kind == "trunc":
+            time.sleep(0.05)
+        return kind in ("big", "chunked") and keep
 
 
 # ====================================================================== nginx

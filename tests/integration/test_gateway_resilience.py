@@ -276,3 +276,40 @@ routes:""").replace("    cluster: c\n    retry: false\n", "    match: {prefix: /
         r = cl.get("/dead/x")
         assert r.status == 203 and r.body == b"cached", r
         assert r.header("X-Weft-Fallback") == "true"
+
+
+def test_max_requests_sheds_with_503_overloaded(gateway, origins):
+    o, = origins(1)
+    o.set_mode("sleep", delay_ms=400)
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: [{o.addr}]
+    max_requests: 2
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: r
+    cluster: c
+""")
+    import concurrent.futures
+    import threading
+    barrier = threading.Barrier(6)
+
+    def one(i):
+        with Client(g.port) as c:
+            c._connect()
+            barrier.wait(timeout=5)
+            return c.get(f"/ov/{i}")
+
+    with concurrent.futures.ThreadPoolExecutor(6) as ex:
+        rs = list(ex.map(one, range(6)))
+    ok = [r for r in rs if r.status == 200]
+    shed = [r for r in rs if r.status == 503]
+    assert len(ok) == 2 and len(shed) == 4, [r.status for r in rs]
+    assert all(r.header("X-Weft-Overloaded") == "true" for r in shed), shed
+    assert all(r.elapsed < 0.2 for r in shed), [r.elapsed for r in shed]
+    assert o.count() == 2
+    assert metric(g.metrics(), "weft_gateway_overload_rejections_total", cluster="c") == 4
+    # capacity is released when requests finish
+    assert all(r.status == 200 for r in sequential(g.port, 3, target="/after"))

@@ -312,3 +312,24 @@ def test_deadline_header(env):
     send(g, "GET", "/exact", [("X-Weft-Deadline-Ms", "999999")])
     v = a.last().header_all("X-Weft-Deadline-Ms")
     assert len(v) == 1 and 14000 <= int(v[0]) <= 15000, v
+
+
+def test_added_headers_can_be_disabled(gateway, origins):
+    a, = origins(1)
+    g = gateway(f"""
+forwarded_headers: false
+via: false
+deadline_header: ""
+clusters:
+  a: {{endpoints: [{a.addr}]}}
+routes:
+  - cluster: a
+""")
+    r = send(g, "GET", "/plain", [("X-Forwarded-For", "203.0.113.7")])
+    assert r.status == 200
+    rec = a.last()
+    # client headers pass untouched, nothing is added (X-Request-Id always is)
+    assert rec.header_all("X-Forwarded-For") == ["203.0.113.7"], rec
+    for h in ("X-Forwarded-Proto", "X-Forwarded-Host", "Via", "X-Weft-Deadline-Ms"):
+        assert rec.header(h) is None, (h, rec)
+    assert rec.header("X-Request-Id") == r.header("X-Request-Id")

@@ -1,0 +1,199 @@
+"""weft gateway bodies: a 50 MB response streamed intact (with
+backpressure), request bodies forwarded intact, HEAD."""
+import hashlib
+import os
+import socket
+import time
+
+import weftutil
+from gwutil import Client, build_request, gateway, origin_of, origins, sha256  # noqa: F401
+
+
+def cfg(o, top=""):
+    return f"""{top}
+clusters:
+  c:
+    endpoints: [{o.addr}]
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: r
+    cluster: c
+"""
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def test_50mb_response_streams_intact_with_backpressure(gateway, origins):
+    o, = origins(1)
+    g = gateway(cfg(o))
+    n = 50 * 1024 * 1024
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=20)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    try:
+        s.sendall(build_request("GET", f"/big?n={n}"))
+        rd = weftutil.Reader(s)
+        _, status, _, headers, _ = rd.read_head()
+        hd = {k.lower(): v for k, v in headers}
+        assert status == 200, headers
+        assert hd.get("content-length") == str(n), headers
+        h = hashlib.sha256()
+        got = 0
+        first = rd.read_exact(min(len(rd.buf), n)) if rd.buf else b""
+        h.update(first)
+        got += len(first)
+        # read 1 MiB, then stall: the gateway must pause the upstream rather
+        # than buffer the whole body
+        while got < 1 << 20:
+            d = s.recv(65536)
+            assert d, "EOF early"
+            h.update(d)
+            got += len(d)
+        rss0 = rss_kib(g.pid)
+        time.sleep(1.0)
+        rss1 = rss_kib(g.pid)
+        assert rss1 - rss0 < 24 * 1024, (rss0, rss1)
+        deadline = time.monotonic() + 60
+        while got < n and time.monotonic() < deadline:
+            d = s.recv(1 << 20)
+            if not d:
+                break
+            h.update(d)
+            got += len(d)
+        assert got == n, got
+        assert h.hexdigest() == weftutil.expected_bytes_sha256(n)
+        # the connection is still usable afterwards
+        s.sendall(build_request("GET", "/after"))
+        r = rd.read_response()
+        assert r.status == 200 and origin_of(r) == o.name
+    finally:
+        s.close()
+
+
+def test_post_body_forwarded_intact(gateway, origins):
+    o, = origins(1)
+    g = gateway(cfg(o, top="http: {max_body: 4MiB}"))
+    body = os.urandom(1 << 20)
+    with Client(g.port, timeout=20) as c:
+        r = c.request("POST", "/upload", [("Content-Type", "application/octet-stream")], body)
+        assert r.status == 200, r
+        assert r.json()["len"] == len(body)
+        rec = o.last()
+        assert rec.method == "POST" and rec.target == "/upload"
+        assert sha256(rec.body) == sha256(body)
+        assert rec.header("Content-Type") == "application/octet-stream"
+        # a chunked upload arrives whole as well
+        chunks = [os.urandom(100_000) for _ in range(3)]
+        raw = b"".join(b"%x\r\n%s\r\n" % (len(ch), ch) for ch in chunks) + b"0\r\n\r\n"
+        r = c.request("PUT", "/chunked", [("Transfer-Encoding", "chunked")], raw)
+        assert r.status == 200, r
+        assert o.last().body == b"".join(chunks)
+
+
+def test_head_through_gateway(gateway, origins):
+    o, = origins(1)
+    g = gateway(cfg(o))
+    with Client(g.port) as c:
+        r = c.request("HEAD", "/big?n=12345")
+        assert r.status == 200, r
+        assert r.header("Content-Length") == "12345", r
+        assert r.body == b""
+        assert o.last().method == "HEAD"
+        # the framing stayed intact: the same connection serves the next request
+        r = c.get("/next")
+        assert r.status == 200 and origin_of(r) == o.name, r
+
+
+def test_chunked_and_close_delimited_upstream_bodies(gateway, origins):
+    o, = origins(1)
+    g = gateway(cfg(o))
+    n = 3 * 1024 * 1024 + 17
+    want = weftutil.expected_bytes_sha256(n)
+    with Client(g.port, timeout=20) as c:
+        r = c.get(f"/chunked?n={n}")
+        assert r.status == 200 and len(r.body) == n and sha256(r.body) == want
+        r = c.get(f"/eof?n={n}")
+        assert r.status == 200 and len(r.body) == n and sha256(r.body) == want
+        r = c.get("/after")
+        assert r.status == 200 and origin_of(r) == o.name
+
+
+def test_status_passthrough_no_body_statuses(gateway, origins):
+    o, = origins(1)
+    g = gateway(cfg(o))
+    with Client(g.port) as c:
+        r = c.get("/status/204")
+        assert r.status == 204 and r.body == b"", r
+        r = c.get("/status/304")
+        assert r.status == 304 and r.body == b"", r
+        r = c.get("/status/404")
+        assert r.status == 404 and r.json() == {"status": 404}, r
+        r = c.get("/status/201")
+        assert r.status == 201 and r.json() == {"status": 201}, r
+        assert c.get("/x").status == 200
+
+
+def test_upstream_truncated_body_is_not_passed_as_complete(gateway, origins):
+    o, = origins(1)
+    g = gateway(cfg(o))
+    n, cut = 1_000_000, 300_000
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    try:
+        s.sendall(build_request("GET", f"/trunc?n={n}&cut={cut}"))
+        rd = weftutil.Reader(s)
+        _, status, _, headers, _ = rd.read_head()
+        assert status == 200
+        hd = {k.lower(): v for k, v in headers}
+        body = rd.read_to_eof()
+        if "content-length" in hd:
+            # announced length: the connection must close short of it
+            assert int(hd["content-length"]) == n
+            assert len(body) < n
+        else:
+            # chunked: the terminating chunk must be missing
+            assert not body.endswith(b"0\r\n\r\n")
+    finally:
+        s.close()
+    assert g.get("/ok").status == 200
+
+
+def test_client_aborts_are_harmless(gateway, origins):
+    o, slow = origins(2)
+    slow.set_mode("sleep", delay_ms=400)
+    g = gateway(f"""
+clusters:
+  fast:
+    endpoints: [{o.addr}]
+  slow:
+    endpoints: [{slow.addr}]
+routes:
+  - name: slow
+    match: {{prefix: /slow}}
+    cluster: slow
+  - name: fast
+    cluster: fast
+""")
+    # 1) mid-stream: read a little of a 50 MB body, then vanish
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+        s.sendall(build_request("GET", f"/big?n={50 << 20}"))
+        assert s.recv(65536)
+        s.close()
+    # 2) while the upstream is still working on it
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+        s.sendall(build_request("GET", "/slow/x"))
+        time.sleep(0.05)
+        s.close()
+    time.sleep(0.6)
+    assert slow.count() == 3
+    with Client(g.port) as c:
+        for _ in range(5):
+            assert c.get("/x").status == 200
+        assert c.get("/slow/y").status == 200

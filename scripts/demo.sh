@@ -1,38 +1,91 @@
 #!/usr/bin/env bash
-# make demo: start what Weft has so far, in the foreground, and show it working.
-# usage: scripts/demo.sh WEFT_BIN   (env: DEMO_PORT, default 8080)
+# make demo: start what Weft has so far, in the foreground, and show it working:
+# two `weft hello` instances behind `weft gateway`.
+# usage: scripts/demo.sh WEFT_BIN   (env: DEMO_PORT, default 8080; the admin API is on DEMO_PORT+1)
 set -euo pipefail
 weft=${1:?usage: scripts/demo.sh WEFT_BIN}
 port=${DEMO_PORT:-8080}
+admin=$((port + 1))
+h1=$((port + 11))
+h2=$((port + 12))
 base="http://127.0.0.1:$port"
+dir=$(mktemp -d /tmp/weft-demo.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap 'cleanup; exit 0' INT TERM
+trap cleanup EXIT
 
-"$weft" hello --listen "127.0.0.1:$port" --workers 2 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; exit 0' INT TERM
+cat > "$dir/gateway.yaml" <<YAML
+listen: 127.0.0.1:$port
+admin: 127.0.0.1:$admin
+workers: 2
+access_log: true
+clusters:
+  hello:
+    endpoints: ["127.0.0.1:$h1", "127.0.0.1:$h2"]
+    health_check: {path: /health, interval: 1s, timeout: 500ms}
+routes:
+  - name: hello
+    match: {prefix: /hello}
+    cluster: hello
+    cache: {ttl: 5s}
+    compress: true
+  - name: api
+    match: {prefix: /api/}
+    strip_prefix: /api
+    cluster: hello
+    retry: {attempts: 3, on: [connect-failure, reset, gateway-error]}
+    fallback: {status: 200, body: '{"msg":"degraded"}'}
+  - name: limited
+    match: {prefix: /limited/}
+    strip_prefix: /limited
+    rate_limit: {requests_per_second: 2, burst: 2}
+    cluster: hello
+  - name: both
+    match: {path: /both}
+    aggregate:
+      parts:
+        - {name: greeting, cluster: hello, path: "/hello?name=aggregate"}
+        - {name: health, cluster: hello, path: /health}
+YAML
+
+"$weft" hello --listen "127.0.0.1:$h1" --workers 1 --log-level warn & pids+=($!)
+"$weft" hello --listen "127.0.0.1:$h2" --workers 1 --log-level warn & pids+=($!)
+"$weft" gateway -c "$dir/gateway.yaml" --log-format json 2>"$dir/gateway.log" & pids+=($!)
 
 for _ in $(seq 1 100); do
-  curl -fs "$base/health" >/dev/null 2>&1 && break
-  if ! kill -0 $pid 2>/dev/null; then echo "weft hello failed to start (port $port busy? try DEMO_PORT=8081 make demo)"; exit 1; fi
+  curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null || { echo "a demo process failed to start (port busy? try DEMO_PORT=9080 make demo)"; cat "$dir/gateway.log"; exit 1; }
+  done
   sleep 0.1
 done
 
 cat <<MSG
 
-  Weft demo — weft hello is serving on $base (2 workers)
+  Weft demo: weft gateway on $base in front of two weft hello services
+  ($h1, $h2); gateway admin API on http://127.0.0.1:$admin
 
   Try:
-    curl $base/hello
-    curl '$base/hello?name=weft'
-    curl $base/health
-    curl $base/metrics
-    curl --data-binary @README.md $base/echo
-    curl -s '$base/bytes?n=1000000' | wc -c
-    curl '$base/delay?ms=250'
-    wrk -t1 -c64 -d5s $base/hello
+    curl -i $base/hello                      # cached (X-Cache), balanced over both services
+    curl -i '$base/api/hello?name=weft'      # prefix strip, retries, fallback
+    curl $base/both                          # aggregation of two upstream calls
+    for i in 1 2 3 4; do curl -s -o /dev/null -w '%{http_code} ' $base/limited/hello; done; echo
+    curl http://127.0.0.1:$admin/admin/clusters   # health, ejections, breaker, EWMA
+    curl http://127.0.0.1:$admin/metrics
+    curl http://127.0.0.1:$h1/hello              # a service directly
+    kill \$(pgrep -f "listen 127.0.0.1:$h1")     # then watch /admin/clusters: endpoint down
+    wrk -t1 -c64 -d5s $base/api/hello
 
-  Stop with Ctrl-C (graceful drain: in-flight requests finish, then exit 0).
+  Gateway access log (JSON lines): $dir/gateway.log
+  Stop with Ctrl-C (graceful drain: in-flight requests finish, then exit).
 
-  First request, live:
+  First requests, live:
 MSG
-printf '    $ curl %s/hello\n    ' "$base"; curl -s "$base/hello"; echo; echo
-wait $pid
+printf '    $ curl %s/api/hello\n    ' "$base"; curl -s "$base/api/hello"; echo
+printf '    $ curl %s/both\n    ' "$base"; curl -s "$base/both"; echo; echo
+wait

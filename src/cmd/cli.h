@@ -15,6 +15,8 @@
 #include "weft/config.h"
 #include "weft/http.h"
 
+#include <stdatomic.h>
+
 #define CLI_MAX_LISTEN 16
 
 typedef struct weft_cli {
@@ -46,6 +48,9 @@ int weft_cli_load_common(weft_cli *cli);
 /* Reject unknown keys; free the document. */
 int weft_cli_finish(weft_cli *cli);
 void weft_cli_release(weft_cli *cli);
+
+/* GET /health, /ready (503 while *draining) and /metrics on server s. */
+int weft_cli_std_routes(weft_http_server *s, atomic_bool *draining);
 
 /* Help texts, one per subcommand, printed by `weft help NAME`. */
 extern const char weft_help_hello[];

@@ -167,40 +167,6 @@ static void a_reload(weft_http_req *r, void *ud)
     weft_http_respond(r, 200, JSON, ok, sizeof ok - 1);
 }
 
-static void a_metrics(weft_http_req *r, void *ud)
-{
-    (void)ud;
-    weft_buf b;
-    weft_buf_init(&b, 64u << 20);
-    if (weft_metrics_render(weft_metrics_global(), &b) < 0) {
-        weft_buf_release(&b);
-        weft_http_respond_error(r, 500, "metrics rendering failed");
-        return;
-    }
-    weft_http_respond(r, 200, WEFT_STR("text/plain; version=0.0.4; charset=utf-8"),
-                      weft_buf_rptr(&b), weft_buf_used(&b));
-    weft_buf_release(&b);
-}
-
-static void a_health(weft_http_req *r, void *ud)
-{
-    (void)ud;
-    static const char body[] = "{\"status\":\"UP\"}";
-    weft_http_respond(r, 200, JSON, body, sizeof body - 1);
-}
-
-static void a_ready(weft_http_req *r, void *ud)
-{
-    (void)ud;
-    if (atomic_load(&g_draining)) {
-        static const char body[] = "{\"ready\":false,\"reason\":\"draining\"}";
-        weft_http_respond(r, 503, JSON, body, sizeof body - 1);
-        return;
-    }
-    static const char body[] = "{\"ready\":true}";
-    weft_http_respond(r, 200, JSON, body, sizeof body - 1);
-}
-
 /* ---- runtime hooks ---- */
 
 static int w_start(weft_loop *loop, void *arg)
@@ -300,9 +266,7 @@ int weft_cmd_gateway(int argc, char **argv)
     weft_http_server_route(g_admin, GET, "/admin/config", 0, a_config, NULL);
     weft_http_server_route(g_admin, GET, "/admin/clusters", 0, a_clusters, NULL);
     weft_http_server_route(g_admin, WEFT_M(WEFT_METHOD_POST), "/admin/reload", 0, a_reload, NULL);
-    weft_http_server_route(g_admin, GET, "/metrics", 0, a_metrics, NULL);
-    weft_http_server_route(g_admin, GET, "/health", 0, a_health, NULL);
-    weft_http_server_route(g_admin, GET, "/ready", 0, a_ready, NULL);
+    weft_cli_std_routes(g_admin, &g_draining);
     if (cli.nlisten == 0)
         cli.listen[cli.nlisten++] = "127.0.0.1:8080";
     for (int i = 0; i < cli.nlisten; i++) {

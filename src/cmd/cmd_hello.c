@@ -81,40 +81,6 @@ static void h_hello(weft_http_req *r, void *ud)
     json_decref(o);
 }
 
-static void h_health(weft_http_req *r, void *ud)
-{
-    (void)ud;
-    static const char body[] = "{\"status\":\"UP\"}";
-    weft_http_respond(r, 200, JSON, body, sizeof body - 1);
-}
-
-static void h_ready(weft_http_req *r, void *ud)
-{
-    (void)ud;
-    if (atomic_load_explicit(&draining, memory_order_relaxed)) {
-        static const char body[] = "{\"ready\":false,\"reason\":\"draining\"}";
-        weft_http_respond(r, 503, JSON, body, sizeof body - 1);
-        return;
-    }
-    static const char body[] = "{\"ready\":true}";
-    weft_http_respond(r, 200, JSON, body, sizeof body - 1);
-}
-
-static void h_metrics(weft_http_req *r, void *ud)
-{
-    (void)ud;
-    weft_buf b;
-    weft_buf_init(&b, 16u << 20);
-    if (weft_metrics_render(weft_metrics_global(), &b) < 0) {
-        weft_buf_release(&b);
-        weft_http_respond_error(r, 500, "metrics rendering failed");
-        return;
-    }
-    weft_http_respond(r, 200, WEFT_STR("text/plain; version=0.0.4; charset=utf-8"),
-                      weft_buf_rptr(&b), weft_buf_used(&b));
-    weft_buf_release(&b);
-}
-
 /* ---- /echo: stream the body back as it arrives ---- */
 
 static void echo_data(weft_http_req *r, weft_str data, void *ud)
@@ -292,9 +258,7 @@ int weft_cmd_hello(int argc, char **argv)
     }
     const unsigned GET = WEFT_M(WEFT_METHOD_GET);
     weft_http_server_route(server, GET, "/hello", 0, h_hello, NULL);
-    weft_http_server_route(server, GET, "/health", 0, h_health, NULL);
-    weft_http_server_route(server, GET, "/ready", 0, h_ready, NULL);
-    weft_http_server_route(server, GET, "/metrics", 0, h_metrics, NULL);
+    weft_cli_std_routes(server, &draining);
     weft_http_server_route(server, WEFT_M(WEFT_METHOD_POST) | WEFT_M(WEFT_METHOD_PUT), "/echo",
                            WEFT_ROUTE_STREAM, h_echo, NULL);
     weft_http_server_route(server, GET, "/bytes", 0, h_bytes, NULL);

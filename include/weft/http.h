@@ -236,6 +236,9 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
                              weft_http_creq **out);
 /* Cancel an in-flight request: on_done is NOT called afterwards. */
 void weft_http_creq_cancel(weft_http_creq *q);
+/* Whether q's connection was established (false: it failed or timed out
+ * while connecting). Valid until on_done returns. */
+bool weft_http_creq_connected(const weft_http_creq *q);
 /* Stop (true) or resume (false) reading the response body: backpressure for
  * a proxy whose downstream is slower than its upstream. */
 void weft_http_creq_pause(weft_http_creq *q, bool paused);

@@ -27,16 +27,20 @@ char *gw_clusters_json(gw_worker *w)
                               weft_breaker_state_name(weft_breaker_state(&cl->breaker, now_ms)),
                               "window_ok", (json_int_t)ok, "window_fail", (json_int_t)fail,
                               "enabled", cl->conf->breaker_enabled, "panic",
-                              weft_lb_in_panic(cl->lb));
+                              cl->set->lb ? weft_lb_in_panic(cl->set->lb) : false);
+        if (cl->conf->dns_name)
+            json_object_set_new(c, "dns", json_pack("{s:s, s:s}", "name", cl->conf->dns_name,
+                                                    "type", cl->conf->dns_srv ? "SRV" : "A/AAAA"));
         json_t *eps = json_array();
-        weft_lb_endpoint *le = weft_lb_endpoints(cl->lb);
-        for (size_t j = 0; j < cl->conf->neps; j++) {
-            const weft_outlier_host *oh = &cl->outlier[j];
+        gw_epset *set = cl->set;
+        weft_lb_endpoint *le = set->lb ? weft_lb_endpoints(set->lb) : NULL;
+        for (size_t j = 0; j < set->n; j++) {
+            const weft_outlier_host *oh = &set->outlier[j];
             bool ejected = weft_outlier_ejected(oh, now_ms);
             json_array_append_new(
                 eps, json_pack("{s:s, s:i, s:b, s:b, s:b, s:I, s:I, s:I, s:f}", "address",
-                               cl->conf->eps[j].id, "weight", (int)le[j].weight, "healthy",
-                               le[j].healthy, "active_check_healthy", cl->hc[j].healthy,
+                               set->eps[j].id, "weight", (int)le[j].weight, "healthy",
+                               le[j].healthy, "active_check_healthy", set->hc[j].healthy,
                                "ejected", ejected, "ejected_for_ms",
                                (json_int_t)(ejected ? oh->ejected_until_ms - now_ms : 0),
                                "times_ejected", (json_int_t)oh->times_ejected, "inflight",

@@ -629,6 +629,7 @@ typedef struct agg_part {
     int err;
     bool done;
     gw_cluster_rt *cl;
+    gw_epset *set; /* held while the part is in flight */
     int ep;
     uint64_t start_us;
 } agg_part;
@@ -693,6 +694,16 @@ static void agg_finish(struct gw_agg *a)
     free(s);
 }
 
+/* The part's attempt is over: account it and drop the set reference. */
+static void part_release(agg_part *p, uint64_t latency_us)
+{
+    if (p->ep >= 0 && p->set)
+        weft_lb_on_done(p->set->lb, p->ep, latency_us, weft_now_us());
+    p->ep = -1;
+    gw_epset_unref(p->set);
+    p->set = NULL;
+}
+
 static void part_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
 {
     (void)q;
@@ -708,9 +719,7 @@ static void part_body(weft_http_creq *q, weft_str data, void *ud)
         weft_http_creq_cancel(q);
         p->q = NULL;
         p->done = true;
-        if (p->ep >= 0)
-            weft_lb_on_done(p->cl->lb, p->ep, weft_now_us() - p->start_us, weft_now_us());
-        p->ep = -1;
+        part_release(p, weft_now_us() - p->start_us);
         struct gw_agg *a = p->agg;
         if (++a->ndone == a->n)
             agg_finish(a); /* frees p: nothing below touches it */
@@ -727,8 +736,7 @@ static void part_done(weft_http_creq *q, int err, void *ud)
         return;
     p->done = true;
     p->err = err;
-    if (p->ep >= 0)
-        weft_lb_on_done(p->cl->lb, p->ep, weft_now_us() - p->start_us, weft_now_us());
+    part_release(p, weft_now_us() - p->start_us);
     if (++a->ndone == a->n)
         agg_finish(a);
 }
@@ -757,15 +765,19 @@ void gw_edge_aggregate(gw_req *g)
         p->ep = -1;
         weft_buf_init(&p->body, 1u << 20);
         p->cl = &g->gen->clusters[pc->cluster];
-        p->ep = weft_lb_pick(p->cl->lb, weft_rng_next(&g->w->rng), NULL, 0, &g->w->rng);
+        gw_epset *set = p->cl->set;
+        p->ep = set->lb ? weft_lb_pick(set->lb, weft_rng_next(&g->w->rng), NULL, 0, &g->w->rng)
+                        : -1;
         if (p->ep < 0) {
             p->err = WEFT_ENOTFOUND;
             p->done = true;
             a->ndone++;
             continue;
         }
-        const gw_endpoint_conf *e = &p->cl->conf->eps[p->ep];
-        weft_lb_on_start(p->cl->lb, p->ep);
+        p->set = set;
+        gw_epset_ref(set);
+        const gw_endpoint_conf *e = &set->eps[p->ep];
+        weft_lb_on_start(set->lb, p->ep);
         p->start_us = weft_now_us();
         weft_http_creq_opts o = {
             .method = "GET",
@@ -779,9 +791,8 @@ void gw_edge_aggregate(gw_req *g)
             .on_done = part_done,
             .ud = p,
         };
-        if (weft_http_client_request(g->w->client, &o, &p->q) < 0) {
-            weft_lb_on_done(p->cl->lb, p->ep, 0, weft_now_us());
-            p->ep = -1;
+        if (weft_http_client_request(p->cl->client, &o, &p->q) < 0) {
+            part_release(p, 0);
             p->err = WEFT_EIO;
             p->done = true;
             a->ndone++;
@@ -799,11 +810,9 @@ void gw_edge_aggregate_cancel(gw_req *g)
     g->agg = NULL;
     for (size_t i = 0; i < a->n; i++) {
         agg_part *p = &a->parts[i];
-        if (p->q) {
+        if (p->q)
             weft_http_creq_cancel(p->q);
-            if (p->ep >= 0)
-                weft_lb_on_done(p->cl->lb, p->ep, 0, weft_now_us());
-        }
+        part_release(p, 0);
         weft_buf_release(&p->body);
     }
     free(a);

@@ -64,6 +64,13 @@ typedef struct gw_cluster_conf {
     uint32_t max_requests; /* concurrent requests per worker; 0 = unlimited */
     bool adaptive;
     weft_adaptive_opts adaptive_opts;
+    /* DNS discovery (instead of static endpoints) */
+    char *dns_name;
+    uint16_t dns_port;       /* A/AAAA: the endpoints' port */
+    bool dns_srv;            /* SRV records (port and weight from the records) */
+    int dns_family;          /* AF_UNSPEC, AF_INET or AF_INET6 for A/AAAA */
+    uint32_t dns_refresh_ms; /* upper bound; record TTLs refresh sooner */
+    char *dns_resolver;      /* "ip:port[,ip:port]" or NULL for /etc/resolv.conf */
 } gw_cluster_conf;
 
 enum gw_path_kind { GW_PATH_ANY = 0, GW_PATH_EXACT, GW_PATH_PREFIX, GW_PATH_REGEX };
@@ -241,6 +248,8 @@ int gw_cluster_index(const gw_config *c, const char *name);
 int gw_route_match(const gw_config *c, const weft_http_req *r);
 /* Does the kv matcher accept this value (value.p == NULL means absent)? */
 bool gw_kv_matches(const gw_kv_match *m, weft_str value);
+/* Free the calling thread's regex scratch (at worker exit). */
+void gw_router_thread_done(void);
 /* Cookie value from a Cookie header. */
 bool gw_cookie_get(weft_str cookie_header, const char *name, weft_str *value);
 

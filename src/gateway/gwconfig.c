@@ -19,6 +19,7 @@
 #include "weft/log.h"
 
 #include <jansson.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,8 @@ static void config_free(gw_config *c)
         free(cl->eps);
         free(cl->hash_name);
         free(cl->health.path);
+        free(cl->dns_name);
+        free(cl->dns_resolver);
     }
     free(c->clusters);
     for (size_t i = 0; i < c->nroutes; i++) {
@@ -273,9 +276,35 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
     if (weft_conf_kind(n) != WEFT_CONF_MAP)
         FAIL(n, NULL, "a cluster is a mapping (endpoints, lb, health_check, ...)");
     const weft_conf_node *eps = weft_conf_get(n, "endpoints");
+    const weft_conf_node *dns = weft_conf_get(n, "dns");
+    if (eps && dns)
+        FAIL(dns, NULL, "give endpoints or dns, not both");
+    if (dns) {
+        static const char *const types[] = {"a", "aaaa", "a_or_aaaa", "srv", NULL};
+        int type = 2;
+        int64_t port = 0;
+        cl->dns_refresh_ms = 30000;
+        if (get_str(dns, "name", &cl->dns_name, err) < 0 ||
+            weft_conf_enum(dns, "type", types, &type, err) < 0 ||
+            weft_conf_int(dns, "port", 1, 65535, &port, err) < 0 ||
+            get_dur(dns, "refresh", &cl->dns_refresh_ms, err) < 0 ||
+            get_str(dns, "resolver", &cl->dns_resolver, err) < 0)
+            goto fail;
+        if (!cl->dns_name || !cl->dns_name[0])
+            FAIL(dns, "name", "missing the DNS name to resolve");
+        cl->dns_srv = type == 3;
+        cl->dns_family = type == 0 ? AF_INET : type == 1 ? AF_INET6 : AF_UNSPEC;
+        if (!cl->dns_srv && port == 0)
+            FAIL(dns, "port", "A/AAAA discovery needs the endpoints' port");
+        cl->dns_port = (uint16_t)port;
+        if (cl->dns_refresh_ms < 100)
+            FAIL(weft_conf_get(dns, "refresh"), NULL, "must be at least 100ms");
+        goto endpoints_done;
+    }
     if (!eps || weft_conf_kind(eps) != WEFT_CONF_SEQ || weft_conf_seq_len(eps) == 0)
         FAIL(eps ? eps : n, eps ? NULL : "endpoints",
-             "a cluster needs a non-empty list of endpoints (\"host:port\" or {address, weight})");
+             "a cluster needs a non-empty list of endpoints (\"host:port\" or {address, weight}) "
+             "or dns: {name, port, type}");
     cl->neps = weft_conf_seq_len(eps);
     cl->eps = calloc(cl->neps, sizeof *cl->eps);
     if (!cl->eps)
@@ -298,6 +327,7 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
         if (parse_endpoint(addr, &cl->eps[i]) < 0)
             FAIL(e, NULL, "bad endpoint '%s' (want host:port with port 1-65535)", addr);
     }
+endpoints_done:;
     const char *lb = NULL;
     if (weft_conf_string(n, "lb", &lb, err) < 0)
         goto fail;

@@ -37,23 +37,47 @@ typedef struct gw_hc_ep {
     weft_io io;
     uint64_t started_ms;
     bool resp_ok;          /* the HTTP check answered 2xx */
-    struct gw_cluster_rt *cl;
+    struct gw_epset *set;
     size_t idx;
 } gw_hc_ep;
+
+/*
+ * An endpoint set: a cluster's endpoints at one moment, with the balancer,
+ * outlier counters and health-check state built for them. Membership never
+ * changes; discovery (DNS now, the registry later) replaces the whole set.
+ * Worker-local reference count: the cluster holds one reference to its
+ * current set and every upstream attempt holds one to the set it picked
+ * from, so an index picked from a set stays valid until the attempt ends.
+ * Per-endpoint state (health, ejections, EWMA) carries over to the next set
+ * for endpoints with the same id.
+ */
+typedef struct gw_epset {
+    int refs;
+    uint64_t serial;       /* unique per set (per worker), for stale index checks */
+    struct gw_cluster_rt *cl;
+    gw_endpoint_conf *eps; /* owned copies */
+    size_t n;
+    weft_lb *lb;           /* NULL when n == 0 */
+    weft_outlier_host *outlier;
+    gw_hc_ep *hc;
+    bool checks_running;
+} gw_epset;
+
+struct gw_dns;
 
 typedef struct gw_cluster_rt {
     const gw_cluster_conf *conf;
     gw_gen *gen;
-    weft_lb *lb;
-    weft_outlier_host *outlier;
-    gw_hc_ep *hc;
+    gw_epset *set;         /* current endpoints */
+    struct gw_dns *dns;    /* discovery, when the cluster has dns: */
+    weft_http_client *client; /* this cluster's keep-alive pool (its timeouts, max_idle) */
     weft_breaker breaker;
     weft_adaptive adaptive;
     uint32_t inflight;
     uint64_t ejections;
     /* metrics */
     weft_metric m_upstream[6];
-    weft_metric m_breaker_reject, m_ejections, m_overload, m_hc_fail;
+    weft_metric m_breaker_reject, m_ejections, m_overload, m_hc_fail, m_dns_fail, m_dns_updates;
 } gw_cluster_rt;
 
 typedef struct gw_route_rt {
@@ -75,8 +99,7 @@ struct gw_worker {
     weft_loop *loop;
     struct gw_runtime *rt;
     gw_gen *gen;            /* current */
-    weft_http_client *client;
-    weft_http_client *hc_client;
+    weft_http_client *hc_client; /* active health checks (upstream pools are per cluster) */
     weft_rng rng;
     weft_timer tick;        /* outlier un-ejection, health refresh */
     uint64_t inflight;
@@ -106,6 +129,10 @@ typedef struct gw_req {
     gw_route_rt *rrt;
     gw_cluster_rt *cl;
     int ep;
+    gw_epset *set;            /* the set ep indexes (held during an attempt) */
+    char upstream[64];        /* id of the last endpoint tried, for the access log */
+    double last_ewma_us;      /* that endpoint's latency estimate */
+    uint64_t tried_serial;    /* tried[] indexes the set with this serial */
     int tried[16];
     size_t ntried;
     uint32_t attempt;
@@ -174,10 +201,23 @@ gw_config *gw_runtime_config(gw_runtime *rt); /* new ref */
 /* Admin: JSON description of clusters as seen by the calling worker. */
 char *gw_clusters_json(gw_worker *w);
 
+/* epset.c */
+/* Build a set over eps[0..n) (copied), carrying per-endpoint state over
+ * from cl->set for endpoints with the same id. NULL on allocation failure. */
+gw_epset *gw_epset_new(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n);
+void gw_epset_ref(gw_epset *s);
+void gw_epset_unref(gw_epset *s);
+/* Replace the cluster's endpoints (restarts health checks on the new set). */
+int gw_cluster_set_endpoints(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n);
+
 /* health.c */
-void gw_health_start(gw_cluster_rt *cl);
-void gw_health_stop(gw_cluster_rt *cl);
+void gw_health_start(gw_epset *set);
+void gw_health_stop(gw_epset *set);
 /* Recompute lb endpoint health from active checks and outlier ejection. */
 void gw_cluster_refresh_health(gw_cluster_rt *cl, uint64_t now_ms);
+
+/* dns.c: endpoint discovery through DNS (c-ares), per worker. */
+int gw_dns_start(gw_cluster_rt *cl);
+void gw_dns_stop(gw_cluster_rt *cl);
 
 #endif

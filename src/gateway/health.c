@@ -29,17 +29,24 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+static void refresh_set(gw_epset *set, uint64_t now_ms)
+{
+    if (!set->lb)
+        return;
+    weft_lb_endpoint *eps = weft_lb_endpoints(set->lb);
+    for (size_t i = 0; i < set->n; i++)
+        eps[i].healthy = set->hc[i].healthy && !weft_outlier_ejected(&set->outlier[i], now_ms);
+}
+
 void gw_cluster_refresh_health(gw_cluster_rt *cl, uint64_t now_ms)
 {
-    weft_lb_endpoint *eps = weft_lb_endpoints(cl->lb);
-    for (size_t i = 0; i < cl->conf->neps; i++)
-        eps[i].healthy = cl->hc[i].healthy && !weft_outlier_ejected(&cl->outlier[i], now_ms);
+    refresh_set(cl->set, now_ms);
 }
 
 static void schedule(gw_hc_ep *h, bool soon)
 {
-    const gw_health_conf *hc = &h->cl->conf->health;
-    gw_worker *w = h->cl->gen->w;
+    const gw_health_conf *hc = &h->set->cl->conf->health;
+    gw_worker *w = h->set->cl->gen->w;
     uint64_t base = soon ? hc->interval_ms / 10 + 1 : hc->interval_ms;
     uint64_t jitter = base / 10 ? weft_rng_below(&w->rng, base / 5 + 1) : 0;
     weft_timer_start(w->loop, &h->timer, base - base / 10 + jitter);
@@ -47,7 +54,7 @@ static void schedule(gw_hc_ep *h, bool soon)
 
 static void verdict(gw_hc_ep *h, bool ok)
 {
-    gw_cluster_rt *cl = h->cl;
+    gw_cluster_rt *cl = h->set->cl;
     const gw_health_conf *hc = &cl->conf->health;
     bool was = h->healthy;
     if (ok) {
@@ -63,8 +70,8 @@ static void verdict(gw_hc_ep *h, bool ok)
     if (was != h->healthy) {
         weft_log(WEFT_LOG_WARN, h->healthy ? "endpoint healthy" : "endpoint unhealthy",
                  WEFT_KV_STR("cluster", cl->conf->name),
-                 WEFT_KV_STR("endpoint", cl->conf->eps[h->idx].id));
-        gw_cluster_refresh_health(cl, weft_loop_now_ms(cl->gen->w->loop));
+                 WEFT_KV_STR("endpoint", h->set->eps[h->idx].id));
+        refresh_set(h->set, weft_loop_now_ms(cl->gen->w->loop));
     }
     schedule(h, false);
 }
@@ -87,7 +94,7 @@ static void http_resp(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
 static void tcp_close(gw_hc_ep *h)
 {
     if (h->fd >= 0) {
-        weft_io_stop(h->cl->gen->w->loop, &h->io);
+        weft_io_stop(h->set->cl->gen->w->loop, &h->io);
         close(h->fd);
         h->fd = -1;
     }
@@ -108,9 +115,9 @@ static void tcp_ready(weft_loop *loop, weft_io *io, unsigned events)
 static void probe(weft_loop *loop, weft_timer *t)
 {
     gw_hc_ep *h = t->data;
-    gw_cluster_rt *cl = h->cl;
+    gw_cluster_rt *cl = h->set->cl;
     const gw_health_conf *hc = &cl->conf->health;
-    const gw_endpoint_conf *e = &cl->conf->eps[h->idx];
+    const gw_endpoint_conf *e = &h->set->eps[h->idx];
     if (h->q || h->fd >= 0) {
         /* previous probe still running past its timeout: it failed */
         if (h->q) {
@@ -163,24 +170,26 @@ static void probe(weft_loop *loop, weft_timer *t)
     weft_timer_start(loop, &h->timer, hc->timeout_ms);
 }
 
-void gw_health_start(gw_cluster_rt *cl)
+void gw_health_start(gw_epset *set)
 {
-    if (!cl->conf->health.enabled)
+    if (!set->cl->conf->health.enabled || set->checks_running)
         return;
-    for (size_t i = 0; i < cl->conf->neps; i++) {
-        gw_hc_ep *h = &cl->hc[i];
+    set->checks_running = true;
+    for (size_t i = 0; i < set->n; i++) {
+        gw_hc_ep *h = &set->hc[i];
         weft_timer_init(&h->timer, probe, h);
         schedule(h, true);
     }
 }
 
-void gw_health_stop(gw_cluster_rt *cl)
+void gw_health_stop(gw_epset *set)
 {
-    if (!cl->conf->health.enabled || !cl->hc)
+    if (!set->checks_running)
         return;
-    weft_loop *loop = cl->gen->w->loop;
-    for (size_t i = 0; i < cl->conf->neps; i++) {
-        gw_hc_ep *h = &cl->hc[i];
+    set->checks_running = false;
+    weft_loop *loop = set->cl->gen->w->loop;
+    for (size_t i = 0; i < set->n; i++) {
+        gw_hc_ep *h = &set->hc[i];
         weft_timer_stop(loop, &h->timer);
         if (h->q) {
             weft_http_creq_cancel(h->q);

@@ -370,7 +370,7 @@ static void access_log(gw_req *g, int status)
              WEFT_KV_SLICE("path", weft_http_req_path(g->r)),
              WEFT_KV_STR("client", weft_http_req_peer(g->r)),
              WEFT_KV_STR("cluster", cl ? cl->conf->name : ""),
-             WEFT_KV_STR("upstream", cl && g->ep >= 0 ? cl->conf->eps[g->ep].id : ""),
+             WEFT_KV_STR("upstream", g->upstream),
              WEFT_KV_INT("status", status), WEFT_KV_UINT("attempts", g->attempt),
              WEFT_KV_FLOAT("duration_ms", (double)(now - g->start_us) / 1000.0),
              WEFT_KV_FLOAT("upstream_ms", (double)g->upstream_us / 1000.0),
@@ -430,28 +430,35 @@ static void attempt_done(gw_req *g, int outcome, bool success, bool have_outcome
             weft_breaker_release(&cl->breaker);
         g->breaker_taken = false;
     }
+    gw_epset *set = g->set;
     if (g->inflight_taken) {
         cl->inflight--;
         g->inflight_taken = false;
-        if (g->ep >= 0)
-            weft_lb_on_done(cl->lb, g->ep, lat, now_us);
+        if (g->ep >= 0 && set) {
+            weft_lb_on_done(set->lb, g->ep, lat, now_us);
+            g->last_ewma_us = weft_lb_endpoints(set->lb)[g->ep].ewma_us;
+        }
     }
     if (g->adaptive_taken) {
         weft_adaptive_release(&cl->adaptive, lat, !success);
         g->adaptive_taken = false;
     }
-    if (have_outcome && cl->conf->outlier_enabled && g->ep >= 0) {
-        if (weft_outlier_record(&cl->conf->outlier, cl->outlier, cl->conf->neps, (size_t)g->ep,
+    if (have_outcome && cl->conf->outlier_enabled && g->ep >= 0 && set) {
+        if (weft_outlier_record(&cl->conf->outlier, set->outlier, set->n, (size_t)g->ep,
                                 outcome, now_ms)) {
             cl->ejections++;
             weft_metric_inc(g->w->rt->m, cl->m_ejections);
             weft_log(WEFT_LOG_WARN, "endpoint ejected", WEFT_KV_STR("cluster", cl->conf->name),
-                     WEFT_KV_STR("endpoint", cl->conf->eps[g->ep].id),
-                     WEFT_KV_UINT("times", cl->outlier[g->ep].times_ejected),
-                     WEFT_KV_UINT("until_ms",
-                                  cl->outlier[g->ep].ejected_until_ms - now_ms));
-            gw_cluster_refresh_health(cl, now_ms);
+                     WEFT_KV_STR("endpoint", set->eps[g->ep].id),
+                     WEFT_KV_UINT("times", set->outlier[g->ep].times_ejected),
+                     WEFT_KV_UINT("until_ms", set->outlier[g->ep].ejected_until_ms - now_ms));
+            if (set == cl->set)
+                gw_cluster_refresh_health(cl, now_ms);
         }
+    }
+    if (set) {
+        g->set = NULL;
+        gw_epset_unref(set);
     }
 }
 
@@ -474,11 +481,7 @@ static bool maybe_retry(gw_req *g, unsigned cond)
     uint32_t backoff = (uint32_t)weft_backoff_full_jitter(&g->w->rng, g->retries + 1,
                                                           rc->backoff_base_ms, rc->backoff_max_ms);
     /* Expected duration of the retry: the best latency estimate we have. */
-    uint64_t expect_ms = 0;
-    if (g->ep >= 0) {
-        const weft_lb_endpoint *e = &weft_lb_endpoints(g->cl->lb)[g->ep];
-        expect_ms = (uint64_t)(e->ewma_us / 1000.0);
-    }
+    uint64_t expect_ms = (uint64_t)(g->last_ewma_us / 1000.0);
     if (now_ms + backoff + expect_ms >= g->deadline_ms)
         return false;
     if (rc->budget_enabled && !weft_retry_budget_withdraw(&g->rrt->budget, now_ms)) {
@@ -615,7 +618,6 @@ static void up_body(weft_http_creq *q, weft_str data, void *ud)
 static void up_done(weft_http_creq *q, int err, void *ud)
 {
     gw_req *g = ud;
-    (void)q;
     g->q = NULL;
     if (err == 0) {
         int st = g->status;
@@ -635,8 +637,10 @@ static void up_done(weft_http_creq *q, int err, void *ud)
         weft_http_resp_end(r);
         return;
     }
+    /* a connect timeout is a connect failure (Envoy's connect-failure) */
+    bool connect_failed = err == WEFT_ETIMEDOUT && !weft_http_creq_connected(q);
     attempt_done(g, err_outcome(err), false, true);
-    g->error = weft_strerror(err);
+    g->error = connect_failed ? "connect timeout" : weft_strerror(err);
     if (g->resp_started) {
         if (g->cache_fill)
             gw_edge_cache_done(g, false);
@@ -648,9 +652,9 @@ static void up_done(weft_http_creq *q, int err, void *ud)
         weft_http_resp_abort(r);
         return;
     }
-    if (maybe_retry(g, err_cond(err)))
+    if (maybe_retry(g, err_cond(err) | (connect_failed ? GW_RETRY_CONNECT : 0)))
         return;
-    int status = err == WEFT_ETIMEDOUT ? 504 : 502;
+    int status = err == WEFT_ETIMEDOUT && !connect_failed ? 504 : 502;
     gw_respond_local(g, status, err == WEFT_ETIMEDOUT ? "upstream timeout" : "upstream unavailable",
                   NULL, NULL);
 }
@@ -699,7 +703,12 @@ void gw_start_attempt(gw_req *g)
         return;
     }
     g->adaptive_taken = cl->conf->adaptive;
-    int ep = weft_lb_pick(cl->lb, g->hash_key, g->tried, g->ntried, &w->rng);
+    gw_epset *set = cl->set;
+    if (g->tried_serial != set->serial) {
+        g->ntried = 0; /* the endpoints changed: earlier indices mean nothing now */
+        g->tried_serial = set->serial;
+    }
+    int ep = set->lb ? weft_lb_pick(set->lb, g->hash_key, g->tried, g->ntried, &w->rng) : -1;
     if (ep < 0) {
         attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
         g->error = "no healthy endpoint";
@@ -707,9 +716,12 @@ void gw_start_attempt(gw_req *g)
         return;
     }
     g->ep = ep;
+    g->set = set;
+    gw_epset_ref(set);
     if (g->ntried < 16)
         g->tried[g->ntried++] = ep;
-    weft_lb_on_start(cl->lb, ep);
+    snprintf(g->upstream, sizeof g->upstream, "%s", set->eps[ep].id);
+    weft_lb_on_start(set->lb, ep);
     cl->inflight++;
     g->inflight_taken = true;
     g->try_start_us = weft_now_us();
@@ -740,7 +752,7 @@ void gw_start_attempt(gw_req *g)
             hdr_list[0] = dline;
         }
     }
-    const gw_endpoint_conf *e = &cl->conf->eps[ep];
+    const gw_endpoint_conf *e = &set->eps[ep];
     weft_str body = weft_http_req_body(g->r);
     if (build_upstream_head(g, &w->hdrs) < 0) {
         attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
@@ -769,7 +781,7 @@ void gw_start_attempt(gw_req *g)
     memcpy(method, ms.p, ml);
     method[ml] = '\0';
     o.method = method;
-    int rc = weft_http_client_request(w->client, &o, &g->q);
+    int rc = weft_http_client_request(cl->client, &o, &g->q);
     if (rc < 0) {
         attempt_done(g, WEFT_OUTCOME_GATEWAY, false, true);
         g->error = weft_strerror(rc);
@@ -796,10 +808,10 @@ static void gen_free(gw_gen *gen)
 {
     for (size_t i = 0; i < gen->cfg->nclusters; i++) {
         gw_cluster_rt *cl = &gen->clusters[i];
-        gw_health_stop(cl);
-        weft_lb_free(cl->lb);
-        free(cl->outlier);
-        free(cl->hc);
+        gw_dns_stop(cl);
+        gw_epset_unref(cl->set);
+        cl->set = NULL;
+        weft_http_client_free(cl->client);
     }
     free(gen->clusters);
     free(gen->routes);
@@ -844,27 +856,16 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
         gw_cluster_rt *cl = &gen->clusters[i];
         cl->conf = cc;
         cl->gen = gen;
-        weft_lb_endpoint *eps = calloc(cc->neps, sizeof *eps);
-        cl->outlier = calloc(cc->neps, sizeof *cl->outlier);
-        cl->hc = calloc(cc->neps, sizeof *cl->hc);
-        if (!eps || !cl->outlier || !cl->hc) {
-            free(eps);
+        weft_http_client_opts co;
+        weft_http_client_opts_default(&co);
+        co.connect_timeout_ms = cc->connect_timeout_ms ? cc->connect_timeout_ms : 1;
+        co.idle_timeout_ms = cc->idle_timeout_ms ? cc->idle_timeout_ms : 1;
+        co.max_idle_per_host = cc->max_idle;
+        co.response_timeout_ms = 0; /* set per attempt from the route */
+        cl->client = weft_http_client_new(w->loop, &co);
+        cl->set = gw_epset_new(cl, cc->eps, cc->neps);
+        if (!cl->set || !cl->client)
             goto fail;
-        }
-        for (size_t j = 0; j < cc->neps; j++) {
-            eps[j].id = cc->eps[j].id;
-            eps[j].weight = cc->eps[j].weight;
-            eps[j].healthy = true;
-            cl->hc[j].healthy = true;
-            cl->hc[j].fd = -1;
-            cl->hc[j].cl = cl;
-            cl->hc[j].idx = j;
-        }
-        int rc = weft_lb_new(cc->lb, eps, cc->neps, &cl->lb);
-        free(eps);
-        if (rc < 0)
-            goto fail;
-        weft_lb_set_panic_percent(cl->lb, cc->panic_percent);
         weft_breaker_init(&cl->breaker, &cc->breaker);
         weft_adaptive_init(&cl->adaptive, &cc->adaptive_opts);
         reg_classes(m, "weft_gateway_upstream_responses_total",
@@ -880,6 +881,12 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
                              "Requests shed by concurrency limits.", labels, &cl->m_overload);
         weft_metrics_counter(m, "weft_gateway_health_check_failures_total",
                              "Failed active health checks.", labels, &cl->m_hc_fail);
+        weft_metrics_counter(m, "weft_gateway_dns_failures_total",
+                             "DNS discovery failures (the last endpoints are kept).", labels,
+                             &cl->m_dns_fail);
+        weft_metrics_counter(m, "weft_gateway_dns_updates_total",
+                             "Endpoint set changes from DNS discovery.", labels,
+                             &cl->m_dns_updates);
     }
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const gw_route_conf *rc = &cfg->routes[i];
@@ -902,15 +909,18 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
                              "Requests answered 429 by the route's rate limit.", labels,
                              &rr->m_ratelimited);
     }
-    for (size_t i = 0; i < cfg->nclusters; i++)
-        gw_health_start(&gen->clusters[i]);
+    for (size_t i = 0; i < cfg->nclusters; i++) {
+        gw_health_start(gen->clusters[i].set);
+        if (cfg->clusters[i].dns_name && gw_dns_start(&gen->clusters[i]) < 0)
+            weft_log(WEFT_LOG_ERROR, "dns discovery could not start",
+                     WEFT_KV_STR("cluster", cfg->clusters[i].name));
+    }
     return gen;
 fail:
     gen->refs = 0;
     for (size_t i = 0; i < cfg->nclusters; i++) {
-        weft_lb_free(gen->clusters[i].lb);
-        free(gen->clusters[i].outlier);
-        free(gen->clusters[i].hc);
+        gw_epset_unref(gen->clusters[i].set);
+        weft_http_client_free(gen->clusters[i].client);
     }
     free(gen->clusters);
     free(gen->routes);
@@ -992,7 +1002,7 @@ static void tick(weft_loop *loop, weft_timer *t)
     gw_gen *gen = w->gen;
     for (size_t i = 0; i < gen->cfg->nclusters; i++) {
         gw_cluster_rt *cl = &gen->clusters[i];
-        if (weft_outlier_tick(cl->outlier, cl->conf->neps, now_ms))
+        if (weft_outlier_tick(cl->set->outlier, cl->set->n, now_ms))
             gw_cluster_refresh_health(cl, now_ms);
     }
     if (weft_buf_used(&w->alog) && now_ms - w->alog_flushed_ms >= ALOG_FLUSH_MS)
@@ -1060,10 +1070,9 @@ int gw_worker_start(gw_runtime *rt, weft_loop *loop)
     weft_rng_seed(&w->rng, weft_now_us() ^ ((uint64_t)idx << 32) ^ (uint64_t)(uintptr_t)w);
     weft_http_client_opts co;
     weft_http_client_opts_default(&co);
-    w->client = weft_http_client_new(loop, &co);
     co.max_idle_per_host = 4;
     w->hc_client = weft_http_client_new(loop, &co);
-    if (!w->client || !w->hc_client)
+    if (!w->hc_client)
         return WEFT_ENOMEM;
     rt->workers[idx] = w;
     gw_config *cfg = gw_runtime_config(rt);
@@ -1092,9 +1101,9 @@ void gw_worker_stop(gw_runtime *rt, weft_loop *loop)
     w->gen = NULL;
     if (gen)
         gen_unref(gen);
-    weft_http_client_free(w->client);
     weft_http_client_free(w->hc_client);
     weft_cache_free(w->cache);
+    gw_router_thread_done();
     rt->workers[idx] = NULL;
     free(w);
 }

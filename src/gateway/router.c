@@ -48,6 +48,12 @@ static bool regex_matches(const pcre2_code *re, weft_str s)
     return rc >= 0;
 }
 
+void gw_router_thread_done(void)
+{
+    pcre2_match_data_free(tl_md);
+    tl_md = NULL;
+}
+
 bool gw_kv_matches(const gw_kv_match *m, weft_str value)
 {
     if (m->absent)

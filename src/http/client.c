@@ -1063,6 +1063,11 @@ fail_free:
     return rc;
 }
 
+bool weft_http_creq_connected(const weft_http_creq *q)
+{
+    return q && q->phase != Q_CONNECT;
+}
+
 void weft_http_creq_pause(weft_http_creq *q, bool paused)
 {
     if (!q || q->canceled || q->paused == paused)

@@ -985,7 +985,7 @@ int weft_http_resp_end(weft_http_req *r)
     conn *c = r->c;
     if (!c || !r->resp_started || r->resp_done)
         return WEFT_EINVAL;
-    if (r->resp_left > 0) {
+    if (r->resp_left > 0 && !r->resp_head_only) {
         /* announced more than was sent: the message is broken; close */
         c->keep_alive = false;
         r->resp_done = true;

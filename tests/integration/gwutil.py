@@ -8,8 +8,9 @@
   listeners on 127.0.0.1:0, addresses taken from its listening lines).
 - Nginx: a real nginx origin (`return 200`).
 - Client: a keep-alive raw-socket HTTP/1.1 client; parallel() for load.
+- Blackhole: a loopback address where connects hang.
 - Fixtures (import them into the test module): `gateway`, `origins`,
-  `nginx_origin`.
+  `nginx_origin`, `blackhole`.
 
 Everything is bounded: sockets have timeouts and every wait has a deadline.
 """
@@ -32,8 +33,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import weftutil  # noqa: E402
-from weftutil import (SANITIZER_MARKERS, WEFT_BIN, Reader, Response,  # noqa: E402,F401
-                      parse_metrics, sanitizer_env)
+from weftutil import (SANITIZER_MARKERS, WEFT_BIN, Reader, parse_metrics,  # noqa: E402
+                      sanitizer_env)
 
 REPO = weftutil.REPO
 START_TIMEOUT = 15.0
@@ -161,6 +162,14 @@ class Origin:
                                                              else self.status)
             if delay_ms is not None:
                 self.delay_ms = delay_ms
+
+    def open_connections(self):
+        with self.lock:
+            return len(self._conns)
+
+    def conn_ids(self):
+        with self.lock:
+            return [r.conn_id for r in self.requests]
 
     def count(self, path=None, method=None):
         with self.lock:
@@ -338,8 +347,10 @@ class Origin:
                     return
             elif rec.path.startswith("/status/"):
                 st = int(rec.path[len("/status/"):])
-                self._respond(c, rec, st, b"" if st in (204, 304) else
-                              b'{"status": %d}' % st, keep, no_length=st in (204, 304))
+                if st in (204, 304):
+                    self._respond_no_body(c, st, keep)
+                else:
+                    self._respond(c, rec, st, b'{"status": %d}' % st, keep)
             else:
                 body = json.dumps({"origin": self.name, "method": rec.method,
                                    "target": rec.target, "len": len(rec.body)}).encode()
@@ -347,11 +358,16 @@ class Origin:
             if not keep:
                 return
 
-    def _respond(self, c, rec, status, body, keep, ctype="application/json", no_length=False):
+    def _respond_no_body(self, c, status, keep):
+        h = [f"HTTP/1.1 {status} Status", f"X-Origin: {self.name}"]
+        if not keep:
+            h.append("Connection: close")
+        c.sendall(("\r\n".join(h) + "\r\n\r\n").encode("latin-1"))
+
+    def _respond(self, c, rec, status, body, keep, ctype="application/json"):
         h = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Status'}",
-             f"Content-Type: {ctype}", f"X-Origin: {self.name}"]
-        if not no_length:
-            h.append(f"Content-Length: {len(body)}")
+             f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
+             f"X-Origin: {self.name}"]
         for k, v in self.extra_headers:
             h.append(f"{k}: {v}")
         if not keep:
@@ -851,6 +867,45 @@ def eps_yaml(origins_or_addrs, weights=None):
 def closed_port():
     """A loopback port with nothing listening on it (connect is refused)."""
     return weftutil.free_port()
+
+
+class Blackhole:
+    """A loopback address whose connects hang: a listener with backlog 0
+    that never accepts, its accept queue already full, so the kernel drops
+    further SYNs (connect neither succeeds nor is refused)."""
+
+    def __init__(self):
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(0)
+        self.port = self.ls.getsockname()[1]
+        self.fill = []
+        for _ in range(16):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(0.3)
+            try:
+                s.connect(("127.0.0.1", self.port))
+            except socket.timeout:
+                s.close()
+                return
+            self.fill.append(s)
+        raise RuntimeError("could not fill the accept queue")
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def close(self):
+        for s in self.fill:
+            s.close()
+        self.ls.close()
+
+
+@pytest.fixture
+def blackhole():
+    b = Blackhole()
+    yield b
+    b.close()
 
 
 def sha256(b):

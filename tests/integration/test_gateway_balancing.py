@@ -2,8 +2,8 @@
 origins (one worker: balancer state is per worker)."""
 import collections
 
-from gwutil import (Client, eps_yaml, gateway, origin_of, origins, parallel,  # noqa: F401
-                    sequential)
+from gwutil import (Client, eps_yaml, gateway, nginx_origin, origin_of, origins,  # noqa: F401
+                    parallel, sequential)
 
 
 def cluster_cfg(os_, lb, extra="", weights=None):
@@ -198,3 +198,25 @@ def test_least_request_avoids_slow_origin(gateway, origins):
 
 def test_p2c_ewma_avoids_slow_origin(gateway, origins):
     _slow_one_avoided(gateway, origins, "p2c_ewma")
+
+
+def test_real_nginx_origin_behind_round_robin(gateway, origins, nginx_origin):
+    ngx = nginx_origin("nginx-ok\n")
+    py, = origins(1)
+    g = gateway(f"""
+clusters:
+  mixed:
+    endpoints: [{ngx.addr}, {py.addr}]
+    lb: round_robin
+routes:
+  - name: r
+    cluster: mixed
+""")
+    rs = parallel(g.port, 1000, concurrency=16, target="/n")
+    assert all(r.status == 200 for r in rs)
+    from_nginx = [r for r in rs if r.body == b"nginx-ok\n"]
+    assert len(from_nginx) == 500 and py.count() == 500
+    r = from_nginx[0]
+    assert r.header("Content-Type") == "text/plain"
+    # the gateway answers as itself: one Server header, its own
+    assert r.header_all("Server") == ["weft"], r

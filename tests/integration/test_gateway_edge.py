@@ -25,6 +25,7 @@ import hmac
 import itertools
 import json
 import subprocess
+import threading
 import time
 import urllib.parse
 import zlib
@@ -33,7 +34,7 @@ import pytest
 
 import weftutil
 from gwutil import (REPO, Client, closed_port, gateway, metric, origins,  # noqa: F401
-                    parallel, sequential)
+                    parallel, wait_until)
 
 AUTH_DIR = REPO / "tests" / "unit" / "data" / "auth"
 JWKS_PATH = AUTH_DIR / "jwks.json"
@@ -57,8 +58,8 @@ def make_body(q, serial=None, echo=None):
     if ct == "application/octet-stream" or q.get("ce"):
         return bytes((i * 7 + 3) % 251 for i in range(size or 16))
     head = {"serial": serial, "echo": echo}
-    doc = json.dumps(head, separators=(",", ":"))
-    pad = max(0, size - len(doc) - 10)
+    doc = json.dumps({**head, "pad": ""}, separators=(",", ":"))
+    pad = max(0, size - len(doc))  # exactly `size` bytes (unless the head is longer)
     return json.dumps({**head, "pad": "x" * pad}, separators=(",", ":")).encode()
 
 
@@ -106,10 +107,6 @@ def serve(origin):
 
 def url(path, **q):
     return path + "?" + urllib.parse.urlencode(q) if q else path
-
-
-def metrics_of(g):
-    return g.metrics()
 
 
 # ====================================================================== JWT helpers
@@ -640,6 +637,16 @@ def test_jwt_leeway(jwt_gw):
     assert o.count() == 2
 
 
+def test_jwt_claim_with_control_characters_not_forwarded(jwt_gw):
+    g, o = jwt_gw
+    tok = make_jwt(claims(sub="eve\r\nX-Injected: 1", tenant="t\n1"), "HS256")
+    r = g.get("/jwt/x", bearer(tok))
+    assert r.status == 200, r
+    rec = o.last()
+    assert rec.header_all("X-Injected") == [], rec
+    assert rec.header_all("X-User") == [] and rec.header_all("X-Tenant-Id") == [], rec
+
+
 # ====================================================================== cache
 
 CACHE_CONF = """
@@ -872,6 +879,105 @@ def test_cache_hit_compressed_for_gzip_clients(gateway, origins):
     assert o.count() == 1
 
 
+def test_cache_head_miss_does_not_poison_get(gateway, origins):
+    """A HEAD answer has no body: a later GET must still get the full body
+    (and the proxied HEAD itself is answered)."""
+    g, o = cache_gw(gateway, origins)
+    u = url("/c/head", size=500)
+    want = make_body({"size": "500"})
+    s = weftutil.connect(g.port)
+    s.sendall(weftutil.request_bytes("HEAD", u))
+    try:
+        head = weftutil.Reader(s).read_response(method="HEAD")
+    except EOFError as e:
+        head = f"connection closed without an answer ({e})"
+    finally:
+        s.close()
+    with Client(g.port) as c:
+        r = c.get(u)
+        r2 = c.get(u)
+    assert r.status == 200 and r.body == want, ("GET after a HEAD miss", r)
+    assert r2.body == want, r2
+    assert not isinstance(head, str) and head.status == 200, head
+    assert head.header("Content-Length") == "500", head
+
+
+def test_cache_hit_serves_head(gateway, origins):
+    g, o = cache_gw(gateway, origins)
+    u = url("/c/gethead", size=700)
+    with Client(g.port) as c:
+        assert c.get(u).header("X-Cache") == "MISS"
+        h = c.request("HEAD", u)
+        assert h.status == 200 and h.header("X-Cache") == "HIT", h
+        assert h.header("Content-Length") == "700", h
+        r = c.get(u)  # the keep-alive connection is still in sync
+        assert r.header("X-Cache") == "HIT" and r.body == make_body({"size": "700"}), r
+    assert o.count() == 1
+
+
+def test_cache_coalescing_honours_vary(gateway, origins):
+    """Waiters coalesced behind a fetch whose answer varies on
+    Accept-Encoding get their own representation, not the fetcher's."""
+    g, o = cache_gw(gateway, origins)
+    o.set_mode("sleep", delay_ms=400)
+    u = url("/c/cv", vary="Accept-Encoding", echo="Accept-Encoding")
+    aes = ["gzip"] + ["br"] * 4
+    rs = [None] * len(aes)
+
+    def one(i):
+        with Client(g.port) as c:
+            rs[i] = c.get(u, [("Accept-Encoding", aes[i])])
+
+    ts = [threading.Thread(target=one, args=(0,))]
+    ts[0].start()
+    wait_until(lambda: o.count() >= 1, what="first fetch upstream")
+    for i in range(1, len(aes)):
+        ts.append(threading.Thread(target=one, args=(i,)))
+        ts[-1].start()
+    for t in ts:
+        t.join(10)
+    for ae, r in zip(aes, rs):
+        assert r is not None and r.status == 200, r
+        assert json.loads(r.body)["echo"] == ae, (ae, r)
+
+
+def test_cache_waiters_disconnecting(gateway, origins):
+    """Coalesced waiters that go away before the fill are dropped cleanly."""
+    g, o = cache_gw(gateway, origins)
+    o.set_mode("sleep", delay_ms=400)
+    u = url("/c/gone", serial=1)
+    socks = []
+    for _ in range(6):
+        s = weftutil.connect(g.port)
+        s.sendall(weftutil.request_bytes("GET", u))
+        socks.append(s)
+    time.sleep(0.1)
+    for s in socks[1:]:
+        s.close()
+    r = weftutil.Reader(socks[0]).read_response()
+    socks[0].close()
+    assert r.status == 200, r
+    time.sleep(0.1)
+    r = g.get(u)
+    assert r.header("X-Cache") == "HIT" and json.loads(r.body)["serial"] == 1, r
+    assert o.count() == 1
+
+
+def test_cache_lfu_keeps_popular_entry(gateway, origins):
+    g, o = cache_gw(gateway, origins, top="cache: {max_bytes: 64KiB, policy: lfu}")
+    hot = url("/c/hot", size=8192)
+    with Client(g.port) as c:
+        assert c.get(hot).header("X-Cache") == "MISS"
+        for _ in range(5):
+            assert c.get(hot).header("X-Cache") == "HIT"
+        for i in range(20):
+            assert c.get(url(f"/c/cold{i}", size=8192)).header("X-Cache") == "MISS"
+        r = c.get(hot)
+        assert r.header("X-Cache") == "HIT", r
+        assert r.body == make_body({"size": "8192"})
+    assert o.count() == 21
+
+
 # ====================================================================== compression
 
 ZCONF = """
@@ -953,6 +1059,9 @@ def test_gzip_accept_encoding(zgw, ae, gz):
     ("application/json; charset=utf-8", True),
     ("application/problem+json", True),
     ("application/atom+xml", True),
+    ("application/rss+xml; charset=utf-8", True),
+    ("application/vnd.api+json", True),
+    ("application/xml", True),
     ("image/svg+xml", True),
     ("application/javascript", True),
     ("application/octet-stream", False),
@@ -1030,6 +1139,23 @@ def test_gzip_large_streamed_body(zgw):
     assert hashlib.sha256(gzip.decompress(r.body)).hexdigest() == want
 
 
+def test_gzip_client_abort_mid_stream(zgw):
+    """A client that leaves during a large compressed answer: the gateway
+    frees the stream (teardown checks for leaks) and keeps serving."""
+    g, o = zgw
+    q = {"size": str(8 * 1024 * 1024), "ct": "text/plain", "chunked": "1"}
+    for _ in range(3):
+        s = weftutil.connect(g.port)
+        s.sendall(weftutil.request_bytes("GET", url("/z/abort", **q),
+                                         [("Accept-Encoding", "gzip")]))
+        rd = weftutil.Reader(s)
+        rd.read_head()
+        s.recv(1000)
+        s.close()
+    r = g.get(url("/z/after", size=1000), [("Accept-Encoding", "gzip")])
+    assert r.status == 200 and gzip.decompress(r.body) == make_body({"size": "1000"}), r
+
+
 # ====================================================================== aggregation
 
 AGG_CONF = """
@@ -1057,6 +1183,19 @@ routes:
         - {{name: text, cluster: good, path: "/t?ct=text/plain", timeout: 1s, fallback: '"n/a"'}}
         - {{name: down, cluster: gone, path: /x, timeout: 1s, fallback: '0'}}
         - {{name: num, cluster: good, path: /n, timeout: 1s}}
+  - name: agg-par
+    match: {{path: /agg-par}}
+    aggregate:
+      parts:
+        - {{name: a, cluster: good, path: /a, timeout: 2s}}
+        - {{name: b, cluster: bad, path: /b, timeout: 2s}}
+        - {{name: c, cluster: slow, path: /c, timeout: 2s}}
+  - name: agg-big
+    match: {{path: /agg-big}}
+    aggregate:
+      parts:
+        - {{name: big, cluster: bad, path: "/big?n=3000000", timeout: 5s, fallback: '{{"too": "big"}}'}}
+        - {{name: small, cluster: good, path: /s, timeout: 2s}}
 """
 
 
@@ -1121,10 +1260,11 @@ def test_aggregate_parts_run_in_parallel(agg_gw):
     for o in (good, bad, slow):
         o.set_mode("sleep", delay_ms=300)
     t0 = time.monotonic()
-    r = g.get("/agg")
+    r = g.get("/agg-par")
     elapsed = time.monotonic() - t0
     assert r.status == 200, r
     assert r.header("X-Weft-Partial") is None, r
+    assert [r.json()[k]["target"] for k in "abc"] == ["/a", "/b", "/c"], r
     assert 0.3 <= elapsed < 0.8, elapsed
     t = [o.last().t for o in (good, bad, slow)]
     assert max(t) - min(t) < 0.2, t
@@ -1143,3 +1283,28 @@ def test_aggregate_propagates_request_id(agg_gw):
     assert rid, r
     for o in (good, bad, slow):
         assert o.last().header("X-Request-Id") == rid, o.last()
+
+
+def test_aggregate_oversized_part(agg_gw):
+    """A part body over the per-part bound is a failed part, not a crash."""
+    g, good, bad, slow = agg_gw
+    r = g.get("/agg-big")
+    assert r.status == 200, r
+    assert r.header("X-Weft-Partial") == "true", r
+    body = r.json()
+    assert body["big"] == {"too": "big"}, body
+    assert body["small"]["target"] == "/s"
+    assert set(body["_errors"]) == {"big"}, body
+
+
+def test_aggregate_client_abort(agg_gw):
+    g, good, bad, slow = agg_gw
+    slow.set_mode("sleep", delay_ms=800)
+    for _ in range(3):
+        s = weftutil.connect(g.port)
+        s.sendall(weftutil.request_bytes("GET", "/agg-par"))
+        time.sleep(0.05)
+        s.close()
+    slow.set_mode("ok")
+    r = g.get("/agg-par")
+    assert r.status == 200 and r.header("X-Weft-Partial") is None, r

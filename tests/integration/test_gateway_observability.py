@@ -5,7 +5,7 @@ import re
 import subprocess
 import time
 
-from gwutil import (Client, closed_port, gateway, metric, origin_of, origins,  # noqa: F401
+from gwutil import (Client, closed_port, gateway, metric, origins, parallel,  # noqa: F401
                     wait_until)
 
 
@@ -181,7 +181,6 @@ def test_access_log_covers_direct_and_redirect(gateway, origins):
 def test_metrics_merge_across_workers(gateway, origins):
     o, = origins(1)
     g = gateway(cfg(o, closed_port()), workers=3)
-    from gwutil import parallel
     n = 300
     rs = parallel(g.port, n, concurrency=12, target="/api/w")
     assert all(r.status == 200 for r in rs)

@@ -2,6 +2,8 @@
 mode, passive outlier detection and the circuit breaker (with fallback).
 One worker, so the per-worker state seen by /admin/clusters is the state
 that served the requests."""
+import concurrent.futures
+import threading
 import time
 
 from gwutil import (Client, closed_port, eps_yaml, gateway, metric, origin_of,  # noqa: F401
@@ -292,8 +294,6 @@ routes:
   - name: r
     cluster: c
 """)
-    import concurrent.futures
-    import threading
     barrier = threading.Barrier(6)
 
     def one(i):

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from gwutil import (Client, closed_port, eps_yaml, gateway, metric, origin_of,  # noqa: F401
-                    origins, sequential)
+from gwutil import (Client, blackhole, closed_port, eps_yaml, gateway, metric,  # noqa: F401
+                    origin_of, origins, sequential)
 
 
 def cfg(os_, route_extra="", top="", name="r", match=""):
@@ -202,3 +202,39 @@ def test_retry_budget_caps_retries_in_outage(gateway, origins):
     m = g.metrics()
     assert metric(m, "weft_gateway_retries_total", route="r") == retries
     assert metric(m, "weft_gateway_retry_budget_exhausted_total", route="r") > 0
+
+
+def test_connect_timeout_to_blackholed_address(gateway, origins, blackhole):
+    ok, = origins(1)
+    g = gateway(f"""
+clusters:
+  hole:
+    endpoints: [{blackhole.addr}]
+    connect_timeout: 200ms
+    outlier_detection: false
+    circuit_breaker: false
+  mixed:
+    endpoints: [{blackhole.addr}, {ok.addr}]
+    lb: round_robin
+    connect_timeout: 200ms
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: hole
+    match: {{prefix: /hole}}
+    cluster: hole
+    timeout: 5s
+    retry: false
+  - name: mixed
+    cluster: mixed
+    timeout: 5s
+""")
+    with Client(g.port) as c:
+        r = c.get("/hole")
+        assert r.status in (502, 504), r
+        assert r.elapsed < 1.0, f"connect_timeout 200ms, answered after {r.elapsed:.2f}s"
+        # a connect timeout is a connect failure: retried (default conditions)
+        # on the other endpoint well within the route timeout
+        r = c.get("/mixed")
+        assert r.status == 200 and origin_of(r) == ok.name, r
+        assert r.elapsed < 1.0, f"connect_timeout 200ms, answered after {r.elapsed:.2f}s"

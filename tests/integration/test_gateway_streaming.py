@@ -1,12 +1,15 @@
-"""weft gateway bodies: a 50 MB response streamed intact (with
-backpressure), request bodies forwarded intact, HEAD."""
+"""weft gateway bodies and connections: a 50 MB response streamed intact
+(with backpressure), chunked / close-delimited / truncated upstream bodies,
+request bodies forwarded intact, HEAD, client aborts, and the upstream
+keep-alive pool (reuse, max_idle, idle_timeout)."""
 import hashlib
 import os
 import socket
 import time
 
 import weftutil
-from gwutil import Client, build_request, gateway, origin_of, origins, sha256  # noqa: F401
+from gwutil import (Client, build_request, gateway, origin_of, origins, parallel,  # noqa: F401
+                    sha256, wait_until)
 
 
 def cfg(o, top=""):
@@ -197,3 +200,46 @@ routes:
         for _ in range(5):
             assert c.get("/x").status == 200
         assert c.get("/slow/y").status == 200
+
+
+def pool_cfg(o, extra=""):
+    return f"""
+clusters:
+  c:
+    endpoints: [{o.addr}]
+{extra}
+routes:
+  - name: r
+    cluster: c
+"""
+
+
+def test_upstream_keepalive_pool_reuses_connections(gateway, origins):
+    o, = origins(1)
+    g = gateway(pool_cfg(o))
+    with Client(g.port) as c:
+        for i in range(50):
+            assert c.get(f"/k/{i}").status == 200
+    assert len(set(o.conn_ids())) == 1, o.conn_ids()
+
+
+def test_upstream_pool_max_idle_bounds_idle_connections(gateway, origins):
+    o, = origins(1)
+    o.set_mode("sleep", delay_ms=300)
+    g = gateway(pool_cfg(o, "    max_idle: 1"))
+    rs = parallel(g.port, 4, concurrency=4, target="/k")
+    assert all(r.status == 200 for r in rs)
+    assert len(set(o.conn_ids())) == 4  # four requests at once: four connections
+    # afterwards at most max_idle (1) of them may stay pooled
+    wait_until(lambda: o.open_connections() <= 1, 2,
+               what=f"idle upstream connections <= max_idle (open: {o.open_connections()})")
+
+
+def test_upstream_pool_idle_timeout_closes_idle_connections(gateway, origins):
+    o, = origins(1)
+    g = gateway(pool_cfg(o, "    idle_timeout: 300ms"))
+    assert g.get("/k").status == 200
+    assert o.open_connections() == 1
+    t0 = time.monotonic()
+    wait_until(lambda: o.open_connections() == 0, 3, what="gateway closing its idle connection")
+    assert time.monotonic() - t0 < 1.0

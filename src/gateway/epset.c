@@ -1,0 +1,120 @@
+/*
+ * epset.c — endpoint sets: immutable membership, replaced as a whole.
+ *
+ * Discovery produces a new endpoint list; a new set is built (balancer,
+ * outlier counters, health state) and swapped in. State is carried over by
+ * endpoint id, so an endpoint that stays keeps its EWMA latency, in-flight
+ * count, ejection and health verdict, and a returning endpoint list does not
+ * reset what the gateway learned. Attempts in flight keep the old set alive
+ * through their reference and account their result against it.
+ */
+#include "gwrt.h"
+
+#include "weft/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void gw_epset_ref(gw_epset *s) { s->refs++; }
+
+void gw_epset_unref(gw_epset *s)
+{
+    if (!s || --s->refs > 0)
+        return;
+    gw_health_stop(s);
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->eps[i].host);
+        free(s->eps[i].id);
+    }
+    free(s->eps);
+    weft_lb_free(s->lb);
+    free(s->outlier);
+    free(s->hc);
+    free(s);
+}
+
+static int find_id(const gw_epset *s, const char *id)
+{
+    if (!s)
+        return -1;
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->eps[i].id, id) == 0)
+            return (int)i;
+    return -1;
+}
+
+gw_epset *gw_epset_new(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n)
+{
+    gw_epset *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    static _Thread_local uint64_t next_serial;
+    s->refs = 1;
+    s->serial = ++next_serial;
+    s->cl = cl;
+    s->n = n;
+    size_t alloc = n ? n : 1;
+    s->eps = calloc(alloc, sizeof *s->eps);
+    s->outlier = calloc(alloc, sizeof *s->outlier);
+    s->hc = calloc(alloc, sizeof *s->hc);
+    weft_lb_endpoint *le = calloc(alloc, sizeof *le);
+    if (!s->eps || !s->outlier || !s->hc || !le)
+        goto fail;
+    const gw_epset *prev = cl->set;
+    for (size_t i = 0; i < n; i++) {
+        s->eps[i].host = strdup(eps[i].host);
+        s->eps[i].id = strdup(eps[i].id);
+        s->eps[i].port = eps[i].port;
+        s->eps[i].weight = eps[i].weight ? eps[i].weight : 1;
+        if (!s->eps[i].host || !s->eps[i].id)
+            goto fail;
+        le[i].id = s->eps[i].id;
+        le[i].weight = s->eps[i].weight;
+        le[i].healthy = true;
+        s->hc[i].healthy = true;
+        s->hc[i].fd = -1;
+        s->hc[i].set = s;
+        s->hc[i].idx = i;
+        int j = find_id(prev, eps[i].id);
+        if (j >= 0) {
+            const weft_lb_endpoint *pe = &weft_lb_endpoints(prev->lb)[j];
+            le[i].ewma_us = pe->ewma_us;
+            le[i].ewma_stamp_us = pe->ewma_stamp_us;
+            le[i].inflight = pe->inflight;
+            s->outlier[i] = prev->outlier[j];
+            s->hc[i].healthy = prev->hc[j].healthy;
+            s->hc[i].ok_streak = prev->hc[j].ok_streak;
+            s->hc[i].fail_streak = prev->hc[j].fail_streak;
+        }
+    }
+    if (n) {
+        if (weft_lb_new(cl->conf->lb, le, n, &s->lb) < 0)
+            goto fail;
+        weft_lb_set_panic_percent(s->lb, cl->conf->panic_percent);
+        uint64_t now_ms = weft_loop_now_ms(cl->gen->w->loop);
+        weft_lb_endpoint *mine = weft_lb_endpoints(s->lb);
+        for (size_t i = 0; i < n; i++)
+            mine[i].healthy = s->hc[i].healthy && !weft_outlier_ejected(&s->outlier[i], now_ms);
+    }
+    free(le);
+    return s;
+fail:
+    free(le);
+    s->refs = 1;
+    gw_epset_unref(s);
+    return NULL;
+}
+
+int gw_cluster_set_endpoints(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n)
+{
+    gw_epset *s = gw_epset_new(cl, eps, n);
+    if (!s)
+        return WEFT_ENOMEM;
+    gw_epset *old = cl->set;
+    cl->set = s;
+    if (old)
+        gw_health_stop(old); /* its checks end now; attempts may still use it */
+    gw_health_start(s);
+    gw_epset_unref(old);
+    return 0;
+}

@@ -141,6 +141,10 @@ typedef void (*weft_http_body_cb)(weft_http_req *r, weft_str data, void *ud);
 typedef void (*weft_http_end_cb)(weft_http_req *r, int err, void *ud);
 void weft_http_req_on_body(weft_http_req *r, weft_http_body_cb on_data, weft_http_end_cb on_end,
                            void *ud);
+/* Stream routes: stop (true) or resume (false) reading the request body
+ * from the client, e.g. while the upstream it is forwarded to is slower. The
+ * body timeout does not run while paused. */
+void weft_http_req_pause_body(weft_http_req *r, bool paused);
 /* Called if the client goes away before the response ends; the request is
  * invalid after it returns. Async handlers must cancel their work here. */
 void weft_http_req_on_abort(weft_http_req *r, void (*cb)(weft_http_req *r, void *ud), void *ud);
@@ -223,6 +227,14 @@ typedef struct weft_http_creq_opts {
     const void *body;      /* optional request body (copied) */
     size_t body_len;
     uint32_t timeout_ms;   /* overrides response_timeout_ms if nonzero */
+    /* Streamed request body: instead of `body`, the caller feeds the body
+     * with weft_http_creq_write() and ends it with weft_http_creq_end().
+     * stream_length >= 0 sends it with that Content-Length, -1 chunked. A
+     * streamed request always uses a new connection (it cannot be replayed
+     * on a stale pooled one). */
+    bool body_stream;
+    int64_t stream_length;
+    void (*on_send_drain)(weft_http_creq *q, void *ud); /* queued body fell below low water */
     /* callbacks (any may be NULL) */
     void (*on_response)(weft_http_creq *q, const weft_http_cresp *resp, void *ud);
     void (*on_body)(weft_http_creq *q, weft_str data, void *ud);
@@ -236,6 +248,13 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
                              weft_http_creq **out);
 /* Cancel an in-flight request: on_done is NOT called afterwards. */
 void weft_http_creq_cancel(weft_http_creq *q);
+/* Streamed bodies: queue body bytes (copied). Returns 1 when the queued
+ * request bytes are above the high-water mark (wait for on_send_drain),
+ * 0 otherwise, < 0 if the request has failed or the body was already ended. */
+int weft_http_creq_write(weft_http_creq *q, const void *data, size_t len);
+/* End a streamed body (sends the last chunk when chunked). */
+int weft_http_creq_end(weft_http_creq *q);
+
 /* Whether q's connection was established (false: it failed or timed out
  * while connecting). Valid until on_done returns. */
 bool weft_http_creq_connected(const weft_http_creq *q);

@@ -261,7 +261,9 @@ int weft_cmd_gateway(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    weft_http_server_fallback(g_srv, 0, gw_handle, g_rt);
+    /* bodies stream through the gateway; it enforces http.max_body itself */
+    weft_http_server_fallback(g_srv, WEFT_ROUTE_STREAM, gw_handle, g_rt);
+    g_rt->max_body = cli.http.max_body;
     const unsigned GET = WEFT_M(WEFT_METHOD_GET);
     weft_http_server_route(g_admin, GET, "/admin/config", 0, a_config, NULL);
     weft_http_server_route(g_admin, GET, "/admin/clusters", 0, a_clusters, NULL);

@@ -311,9 +311,9 @@ static bool compressible(weft_str ct)
             return true;
     }
     /* structured suffixes: application/problem+json, application/atom+xml */
-    for (size_t i = 0; i + 5 <= ct.n; i++)
-        if (weft_str_ieq((weft_str){ct.p + i, 5}, WEFT_STR("+json")) ||
-            (i + 4 <= ct.n && weft_str_ieq((weft_str){ct.p + i, 4}, WEFT_STR("+xml"))))
+    for (size_t i = 0; i + 4 <= ct.n; i++)
+        if ((i + 5 <= ct.n && weft_str_ieq((weft_str){ct.p + i, 5}, WEFT_STR("+json"))) ||
+            weft_str_ieq((weft_str){ct.p + i, 4}, WEFT_STR("+xml")))
             return true;
     return false;
 }
@@ -485,16 +485,34 @@ static void respond_hit(gw_req *g, weft_cache_hit *hit)
     weft_cache_hit_release(w->cache, hit);
 }
 
+static bool cache_lookup(gw_req *g, bool allow_wait);
+
+static bool has_vary(const weft_cache_hit *hit)
+{
+    for (size_t i = 0; i < hit->nheaders; i++)
+        if (weft_str_ieq(hit->names[i], WEFT_STR("Vary")) && hit->values[i].n)
+            return true;
+    return false;
+}
+
 static void waiter_cb(void *waiter, bool ok, weft_cache_hit *hit)
 {
     gw_req *g = waiter;
     g->cache_waiting = false;
-    if (ok) {
+    if (ok && !has_vary(hit)) {
         weft_cache_hit copy = *hit; /* the reference travels with the copy */
         respond_hit(g, &copy);
         return;
     }
-    gw_start_attempt(g); /* the fetch we waited for failed: fetch ourselves */
+    if (ok) {
+        /* The entry varies on request headers and was fetched for another
+         * request: look again with ours (a hit if they match, else fetch). */
+        weft_cache_hit copy = *hit;
+        weft_cache_hit_release(g->w->cache, &copy);
+        if (!cache_lookup(g, false))
+            return;
+    }
+    gw_start_attempt(g); /* fetch ourselves */
 }
 
 static char *cache_key(gw_req *g, size_t *len)
@@ -512,19 +530,25 @@ static char *cache_key(gw_req *g, size_t *len)
     return k;
 }
 
-bool gw_edge_cache_lookup(gw_req *g)
+/* true: go on and fetch (maybe as the cache filler); false: answered or parked */
+static bool cache_lookup(gw_req *g, bool allow_wait)
 {
     req_hdrs rh;
     get_req_hdrs(g->r, &rh);
-    if (!weft_cache_request_ok(weft_http_req_method(g->r), &rh.h, g->route->cache_auth))
+    int method = weft_http_req_method(g->r);
+    if (!weft_cache_request_ok(method, &rh.h, g->route->cache_auth))
         return true;
     size_t klen;
-    char *key = cache_key(g, &klen);
+    char *key = g->cache_key ? g->cache_key : cache_key(g, &klen);
     if (!key)
         return true;
+    if (g->cache_key)
+        klen = g->cache_key_len;
+    bool head = method == WEFT_METHOD_HEAD;
     weft_cache_hit hit;
     int rc = weft_cache_lookup(g->w->cache, (weft_str){key, klen}, &rh.h,
-                               weft_loop_now_ms(g->w->loop), &hit, g, waiter_cb);
+                               weft_loop_now_ms(g->w->loop), &hit,
+                               allow_wait && !head ? g : NULL, waiter_cb);
     weft_metrics *m = g->w->rt->m;
     if (rc == WEFT_CACHE_HIT) {
         weft_metric_inc(m, g->w->m_cache_hit);
@@ -539,11 +563,18 @@ bool gw_edge_cache_lookup(gw_req *g)
         return false;
     }
     weft_metric_inc(m, g->w->m_cache_miss);
+    if (head) {
+        /* a HEAD answer has no body: it must not become the entry GETs get */
+        weft_cache_abandon(g->w->cache, (weft_str){key, klen});
+        return true;
+    }
     g->cache_fill = true;
     size_t cap = g->gen->cfg->cache_max_bytes / 4;
     weft_buf_init(&g->cache_body, cap < CACHE_MAX_ENTRY ? cap : CACHE_MAX_ENTRY);
     return true;
 }
+
+bool gw_edge_cache_lookup(gw_req *g) { return cache_lookup(g, true); }
 
 void gw_edge_cache_response(gw_req *g, const weft_http_cresp *resp)
 {

@@ -987,6 +987,7 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
     if (au && parse_auth(c->path, au, r, err) < 0)
         goto fail;
     const weft_conf_node *ca = weft_conf_get(n, "cache");
+    r->cache_ttl_ms = 60000; /* when the response gives no lifetime */
     if (ca) {
         if (weft_conf_kind(ca) == WEFT_CONF_SCALAR) {
             if (weft_conf_bool(n, "cache", &r->cache, err) < 0)

@@ -119,6 +119,7 @@ typedef struct gw_runtime {
     gw_worker *workers[GW_MAX_WORKERS];
     uint64_t reloads, reload_failures;
     weft_metrics *m;
+    uint64_t max_body;       /* http.max_body: the request body limit */
 } gw_runtime;
 
 typedef struct gw_req {
@@ -161,7 +162,18 @@ typedef struct gw_req {
     size_t cache_nheaders;
     struct gw_gzip *gz;       /* response compression in progress */
     struct gw_agg *agg;       /* aggregation in progress */
+    /* request body */
+    int body_mode;            /* enum gw_body_mode */
+    weft_buf body;            /* GW_BODY_BUFFER: the whole body (replayable) */
+    int64_t stream_length;    /* GW_BODY_STREAM: Content-Length, or -1 chunked */
+    uint64_t body_seen;       /* bytes received so far */
 } gw_req;
+
+/* Bodies up to this size are buffered so the request can be retried;
+ * larger or chunked ones are streamed upstream with backpressure and are
+ * not retried (like Linkerd's 64 KiB rule). */
+#define GW_BUFFER_BODY_MAX (64 * 1024)
+enum gw_body_mode { GW_BODY_NONE = 0, GW_BODY_BUFFER, GW_BODY_STREAM };
 
 /* proxy.c */
 void gw_start_attempt(gw_req *g);

@@ -315,6 +315,12 @@ static void gen_unref(gw_gen *gen);
 
 void gw_req_free(gw_req *g)
 {
+    if (g->body_mode != GW_BODY_NONE) {
+        /* the server discards whatever body is still to come */
+        weft_http_req_on_body(g->r, NULL, NULL, NULL);
+        weft_http_req_pause_body(g->r, false);
+    }
+    weft_buf_release(&g->body);
     gw_edge_cache_cancel(g);
     gw_edge_gzip_free(g);
     gw_edge_aggregate_cancel(g);
@@ -473,8 +479,9 @@ static void retry_fire(weft_loop *loop, weft_timer *t)
 static bool maybe_retry(gw_req *g, unsigned cond)
 {
     const gw_retry_conf *rc = &g->route->retry;
-    if (!(rc->on & cond) || g->attempt >= rc->attempts || g->ntried >= 16)
-        return false;
+    if (!(rc->on & cond) || g->attempt >= rc->attempts || g->ntried >= 16 ||
+        g->body_mode == GW_BODY_STREAM)
+        return false; /* a streamed body cannot be sent again */
     if (!rc->all_methods && !idempotent(weft_http_req_method(g->r)))
         return false;
     uint64_t now_ms = weft_now_us() / 1000;
@@ -673,6 +680,13 @@ static void on_client_abort(weft_http_req *r, void *ud)
     gw_req_free(g);
 }
 
+static void up_send_drain(weft_http_creq *q, void *ud)
+{
+    (void)q;
+    gw_req *g = ud;
+    weft_http_req_pause_body(g->r, false);
+}
+
 void gw_start_attempt(gw_req *g)
 {
     gw_worker *w = g->w;
@@ -753,7 +767,7 @@ void gw_start_attempt(gw_req *g)
         }
     }
     const gw_endpoint_conf *e = &set->eps[ep];
-    weft_str body = weft_http_req_body(g->r);
+    weft_str body = {weft_buf_rptr(&g->body), weft_buf_used(&g->body)};
     if (build_upstream_head(g, &w->hdrs) < 0) {
         attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
         g->error = "request headers too large to forward";
@@ -774,6 +788,9 @@ void gw_start_attempt(gw_req *g)
         .on_body = up_body,
         .on_done = up_done,
         .ud = g,
+        .body_stream = g->body_mode == GW_BODY_STREAM,
+        .stream_length = g->stream_length,
+        .on_send_drain = up_send_drain,
     };
     char method[32];
     weft_str ms = weft_http_req_method_str(g->r);
@@ -787,6 +804,69 @@ void gw_start_attempt(gw_req *g)
         g->error = weft_strerror(rc);
         gw_respond_local(g, 502, "cannot forward request", NULL, NULL);
     }
+}
+
+/* ---- request bodies ---- */
+
+static void body_too_large(gw_req *g)
+{
+    if (g->q) {
+        weft_http_creq_cancel(g->q);
+        g->q = NULL;
+        attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
+    }
+    g->error = "request body too large";
+    gw_respond_local(g, 413, "request body too large", NULL, NULL);
+}
+
+static void body_buffer(weft_http_req *r, weft_str data, void *ud)
+{
+    (void)r;
+    gw_req *g = ud;
+    g->body_seen += data.n;
+    if (weft_buf_append(&g->body, data.p, data.n) < 0)
+        body_too_large(g);
+}
+
+static void body_stream(weft_http_req *r, weft_str data, void *ud)
+{
+    gw_req *g = ud;
+    g->body_seen += data.n;
+    if (g->body_seen > g->w->rt->max_body && !g->resp_started) {
+        body_too_large(g); /* a chunked body that outgrew the limit */
+        return;
+    }
+    if (!g->q)
+        return; /* the attempt already ended; its outcome is being answered */
+    int rc = weft_http_creq_write(g->q, data.p, data.n);
+    if (rc == 1)
+        weft_http_req_pause_body(r, true); /* resumed by up_send_drain */
+}
+
+static void body_end(weft_http_req *r, int err, void *ud)
+{
+    gw_req *g = ud;
+    if (err != 0) {
+        /* the client's body broke (malformed chunk, client gone): the server
+         * answers or closes; stop the upstream side and let go */
+        if (g->q) {
+            weft_http_creq_cancel(g->q);
+            g->q = NULL;
+            attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
+        }
+        g->error = "client body error";
+        access_log(g, 400);
+        weft_http_req_on_abort(r, NULL, NULL);
+        g->body_mode = GW_BODY_NONE; /* callbacks are being torn down by the server */
+        gw_req_free(g);
+        return;
+    }
+    if (g->body_mode == GW_BODY_STREAM) {
+        if (g->q)
+            weft_http_creq_end(g->q);
+        return;
+    }
+    gw_start_attempt(g); /* buffered: the whole body is here */
 }
 
 /* ---- direct / redirect ---- */
@@ -958,6 +1038,7 @@ void gw_handle(weft_http_req *r, void *ud)
         return;
     }
     weft_buf_init(&g->cache_body, 0);
+    weft_buf_init(&g->body, 0);
     g->r = r;
     g->w = w;
     g->gen = gen;
@@ -988,8 +1069,27 @@ void gw_handle(weft_http_req *r, void *ud)
     if (route->retry.budget_enabled)
         weft_retry_budget_deposit(&g->rrt->budget, g->start_us / 1000);
     weft_http_resp_header(r, WEFT_STR("X-Request-Id"), weft_http_req_id(r));
-    if (route->cache && !gw_edge_cache_lookup(g))
+    int64_t clen = weft_http_req_content_length(r);
+    if (clen > 0 && (uint64_t)clen > rt->max_body) {
+        g->error = "request body too large";
+        gw_respond_local(g, 413, "request body too large", NULL, NULL);
         return;
+    }
+    if (clen == 0) {
+        if (route->cache && !gw_edge_cache_lookup(g))
+            return;
+        gw_start_attempt(g);
+        return;
+    }
+    if (clen > 0 && clen <= GW_BUFFER_BODY_MAX) {
+        g->body_mode = GW_BODY_BUFFER;
+        weft_buf_init(&g->body, (size_t)clen);
+        weft_http_req_on_body(r, body_buffer, body_end, g);
+        return;
+    }
+    g->body_mode = GW_BODY_STREAM;
+    g->stream_length = clen;
+    weft_http_req_on_body(r, body_stream, body_end, g);
     gw_start_attempt(g);
 }
 

@@ -56,6 +56,7 @@
 #include <unistd.h>
 
 #define READ_CHUNK 65536
+#define SEND_HIGH_WATER (256 * 1024) /* streamed request bytes queued before pushing back */
 
 enum conn_state { CN_CONNECTING = 1, CN_ACTIVE, CN_IDLE, CN_CLOSED };
 enum req_phase { Q_CONNECT = 1, Q_HEAD, Q_BODY };
@@ -103,6 +104,11 @@ struct weft_http_creq {
     bool canceled;
     bool finishing; /* on_done running */
     bool paused;    /* response body reading held back by the caller */
+    bool stream;    /* body fed by weft_http_creq_write */
+    bool stream_chunked;
+    bool stream_ended;
+    int64_t stream_left; /* Content-Length bytes still expected from the caller */
+    void (*on_send_drain)(weft_http_creq *q, void *ud);
     int body_kind;
     uint64_t body_left;
     weft_chunked chunked;
@@ -465,7 +471,8 @@ static void req_complete(weft_http_creq *q)
 {
     conn *cn = q->cn;
     bool reuse = q->head.keep_alive && q->body_kind != WEFT_BODY_EOF &&
-                 q->out_off == q->out_len && weft_buf_used(&cn->in) == 0;
+                 q->out_off == q->out_len && weft_buf_used(&cn->in) == 0 &&
+                 (!q->stream || q->stream_ended);
     cn->q = NULL;
     q->cn = NULL;
     if (reuse)
@@ -544,8 +551,15 @@ static bool conn_flush(conn *cn)
     /* While sending, the timeout is one of inactivity; once everything is
      * out, the head must arrive within timeout_ms of the last byte. Head
      * bytes do not extend it. */
-    if (progress && q->phase == Q_HEAD && !q->got_bytes)
+    if (progress && (q->phase == Q_HEAD || q->stream) && !q->got_bytes)
         arm_timer(q, q->timeout_ms);
+    if (progress && q->stream && !q->stream_ended && q->on_send_drain &&
+        q->out_len - q->out_off <= SEND_HIGH_WATER / 2) {
+        q->in_cb = true;
+        q->on_send_drain(q, q->ud);
+        if (!after_cb(q))
+            return false;
+    }
     return true;
 }
 
@@ -984,10 +998,13 @@ static int build_request(weft_http_creq *q, const weft_http_creq_opts *o)
             goto fail;
     if (o->raw_headers.n && (rc = weft_buf_append(&b, o->raw_headers.p, o->raw_headers.n)) < 0)
         goto fail;
-    if (o->body_len || q->method == WEFT_METHOD_POST || q->method == WEFT_METHOD_PUT ||
-        q->method == WEFT_METHOD_PATCH) {
+    if (o->body_stream && o->stream_length < 0) {
+        if ((rc = append_s(&b, "Transfer-Encoding: chunked\r\n")) < 0)
+            goto fail;
+    } else if (o->body_stream || o->body_len || q->method == WEFT_METHOD_POST ||
+               q->method == WEFT_METHOD_PUT || q->method == WEFT_METHOD_PATCH) {
         char *p = tmp + sizeof tmp;
-        size_t v = o->body_len;
+        size_t v = o->body_stream ? (size_t)o->stream_length : o->body_len;
         *--p = '\n';
         *--p = '\r';
         do {
@@ -998,7 +1015,8 @@ static int build_request(weft_http_creq *q, const weft_http_creq_opts *o)
             (rc = weft_buf_append(&b, p, (size_t)(tmp + sizeof tmp - p))) < 0)
             goto fail;
     }
-    if ((rc = append_s(&b, "\r\n")) < 0 || (rc = weft_buf_append(&b, o->body, o->body_len)) < 0)
+    if ((rc = append_s(&b, "\r\n")) < 0 ||
+        (!o->body_stream && (rc = weft_buf_append(&b, o->body, o->body_len)) < 0))
         goto fail;
     q->out = b.data;
     q->out_len = b.len;
@@ -1037,6 +1055,11 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
     q->on_body = o->on_body;
     q->on_done = o->on_done;
     q->ud = o->ud;
+    q->stream = o->body_stream;
+    q->stream_chunked = o->body_stream && o->stream_length < 0;
+    q->stream_left = o->body_stream && o->stream_length > 0 ? o->stream_length : 0;
+    q->stream_ended = o->body_stream && o->stream_length == 0;
+    q->on_send_drain = o->on_send_drain;
     weft_timer_init(&q->timer, req_timer_cb, q);
     q->next = c->reqs;
     if (c->reqs)
@@ -1047,7 +1070,7 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
      * outside the loop (or after long work in a callback) would otherwise
      * start its timers in the past. */
     weft_loop_update_time(c->loop);
-    rc = req_start(q, true);
+    rc = req_start(q, !q->stream);
     if (rc < 0) {
         /* Submitted: the failure is reported through on_done, never from
          * inside this call, so callers see one uniform path. */
@@ -1061,6 +1084,86 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
 fail_free:
     req_free(q);
     return rc;
+}
+
+/* Append to the unsent request bytes, dropping what was already sent. */
+static int out_append(weft_http_creq *q, const void *p, size_t n)
+{
+    if (q->out_off == q->out_len) {
+        q->out_off = q->out_len = 0;
+    } else if (q->out_off > q->out_cap / 2) {
+        memmove(q->out, q->out + q->out_off, q->out_len - q->out_off);
+        q->out_len -= q->out_off;
+        q->out_off = 0;
+    }
+    if (q->out_len + n > q->out_cap) {
+        size_t ncap = q->out_cap ? q->out_cap : 4096;
+        while (ncap < q->out_len + n)
+            ncap *= 2;
+        char *nb = realloc(q->out, ncap);
+        if (!nb)
+            return WEFT_ENOMEM;
+        q->out = nb;
+        q->out_cap = ncap;
+    }
+    memcpy(q->out + q->out_len, p, n);
+    q->out_len += n;
+    return 0;
+}
+
+static int stream_push(weft_http_creq *q)
+{
+    conn *cn = q->cn;
+    if (cn && cn->state == CN_ACTIVE && !q->in_cb) {
+        if (!conn_flush(cn))
+            return WEFT_ECLOSED;
+    } else if (cn && cn->state == CN_ACTIVE) {
+        unsigned want = (q->paused ? 0 : WEFT_IO_READ) | WEFT_IO_WRITE;
+        weft_io_start(q->c->loop, &cn->io, want);
+    }
+    return q->out_len - q->out_off > SEND_HIGH_WATER ? 1 : 0;
+}
+
+int weft_http_creq_write(weft_http_creq *q, const void *data, size_t len)
+{
+    if (!q || !q->stream || q->stream_ended || q->canceled || q->finishing)
+        return WEFT_EINVAL;
+    if (len == 0)
+        return 0;
+    int rc;
+    if (q->stream_chunked) {
+        char hdr[24];
+        int n = snprintf(hdr, sizeof hdr, "%zx\r\n", len);
+        rc = out_append(q, hdr, (size_t)n);
+        if (rc == 0)
+            rc = out_append(q, data, len);
+        if (rc == 0)
+            rc = out_append(q, "\r\n", 2);
+    } else {
+        if ((int64_t)len > q->stream_left)
+            return WEFT_EINVAL; /* more than the announced Content-Length */
+        q->stream_left -= (int64_t)len;
+        rc = out_append(q, data, len);
+    }
+    if (rc < 0)
+        return rc;
+    return stream_push(q);
+}
+
+int weft_http_creq_end(weft_http_creq *q)
+{
+    if (!q || !q->stream || q->stream_ended || q->canceled || q->finishing)
+        return WEFT_EINVAL;
+    if (!q->stream_chunked && q->stream_left > 0)
+        return WEFT_EINVAL;
+    q->stream_ended = true;
+    if (q->stream_chunked) {
+        int rc = out_append(q, "0\r\n\r\n", 5);
+        if (rc < 0)
+            return rc;
+    }
+    int rc = stream_push(q);
+    return rc < 0 ? rc : 0;
 }
 
 bool weft_http_creq_connected(const weft_http_creq *q)

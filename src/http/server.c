@@ -129,6 +129,7 @@ struct weft_http_req {
     weft_chunked chunked;
     bool body_done;
     bool stream;
+    bool body_paused; /* the handler asked us to stop reading the body */
     weft_buf body; /* buffered routes */
     weft_http_body_cb on_data;
     weft_http_end_cb on_end;
@@ -179,6 +180,7 @@ static void conn_close(conn *c);
 static void conn_release(conn *c);
 static void conn_update_interest(conn *c);
 static void finish_request(conn *c);
+static void schedule_flush(conn *c);
 
 /* ------------------------------------------------------------------ */
 /* options, routes, listeners                                          */
@@ -545,6 +547,7 @@ static weft_http_req *req_get(wstate *w)
     r->body_left = 0;
     r->body_done = true;
     r->stream = false;
+    r->body_paused = false;
     r->on_data = NULL;
     r->on_end = NULL;
     r->on_abort = NULL;
@@ -678,6 +681,20 @@ void weft_http_req_on_body(weft_http_req *r, weft_http_body_cb on_data, weft_htt
     r->on_data = on_data;
     r->on_end = on_end;
     r->body_ud = ud;
+}
+
+void weft_http_req_pause_body(weft_http_req *r, bool paused)
+{
+    conn *c = r->c;
+    if (!c || r->body_paused == paused)
+        return;
+    r->body_paused = paused;
+    if (c->busy)
+        return; /* the callback in progress re-evaluates interest on its way out */
+    if (paused)
+        conn_update_interest(c);
+    else
+        schedule_flush(c); /* process buffered body bytes, then read again */
 }
 
 void weft_http_req_on_abort(weft_http_req *r, void (*cb)(weft_http_req *, void *), void *ud)
@@ -1109,7 +1126,7 @@ static void conn_update_interest(conn *c)
     if (c->dead)
         return;
     unsigned ev = 0;
-    if (!c->read_paused && !c->peer_eof)
+    if (!c->read_paused && !c->peer_eof && !(c->req && c->req->body_paused))
         ev |= WEFT_IO_READ;
     if (weft_buf_used(&c->out))
         ev |= WEFT_IO_WRITE;
@@ -1277,7 +1294,7 @@ static bool pump_body(conn *c)
 {
     weft_http_req *r = c->req;
     weft_http_server *s = c->w->srv;
-    while (!r->body_done && weft_buf_used(&c->in) && !c->dead) {
+    while (!r->body_done && weft_buf_used(&c->in) && !c->dead && !r->body_paused) {
         weft_str data = WEFT_STR_NULL;
         size_t used;
         if (r->body_kind == WEFT_BODY_LENGTH) {
@@ -1541,7 +1558,8 @@ static void conn_on_io(weft_loop *loop, weft_io *io, unsigned events)
     c->busy++;
     if (events & WEFT_IO_WRITE)
         conn_flush(c);
-    if (!c->dead && (events & WEFT_IO_READ) && !c->read_paused)
+    if (!c->dead && (events & WEFT_IO_READ) && !c->read_paused &&
+        !(c->req && c->req->body_paused))
         conn_read(c);
     /* Flush, then resume work that backpressure held back: body bytes or
      * pipelined requests already in the input buffer produce no new read
@@ -1573,7 +1591,10 @@ static void conn_on_timer(weft_loop *loop, weft_timer *t)
         return;
     }
     c->busy++;
-    if (c->state == C_LINGER) {
+    if (c->req && c->req->body_paused && !c->req->body_done) {
+        /* our own backpressure, not a slow client */
+        set_deadline(c, c->w->srv->o.body_timeout_ms);
+    } else if (c->state == C_LINGER) {
         conn_close(c);
     } else if (c->state == C_HEAD && !c->req && weft_buf_used(&c->in) == 0 &&
                c->parser.scanned == 0) {

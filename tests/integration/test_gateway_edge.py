@@ -295,8 +295,13 @@ def test_ratelimit_client_ip_keys_are_independent(gateway, origins):
         a = [c.get("/ip/x").status for _ in range(6)]
     with Client(g.port, source_ip="127.0.0.2") as c:
         b = [c.get("/ip/x").status for _ in range(6)]
+    # the key is the peer address: a client-sent X-Forwarded-For does not
+    # buy a fresh bucket
+    with Client(g.port, source_ip="127.0.0.1") as c:
+        spoof = [c.get("/ip/x", [("X-Forwarded-For", f"10.0.0.{i}")]).status for i in range(3)]
     assert a == [200] * 5 + [429], a
     assert b == [200] * 5 + [429], b
+    assert spoof == [429] * 3, spoof
     assert o.count() == 10
 
 
@@ -668,13 +673,25 @@ routes:
     cluster: a
     cache: {{ttl: 60s}}
     compress: true
+  - name: cauthz
+    match: {{prefix: /ca/}}
+    cluster: a
+    cache: {{ttl: 60s, authorized: true}}
+  - name: ckeyed
+    match: {{prefix: /ck/}}
+    cluster: a
+    cache: {{ttl: 60s}}
+    auth:
+      api_keys:
+        keys: [{{name: alice, hash: "{ALICE}"}}]
 """
 
 
 def cache_gw(gateway, origins, top="", workers=1):
     (o,) = origins(1)
     serve(o)
-    return gateway(CACHE_CONF.format(A=o.addr, TOP=top), workers=workers), o
+    return gateway(CACHE_CONF.format(A=o.addr, TOP=top, ALICE=key_hash("alice-secret-1")),
+                   workers=workers), o
 
 
 def lookups(g, result):
@@ -834,6 +851,25 @@ def test_cache_coalesced_upstream_failure_is_not_shared_as_hit(gateway, origins)
     o.set_mode("ok")
     r = g.get(url("/c/fail", serial=1))
     assert r.status == 200 and r.header("X-Cache") == "MISS", r
+
+
+def test_cache_authorized_routes(gateway, origins):
+    g, o = cache_gw(gateway, origins)
+    authz = [("Authorization", "Bearer abc")]
+    with Client(g.port) as c:
+        # authorized: true lets requests with Authorization use the cache
+        a1, a2 = c.get(url("/ca/x", serial=1), authz), c.get(url("/ca/x", serial=1), authz)
+        assert a1.header("X-Cache") == "MISS" and a2.header("X-Cache") == "HIT", (a1, a2)
+        assert a2.body == a1.body
+        # a cached answer is still behind the route's authentication
+        k = [("X-API-Key", "alice-secret-1")]
+        r1, r2 = c.get(url("/ck/x", serial=1), k), c.get(url("/ck/x", serial=1), k)
+        assert r1.header("X-Cache") == "MISS" and r2.header("X-Cache") == "HIT", (r1, r2)
+        for h in ([], [("X-API-Key", "wrong")]):
+            r = c.get(url("/ck/x", serial=1), h)
+            assert r.status == 401 and r.header("X-Cache") is None, (h, r)
+            assert b"serial" not in r.body, r
+    assert o.count() == 2
 
 
 def test_cache_lru_bound(gateway, origins):
@@ -1194,7 +1230,8 @@ routes:
     match: {{path: /agg-big}}
     aggregate:
       parts:
-        - {{name: big, cluster: bad, path: "/big?n=3000000", timeout: 5s, fallback: '{{"too": "big"}}'}}
+        - {{name: big, cluster: bad, path: "/big?n=3000000", timeout: 5s,
+           fallback: '{{"too": "big"}}'}}
         - {{name: small, cluster: good, path: /s, timeout: 2s}}
 """
 
@@ -1203,7 +1240,8 @@ routes:
 def agg_gw(gateway, origins):
     good, bad, slow = origins(3)
     serve(good)
-    g = gateway(AGG_CONF.format(G=good.addr, B=bad.addr, S=slow.addr, X=f"127.0.0.1:{closed_port()}"))
+    g = gateway(AGG_CONF.format(G=good.addr, B=bad.addr, S=slow.addr,
+                                X=f"127.0.0.1:{closed_port()}"))
     return g, good, bad, slow
 
 

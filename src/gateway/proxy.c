@@ -553,6 +553,7 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
     unsigned cond;
     g->got_response = true;
     g->status = resp->status;
+    weft_metric_inc(g->w->rt->m, g->cl->m_upstream[class_index(resp->status)]);
     if (status_retriable(&rt->retry, resp->status, &cond)) {
         int outcome = (cond & GW_RETRY_GATEWAY) ? WEFT_OUTCOME_GATEWAY
                       : resp->status >= 500     ? WEFT_OUTCOME_5XX
@@ -1022,14 +1023,15 @@ void gw_handle(weft_http_req *r, void *ud)
         return;
     }
     const gw_route_conf *route = &gen->cfg->routes[ri];
-    if (route->action == GW_ACT_DIRECT) {
-        weft_metric_inc(rt->m, gen->routes[ri].m_req[class_index(route->status)]);
-        do_direct(r, route);
-        return;
-    }
-    if (route->action == GW_ACT_REDIRECT) {
-        weft_metric_inc(rt->m, gen->routes[ri].m_req[class_index(route->status)]);
-        do_redirect(r, route);
+    if (route->action == GW_ACT_DIRECT || route->action == GW_ACT_REDIRECT) {
+        /* answered here: count and log like any request, then reply */
+        gw_req local = {.r = r, .w = w, .gen = gen, .route = route, .rrt = &gen->routes[ri],
+                        .ep = -1, .start_us = weft_loop_now_us(w->loop)};
+        gw_count_final(&local, route->status);
+        if (route->action == GW_ACT_DIRECT)
+            do_direct(r, route);
+        else
+            do_redirect(r, route);
         return;
     }
     gw_req *g = calloc(1, sizeof *g);

@@ -291,3 +291,26 @@ routes:
     assert g.admin_get("/admin/config").json()["reloads"] == 10
     wait_until(lambda: not g.endpoint("c", os_[2].addr)["healthy"], 2,
                what="health state rebuilt after the last reload")
+
+
+def test_sigterm_drains_inflight_proxied_request(gateway, origins):
+    slow, = origins(1)
+    slow.set_mode("sleep", delay_ms=700)
+    g = gateway(base_config([slow]))
+    result = {}
+
+    def run():
+        try:
+            result["r"] = g.get("/old/drain", timeout=10)
+        except Exception as e:
+            result["e"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_until(lambda: slow.count() == 1, 2, what="request reached the slow origin")
+    g.send_signal(signal.SIGTERM)
+    wait_until(lambda: "draining" in g.stderr, 2, what="drain to start")
+    t.join(timeout=10)
+    assert "e" not in result, result
+    assert result["r"].status == 200 and result["r"].header("X-Origin") == slow.name
+    assert g.stop() == 0

@@ -313,3 +313,82 @@ routes:
     assert metric(g.metrics(), "weft_gateway_overload_rejections_total", cluster="c") == 4
     # capacity is released when requests finish
     assert all(r.status == 200 for r in sequential(g.port, 3, target="/after"))
+
+
+def test_slow_calls_open_the_breaker(gateway, origins):
+    o, = origins(1)
+    o.set_mode("sleep", delay_ms=150)
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: [{o.addr}]
+    outlier_detection: false
+    circuit_breaker: {{min_requests: 5, error_percent: 50, sleep_window: 5s, slow_call: 50ms}}
+routes:
+  - name: r
+    cluster: c
+    retry: false
+""")
+    with Client(g.port) as cl:
+        st = [cl.get("/slow").status for _ in range(5)]
+        assert st == [200] * 5  # slow, but answered
+        r = cl.get("/slow")
+        assert r.status == 503 and r.header("X-Weft-Circuit") == "open", r
+    assert o.count() == 5
+
+
+def test_no_healthy_endpoint_503_and_fallback(gateway, origins):
+    o, = origins(1)
+    o.health_status = 500
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: [{o.addr}]
+    panic_threshold: 0
+    outlier_detection: false
+    circuit_breaker: false
+    health_check: {HTTP_HC}
+routes:
+  - name: fb
+    match: {{prefix: /fb}}
+    cluster: c
+    fallback: {{status: 200, body: "stale", content_type: text/plain}}
+  - name: plain
+    cluster: c
+""")
+    wait_until(lambda: not g.endpoint("c", o.addr)["healthy"], 2, what="endpoint down")
+    with Client(g.port) as cl:
+        r = cl.get("/plain")
+        assert r.status == 503, r
+        assert r.header("X-Request-Id")
+        r = cl.get("/fb")
+        assert r.status == 200 and r.body == b"stale", r
+        assert r.header("Content-Type") == "text/plain"
+        assert r.header("X-Weft-Fallback") == "true"
+    assert o.count() == 0
+
+
+def test_max_ejection_percent_limits_ejections(gateway, origins):
+    os_ = origins(3)
+    a, b, c = os_
+    a.set_mode("status", status=500)
+    b.set_mode("status", status=500)
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: {eps_yaml(os_)}
+    lb: round_robin
+    circuit_breaker: false
+    outlier_detection: {{consecutive_5xx: 3, base_ejection_time: 10s, max_ejection_percent: 50}}
+routes:
+  - name: r
+    cluster: c
+    retry: false
+""")
+    sequential(g.port, 30, target="/e")
+    eps = {e["address"]: e for e in g.cluster("c")["endpoints"]}
+    ejected = [addr for addr, e in eps.items() if e["ejected"]]
+    # floor(3 x 50 %) = 1: only one of the two failing endpoints may be out
+    assert len(ejected) == 1 and ejected[0] in (a.addr, b.addr), eps
+    assert eps[c.addr]["ejected"] is False
+    assert metric(g.metrics(), "weft_gateway_ejections_total", cluster="c") == 1

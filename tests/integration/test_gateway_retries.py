@@ -238,3 +238,35 @@ routes:
         r = c.get("/mixed")
         assert r.status == 200 and origin_of(r) == ok.name, r
         assert r.elapsed < 1.0, f"connect_timeout 200ms, answered after {r.elapsed:.2f}s"
+
+
+def test_retries_never_repeat_an_endpoint(gateway, origins):
+    a, b, ok = origins(3)
+    a.set_mode("reset")
+    b.set_mode("reset")
+    g = gateway(cfg([a, b, ok], top="access_log: true", route_extra="""    retry:
+      attempts: 3
+      budget: false
+""").replace("lb: round_robin", "lb: random"), log_format="json")
+    n = 100
+    rs = sequential(g.port, n, target="/nr")
+    assert all(r.status == 200 and origin_of(r) == ok.name for r in rs), \
+        [r.status for r in rs]
+    assert ok.count() == n
+    assert g.stop() == 0
+    lines = g.json_lines("access")
+    assert len(lines) == n
+    # each request tried each failing endpoint at most once
+    assert sum(ln["attempts"] - 1 for ln in lines) == a.count() + b.count()
+    assert all(1 <= ln["attempts"] <= 3 for ln in lines), lines
+    assert a.count() > 0 and b.count() > 0
+
+
+def test_retry_on_retriable_status(gateway, origins):
+    a, b = origins(2)
+    a.set_mode("status", status=429)
+    g = gateway(cfg([a, b], route_extra="""    retry: {attempts: 2, on: [retriable-status], statuses: [429]}
+"""))
+    rs = sequential(g.port, 10, target="/rs")
+    assert all(r.status == 200 and origin_of(r) == b.name for r in rs), rs
+    assert a.count() == 10 and b.count() == 10

@@ -333,3 +333,37 @@ routes:
     for h in ("X-Forwarded-Proto", "X-Forwarded-Host", "Via", "X-Weft-Deadline-Ms"):
         assert rec.header(h) is None, (h, rec)
     assert rec.header("X-Request-Id") == r.header("X-Request-Id")
+
+
+def test_repeated_forwarding_headers_are_combined(env):
+    """Two X-Forwarded-For / Via field lines are one list (RFC 9110 5.3):
+    the gateway appends to the whole list, it does not drop a line."""
+    g, a, b = env
+    r = send(g, "GET", "/exact", [("X-Forwarded-For", "10.0.0.1"),
+                                  ("X-Forwarded-For", "10.0.0.2"),
+                                  ("Via", "1.0 edge-a"), ("Via", "1.1 edge-b")])
+    assert r.status == 200
+    rec = a.last()
+    xff = ", ".join(rec.header_all("X-Forwarded-For"))
+    assert xff == "10.0.0.1, 10.0.0.2, 127.0.0.1", rec
+    via = ", ".join(rec.header_all("Via"))
+    assert via == "1.0 edge-a, 1.1 edge-b, 1.1 weft", rec
+
+
+def test_hop_by_hop_response_headers_not_forwarded(gateway, origins):
+    o, = origins(1)
+    o.extra_headers = [("Connection", "X-Hop"), ("X-Hop", "secret"),
+                       ("Keep-Alive", "timeout=5"), ("X-End", "ok")]
+    g = gateway(f"""
+clusters:
+  a: {{endpoints: [{o.addr}]}}
+routes:
+  - cluster: a
+""")
+    with g.client() as c:
+        r = c.get("/resp-hop")
+        assert r.status == 200, r
+        names = [k.lower() for k, _ in r.headers]
+        assert "x-hop" not in names and "keep-alive" not in names, r
+        assert r.header("X-End") == "ok"
+        assert c.get("/again").status == 200

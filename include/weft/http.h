@@ -199,6 +199,9 @@ typedef struct weft_http_client_opts {
     uint32_t idle_timeout_ms;     /* pooled idle connection lifetime; default 30000 */
     uint32_t max_idle_per_host;   /* default 64 */
     uint64_t max_response_head;   /* default 32768 */
+    uint32_t max_conns_per_host;  /* open connections per host; 0 = unlimited (default) */
+    uint32_t max_pending_per_host; /* requests queued for a connection when at the limit;
+                                      beyond it a request fails with WEFT_ETOOBIG (default 1024) */
 } weft_http_client_opts;
 
 void weft_http_client_opts_default(weft_http_client_opts *o);

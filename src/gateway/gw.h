@@ -62,6 +62,8 @@ typedef struct gw_cluster_conf {
     weft_breaker_opts breaker;
     bool breaker_enabled;
     uint32_t max_requests; /* concurrent requests per worker; 0 = unlimited */
+    uint32_t max_connections; /* upstream connections per endpoint per worker; 0 = unlimited */
+    uint32_t max_pending;     /* requests waiting for a connection (default 1024) */
     bool adaptive;
     weft_adaptive_opts adaptive_opts;
     /* DNS discovery (instead of static endpoints) */

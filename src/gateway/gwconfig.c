@@ -262,6 +262,7 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
     cl->connect_timeout_ms = 2000;
     cl->idle_timeout_ms = 30000;
     cl->max_idle = 64;
+    cl->max_pending = 1024;
     cl->health.path = strdup("/health");
     cl->health.interval_ms = 5000;
     cl->health.timeout_ms = 1000;
@@ -363,7 +364,9 @@ endpoints_done:;
         get_dur(n, "connect_timeout", &cl->connect_timeout_ms, err) < 0 ||
         get_dur(n, "idle_timeout", &cl->idle_timeout_ms, err) < 0 ||
         get_u32(n, "max_idle", 0, 100000, &cl->max_idle, err) < 0 ||
-        get_u32(n, "max_requests", 0, 10000000, &cl->max_requests, err) < 0)
+        get_u32(n, "max_requests", 0, 10000000, &cl->max_requests, err) < 0 ||
+        get_u32(n, "max_connections", 0, 1000000, &cl->max_connections, err) < 0 ||
+        get_u32(n, "max_pending", 0, 1000000, &cl->max_pending, err) < 0)
         goto fail;
     const weft_conf_node *hc = weft_conf_get(n, "health_check");
     if (hc) {

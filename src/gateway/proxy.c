@@ -130,6 +130,21 @@ static weft_str peer_ip(weft_http_req *r)
     return (weft_str){p, c ? (size_t)(c - p) : n};
 }
 
+/* Append value to a comma-separated list held in buf (bounded). */
+static void list_add(char *buf, size_t cap, weft_str *list, weft_str value)
+{
+    size_t need = (list->n ? 2 : 0) + value.n;
+    if (list->n + need > cap)
+        return; /* absurdly long: keep what fits */
+    char *p = buf + list->n;
+    if (list->n) {
+        *p++ = ',';
+        *p++ = ' ';
+    }
+    memcpy(p, value.p, value.n);
+    list->n += need;
+}
+
 /* Serialise the forwarded header block into the worker's scratch buffer
  * (rebuilt for each attempt: the client copies it at submit, so nothing is
  * allocated per request). */
@@ -140,7 +155,9 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
     const gw_config *cfg = g->gen->cfg;
     weft_buf_clear(b);
     weft_str conn = weft_http_req_header(r, WEFT_STR("Connection"));
-    weft_str xff = WEFT_STR_NULL, via = WEFT_STR_NULL;
+    /* repeated X-Forwarded-For / Via lines form one list (RFC 9110 5.3) */
+    char xffbuf[2048], viabuf[1024];
+    weft_str xff = {xffbuf, 0}, via = {viabuf, 0};
     weft_str dl = cfg->deadline_header[0] ? weft_str_from(cfg->deadline_header) : WEFT_STR_NULL;
     int rc = 0;
     size_t n = weft_http_req_header_count(r);
@@ -150,11 +167,11 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
         if (is_hop_by_hop(name) || (conn.n && named_in_connection(conn, name)))
             continue;
         if (weft_str_ieq(name, WEFT_STR("X-Forwarded-For")) && cfg->xff) {
-            xff = value;
+            list_add(xffbuf, sizeof xffbuf, &xff, value);
             continue;
         }
         if (weft_str_ieq(name, WEFT_STR("Via")) && cfg->via) {
-            via = value;
+            list_add(viabuf, sizeof viabuf, &via, value);
             continue;
         }
         if (weft_str_ieq(name, WEFT_STR("X-Request-Id")) ||
@@ -572,8 +589,14 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
     weft_str ctype = WEFT_STR_NULL, cenc = WEFT_STR_NULL;
     if (g->cache_fill)
         gw_edge_cache_response(g, resp);
+    weft_str uconn = WEFT_STR_NULL;
+    for (size_t i = 0; i < resp->nheaders; i++)
+        if (weft_str_ieq(resp->names[i], WEFT_STR("Connection")))
+            uconn = resp->values[i];
     for (size_t i = 0; i < resp->nheaders; i++) {
         weft_str name = resp->names[i];
+        if (uconn.n && named_in_connection(uconn, name))
+            continue; /* hop-by-hop by the upstream's own declaration */
         if (weft_str_ieq(name, WEFT_STR("Content-Type"))) {
             ctype = resp->values[i];
             continue;
@@ -643,6 +666,15 @@ static void up_done(weft_http_creq *q, int err, void *ud)
         weft_http_resp_on_drain(r, NULL, NULL);
         gw_req_free(g);
         weft_http_resp_end(r);
+        return;
+    }
+    if (err == WEFT_ETOOBIG && !g->resp_started) {
+        /* the cluster's pending queue is full: local overflow, not the
+         * endpoint's fault (no outlier or breaker outcome) */
+        attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
+        weft_metric_inc(g->w->rt->m, g->cl->m_overload);
+        g->error = "upstream pending queue full";
+        gw_respond_local(g, 503, "upstream connection limit reached", "X-Weft-Overloaded", "true");
         return;
     }
     /* a connect timeout is a connect failure (Envoy's connect-failure) */
@@ -942,6 +974,8 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
         co.connect_timeout_ms = cc->connect_timeout_ms ? cc->connect_timeout_ms : 1;
         co.idle_timeout_ms = cc->idle_timeout_ms ? cc->idle_timeout_ms : 1;
         co.max_idle_per_host = cc->max_idle;
+        co.max_conns_per_host = cc->max_connections;
+        co.max_pending_per_host = cc->max_pending;
         co.response_timeout_ms = 0; /* set per attempt from the route */
         cl->client = weft_http_client_new(w->loop, &co);
         cl->set = gw_epset_new(cl, cc->eps, cc->neps);

@@ -59,7 +59,7 @@
 #define SEND_HIGH_WATER (256 * 1024) /* streamed request bytes queued before pushing back */
 
 enum conn_state { CN_CONNECTING = 1, CN_ACTIVE, CN_IDLE, CN_CLOSED };
-enum req_phase { Q_CONNECT = 1, Q_HEAD, Q_BODY };
+enum req_phase { Q_CONNECT = 1, Q_HEAD, Q_BODY, Q_QUEUED };
 
 typedef struct host_pool host_pool;
 typedef struct conn conn;
@@ -70,6 +70,9 @@ struct host_pool {
     uint16_t port;
     conn *idle_head; /* most recently used first */
     uint32_t nidle;
+    uint32_t nconns;  /* open connections (connecting, active, idle) */
+    weft_http_creq *wait_head, *wait_tail; /* FIFO of requests waiting for a connection */
+    uint32_t nwait;
 };
 
 struct conn {
@@ -83,6 +86,7 @@ struct conn {
     weft_buf in;
     weft_http_creq *q;  /* active request (CONNECTING/ACTIVE) */
     conn *prev, *next;  /* idle list of hp, or graveyard (next only) */
+    bool counted;       /* included in hp->nconns */
 };
 
 struct weft_http_creq {
@@ -118,6 +122,8 @@ struct weft_http_creq {
     void (*on_done)(weft_http_creq *q, int err, void *ud);
     void *ud;
     weft_http_creq *next_free;
+    weft_http_creq *wait_next; /* hp's wait queue */
+    bool queued;
     /* Large parse results last: they are always written before being read,
      * so a recycled request zeroes only the fields above (see req_alloc). */
     weft_http_head head;
@@ -137,6 +143,7 @@ struct weft_http_client {
     weft_http_client_stats st;
     weft_http_creq *free_reqs; /* recycled request structs (~9 KiB each) */
     uint32_t nfree;
+    weft_timer dispatch_timer; /* hands freed connection slots to waiting requests */
 };
 
 static void conn_io_cb(weft_loop *loop, weft_io *io, unsigned events);
@@ -150,6 +157,8 @@ void weft_http_client_opts_default(weft_http_client_opts *o)
     o->idle_timeout_ms = 30000;
     o->max_idle_per_host = 64;
     o->max_response_head = 32768;
+    o->max_conns_per_host = 0;
+    o->max_pending_per_host = 1024;
 }
 
 /* ---- connections ---- */
@@ -195,6 +204,12 @@ static void conn_close(conn *cn)
     close(cn->fd);
     cn->fd = -1;
     cn->state = CN_CLOSED;
+    if (cn->counted) {
+        cn->counted = false;
+        cn->hp->nconns--;
+        if (cn->hp->wait_head && !c->freeing)
+            weft_timer_start(c->loop, &c->dispatch_timer, 0);
+    }
     if (cn->q)
         cn->q->cn = NULL;
     cn->q = NULL;
@@ -319,6 +334,8 @@ static int conn_open(weft_http_client *c, host_pool *hp, conn **out)
                  WEFT_KV_UINT("port", hp->port), WEFT_KV_STR("error", weft_strerror(rc)));
         goto fail_close_fd;
     }
+    cn->counted = true;
+    hp->nconns++;
     *out = cn;
     return 0;
 
@@ -353,6 +370,8 @@ static void pool_put(conn *cn)
     hp->nidle++;
     c->st.idle++;
     weft_timer_start(c->loop, &cn->idle_timer, c->opts.idle_timeout_ms);
+    if (hp->wait_head)
+        weft_timer_start(c->loop, &c->dispatch_timer, 0);
 }
 
 static conn *pool_take(host_pool *hp)
@@ -402,9 +421,30 @@ static void req_unlink(weft_http_creq *q)
     q->linked = false;
 }
 
+static void unqueue(weft_http_creq *q)
+{
+    host_pool *hp = q->hp;
+    if (!q->queued)
+        return;
+    weft_http_creq **pp = &hp->wait_head, *prev = NULL;
+    while (*pp && *pp != q) {
+        prev = *pp;
+        pp = &(*pp)->wait_next;
+    }
+    if (*pp) {
+        *pp = q->wait_next;
+        if (hp->wait_tail == q)
+            hp->wait_tail = prev;
+        hp->nwait--;
+    }
+    q->wait_next = NULL;
+    q->queued = false;
+}
+
 /* Drop every tie to the loop: connection (closed), timer, list. */
 static void req_detach(weft_http_creq *q)
 {
+    unqueue(q);
     if (q->cn)
         conn_close(q->cn);
     weft_timer_stop(q->c->loop, &q->timer);
@@ -837,6 +877,12 @@ static void req_timer_cb(weft_loop *loop, weft_timer *t)
         req_finish(q, q->pending_err);
         return;
     }
+    if (q->queued) {
+        weft_log(WEFT_LOG_DEBUG, "http client: timed out waiting for a connection",
+                 WEFT_KV_STR("host", q->hp->host), WEFT_KV_UINT("port", q->hp->port));
+        req_finish(q, WEFT_ETIMEDOUT);
+        return;
+    }
     weft_log(WEFT_LOG_DEBUG, "http client: timeout", WEFT_KV_STR("host", q->hp->host),
              WEFT_KV_UINT("port", q->hp->port),
              WEFT_KV_STR("phase", q->phase == Q_CONNECT ? "connect"
@@ -859,6 +905,23 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         c->st.reuses++;
         cn->reused = true;
     } else {
+        host_pool *hp = q->hp;
+        if (c->opts.max_conns_per_host && hp->nconns >= c->opts.max_conns_per_host) {
+            /* at the connection limit: wait for a slot, within bounds */
+            if (hp->nwait >= c->opts.max_pending_per_host)
+                return WEFT_ETOOBIG;
+            q->phase = Q_QUEUED;
+            q->queued = true;
+            q->wait_next = NULL;
+            if (hp->wait_tail)
+                hp->wait_tail->wait_next = q;
+            else
+                hp->wait_head = q;
+            hp->wait_tail = q;
+            hp->nwait++;
+            arm_timer(q, q->timeout_ms ? q->timeout_ms : c->opts.connect_timeout_ms);
+            return 0;
+        }
         rc = conn_open(c, q->hp, &cn);
         if (rc < 0)
             return rc;
@@ -1168,7 +1231,32 @@ int weft_http_creq_end(weft_http_creq *q)
 
 bool weft_http_creq_connected(const weft_http_creq *q)
 {
-    return q && q->phase != Q_CONNECT;
+    return q && q->phase != Q_CONNECT && q->phase != Q_QUEUED;
+}
+
+/* A connection slot freed up or went idle: start waiting requests, FIFO. */
+static void dispatch_cb(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    weft_http_client *c = t->data;
+    uint32_t max = c->opts.max_conns_per_host;
+    for (host_pool *hp = c->pools; hp; hp = hp->next) {
+        while (hp->wait_head && (hp->nidle > 0 || max == 0 || hp->nconns < max)) {
+            weft_http_creq *q = hp->wait_head;
+            hp->wait_head = q->wait_next;
+            if (!hp->wait_head)
+                hp->wait_tail = NULL;
+            hp->nwait--;
+            q->wait_next = NULL;
+            q->queued = false;
+            weft_timer_stop(c->loop, &q->timer);
+            int rc = req_start(q, !q->stream);
+            if (rc < 0) {
+                q->pending_err = rc;
+                weft_timer_start(c->loop, &q->timer, 0);
+            }
+        }
+    }
 }
 
 void weft_http_creq_pause(weft_http_creq *q, bool paused)
@@ -1232,6 +1320,7 @@ weft_http_client *weft_http_client_new(weft_loop *loop, const weft_http_client_o
     if (c->limits.max_request_line > c->limits.max_header_bytes)
         c->limits.max_request_line = c->limits.max_header_bytes;
     weft_timer_init(&c->reap_timer, reap_cb, c);
+    weft_timer_init(&c->dispatch_timer, dispatch_cb, c);
     return c;
 }
 
@@ -1260,6 +1349,7 @@ void weft_http_client_free(weft_http_client *c)
         hp = next;
     }
     weft_timer_stop(c->loop, &c->reap_timer);
+    weft_timer_stop(c->loop, &c->dispatch_timer);
     reap_cb(c->loop, &c->reap_timer);
     while (c->free_reqs) {
         weft_http_creq *q = c->free_reqs;

@@ -131,10 +131,9 @@ def test_ring_hash_header_sticky_and_spread(gateway, origins):
     rs = parallel(g.port, 500, concurrency=16, target="/rh",
                   headers=lambda i: [("X-User", users[i % 50])])
     seen = collections.defaultdict(set)
-    for i, r in enumerate(rs):
-        assert r.status == 200
     # parallel() returns responses in request order (executor.map)
     for i, r in enumerate(rs):
+        assert r.status == 200
         seen[users[i % 50]].add(origin_of(r))
     assert all(len(v) == 1 for v in seen.values()), dict(seen)
     owners = collections.Counter(next(iter(v)) for v in seen.values())

@@ -35,7 +35,7 @@ enum weft_log_level {
 
 enum weft_log_format { WEFT_LOG_TEXT = 0, WEFT_LOG_JSON = 1 };
 
-enum weft_kv_type { WEFT_KV_END_ = 0, WEFT_KV_S, WEFT_KV_SL, WEFT_KV_I, WEFT_KV_U, WEFT_KV_F, WEFT_KV_B };
+enum weft_kv_type { WEFT_KV_END_ = 0, WEFT_KV_S, WEFT_KV_SL, WEFT_KV_I, WEFT_KV_U, WEFT_KV_F, WEFT_KV_B, WEFT_KV_MS };
 
 typedef struct weft_kv {
     const char *key;
@@ -56,6 +56,9 @@ typedef struct weft_kv {
 #define WEFT_KV_UINT(k, val) ((weft_kv){.key = (k), .type = WEFT_KV_U, .v.u = (uint64_t)(val)})
 #define WEFT_KV_FLOAT(k, val) ((weft_kv){.key = (k), .type = WEFT_KV_F, .v.f = (double)(val)})
 #define WEFT_KV_BOOL(k, val) ((weft_kv){.key = (k), .type = WEFT_KV_B, .v.b = (val)})
+/* A duration given in microseconds, written as milliseconds with 3 decimals
+ * ("12.345"): exact, and cheaper than a float format. */
+#define WEFT_KV_MS(k, usec) ((weft_kv){.key = (k), .type = WEFT_KV_MS, .v.u = (uint64_t)(usec)})
 
 extern int weft_log_level_;
 

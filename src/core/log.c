@@ -145,6 +145,25 @@ static void put_quoted(out *o, const char *str, size_t n, bool json)
     o->p[o->n++] = '"';
     size_t room = o->cap - 1; /* the closing quote always fits */
     for (size_t i = 0; i < n;) {
+        /* fast path: copy a run of printable ASCII that needs no escape */
+        size_t j = i;
+        while (j < n && s[j] >= 0x20 && s[j] < 0x7f && s[j] != '"' && s[j] != '\\')
+            j++;
+        if (j > i) {
+            size_t run = j - i;
+            if (run > room - o->n) {
+                run = room - o->n; /* cut between (single-byte) characters */
+                memcpy(o->p + o->n, s + i, run);
+                o->n += run;
+                o->cut = true;
+                o->kept = true;
+                break;
+            }
+            memcpy(o->p + o->n, s + i, run);
+            o->n += run;
+            i = j;
+            continue;
+        }
         char esc[8];
         const char *u = esc;
         size_t ulen, used = 1;
@@ -237,6 +256,17 @@ static void put_key(out *o, const char *k, bool first)
     }
 }
 
+static void put_u64(out *o, uint64_t v)
+{
+    char tmp[24];
+    size_t n = sizeof tmp;
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(o, tmp + n, sizeof tmp - n);
+}
+
 static void put_value(out *o, const weft_kv *f)
 {
     bool json = log_format == WEFT_LOG_JSON;
@@ -248,8 +278,22 @@ static void put_value(out *o, const weft_kv *f)
             put(o, "null", 4);
         break;
     case WEFT_KV_SL: put_str(o, f->v.sl.p ? f->v.sl.p : "", f->v.sl.n); break;
-    case WEFT_KV_I: putf(o, "%lld", (long long)f->v.i); break;
-    case WEFT_KV_U: putf(o, "%llu", (unsigned long long)f->v.u); break;
+    case WEFT_KV_I:
+        if (f->v.i < 0) {
+            putc_(o, '-');
+            put_u64(o, (uint64_t)0 - (uint64_t)f->v.i);
+        } else {
+            put_u64(o, (uint64_t)f->v.i);
+        }
+        break;
+    case WEFT_KV_U: put_u64(o, f->v.u); break;
+    case WEFT_KV_MS: { /* microseconds shown as milliseconds with 3 decimals */
+        put_u64(o, f->v.u / 1000);
+        char frac[4] = {'.', (char)('0' + f->v.u / 100 % 10), (char)('0' + f->v.u / 10 % 10),
+                        (char)('0' + f->v.u % 10)};
+        put(o, frac, 4);
+        break;
+    }
     case WEFT_KV_F:
         /* JSON has no NaN or Infinity; text keeps nan/inf */
         if (json && !isfinite(f->v.f))

@@ -78,6 +78,7 @@ typedef struct gw_cluster_rt {
     /* metrics */
     weft_metric m_upstream[6];
     weft_metric m_breaker_reject, m_ejections, m_overload, m_hc_fail, m_dns_fail, m_dns_updates;
+    weft_metric m_breaker_open, m_breaker_half_open, m_ejected_now;
 } gw_cluster_rt;
 
 typedef struct gw_route_rt {

@@ -380,7 +380,7 @@ static void access_log(gw_req *g, int status)
     if (!g->gen->cfg->access_log)
         return;
     gw_worker *w = g->w;
-    uint64_t now = weft_now_us();
+    uint64_t now = weft_loop_now_us(w->loop);
     const gw_cluster_rt *cl = g->cl;
     weft_str id = weft_http_req_id(g->r);
     if (weft_buf_reserve(&w->alog, 4096) < 0)
@@ -395,8 +395,8 @@ static void access_log(gw_req *g, int status)
              WEFT_KV_STR("cluster", cl ? cl->conf->name : ""),
              WEFT_KV_STR("upstream", g->upstream),
              WEFT_KV_INT("status", status), WEFT_KV_UINT("attempts", g->attempt),
-             WEFT_KV_FLOAT("duration_ms", (double)(now - g->start_us) / 1000.0),
-             WEFT_KV_FLOAT("upstream_ms", (double)g->upstream_us / 1000.0),
+             WEFT_KV_MS("duration_ms", now - g->start_us),
+             WEFT_KV_MS("upstream_ms", g->upstream_us),
              WEFT_KV_STR("error", g->error ? g->error : ""), {.key = NULL}};
     size_t n = weft_log_format(weft_buf_wptr(&w->alog), weft_buf_avail(&w->alog), WEFT_LOG_INFO,
                                "access", fields);
@@ -409,7 +409,8 @@ void gw_count_final(gw_req *g, int status)
 {
     weft_metrics *m = g->w->rt->m;
     weft_metric_inc(m, g->rrt->m_req[class_index(status)]);
-    weft_metric_observe(m, g->rrt->m_dur, (double)(weft_now_us() - g->start_us) / 1e6);
+    weft_metric_observe(m, g->rrt->m_dur,
+                        (double)(weft_loop_now_us(g->w->loop) - g->start_us) / 1e6);
     access_log(g, status);
 }
 
@@ -442,7 +443,7 @@ void gw_respond_local(gw_req *g, int status, const char *reason, const char *ext
 static void attempt_done(gw_req *g, int outcome, bool success, bool have_outcome)
 {
     gw_cluster_rt *cl = g->cl;
-    uint64_t now_us = weft_now_us();
+    uint64_t now_us = weft_loop_now_us(g->w->loop);
     uint64_t now_ms = now_us / 1000;
     uint64_t lat = now_us - g->try_start_us;
     g->upstream_us += lat;
@@ -593,6 +594,8 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
     for (size_t i = 0; i < resp->nheaders; i++)
         if (weft_str_ieq(resp->names[i], WEFT_STR("Connection")))
             uconn = resp->values[i];
+    if (weft_str_ieq(uconn, WEFT_STR("keep-alive")) || weft_str_ieq(uconn, WEFT_STR("close")))
+        uconn = WEFT_STR_NULL; /* names no other header: skip the per-header scan */
     for (size_t i = 0; i < resp->nheaders; i++) {
         weft_str name = resp->names[i];
         if (uconn.n && named_in_connection(uconn, name))
@@ -724,7 +727,7 @@ void gw_start_attempt(gw_req *g)
 {
     gw_worker *w = g->w;
     gw_cluster_rt *cl = g->cl;
-    uint64_t now_ms = weft_now_us() / 1000;
+    uint64_t now_ms = weft_loop_now_ms(w->loop);
     g->attempt++;
     g->ep = -1;
     if (now_ms >= g->deadline_ms) {
@@ -771,7 +774,7 @@ void gw_start_attempt(gw_req *g)
     weft_lb_on_start(set->lb, ep);
     cl->inflight++;
     g->inflight_taken = true;
-    g->try_start_us = weft_now_us();
+    g->try_start_us = weft_loop_now_us(w->loop);
 
     uint64_t remaining = g->deadline_ms - now_ms;
     uint32_t per_try = g->route->per_try_timeout_ms ? g->route->per_try_timeout_ms
@@ -1002,6 +1005,15 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
         weft_metrics_counter(m, "weft_gateway_dns_updates_total",
                              "Endpoint set changes from DNS discovery.", labels,
                              &cl->m_dns_updates);
+        weft_metrics_gauge(m, "weft_gateway_breaker_open",
+                           "Workers whose circuit breaker for the cluster is open.", labels,
+                           &cl->m_breaker_open);
+        weft_metrics_gauge(m, "weft_gateway_breaker_half_open",
+                           "Workers whose circuit breaker for the cluster is half-open.", labels,
+                           &cl->m_breaker_half_open);
+        weft_metrics_gauge(m, "weft_gateway_ejected_endpoints",
+                           "Endpoints currently ejected by outlier detection (summed over workers).",
+                           labels, &cl->m_ejected_now);
     }
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const gw_route_conf *rc = &cfg->routes[i];
@@ -1083,7 +1095,7 @@ void gw_handle(weft_http_req *r, void *ud)
     g->route = route;
     g->rrt = &gen->routes[ri];
     g->ep = -1;
-    g->start_us = weft_now_us();
+    g->start_us = weft_loop_now_us(w->loop);
     g->deadline_ms = g->start_us / 1000 + route->timeout_ms;
     weft_timer_init(&g->timer, retry_fire, g);
     weft_http_req_on_abort(r, on_client_abort, g);
@@ -1140,6 +1152,15 @@ static void tick(weft_loop *loop, weft_timer *t)
         gw_cluster_rt *cl = &gen->clusters[i];
         if (weft_outlier_tick(cl->set->outlier, cl->set->n, now_ms))
             gw_cluster_refresh_health(cl, now_ms);
+        /* state gauges: this worker's slot holds 0 or 1 (or its count) */
+        int st = weft_breaker_state(&cl->breaker, now_ms);
+        weft_metrics *m = w->rt->m;
+        weft_metric_gauge_set(m, cl->m_breaker_open, st == WEFT_BREAKER_OPEN);
+        weft_metric_gauge_set(m, cl->m_breaker_half_open, st == WEFT_BREAKER_HALF_OPEN);
+        int64_t ejected = 0;
+        for (size_t k = 0; k < cl->set->n; k++)
+            ejected += weft_outlier_ejected(&cl->set->outlier[k], now_ms);
+        weft_metric_gauge_set(m, cl->m_ejected_now, ejected);
     }
     if (weft_buf_used(&w->alog) && now_ms - w->alog_flushed_ms >= ALOG_FLUSH_MS)
         alog_flush(w);

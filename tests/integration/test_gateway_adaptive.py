@@ -40,20 +40,31 @@ def test_breaker_and_ejection_gauges(gateway, origins):  # noqa: F811
     bad.set_mode("status", status=500)
     g = gateway(f"""
 clusters:
-  c:
+  brk:
     endpoints: [{bad.addr}]
     circuit_breaker: {{min_requests: 5, error_percent: 50, sleep_window: 30s}}
+    outlier_detection: false
+  ej:
+    endpoints: [{bad.addr}]
+    circuit_breaker: false
     outlier_detection: {{consecutive_5xx: 3, base_ejection_time: 30s, max_ejection_percent: 100}}
     panic_threshold: 0
 routes:
-  - cluster: c
+  - match: {{prefix: /brk}}
+    cluster: brk
+    retry: false
+  - match: {{prefix: /ej}}
+    cluster: ej
     retry: false
 """)
-    assert metric(g.metrics(), "weft_gateway_breaker_open", cluster="c") == 0
+    m = g.metrics()
+    assert metric(m, "weft_gateway_breaker_open", cluster="brk") == 0
+    assert metric(m, "weft_gateway_ejected_endpoints", cluster="ej") == 0
     with g.client() as c:
         for _ in range(8):
-            c.get("/x")
-    wait_until(lambda: metric(g.metrics(), "weft_gateway_breaker_open", cluster="c") == 1,
+            c.get("/brk")
+            c.get("/ej")
+    wait_until(lambda: metric(g.metrics(), "weft_gateway_breaker_open", cluster="brk") == 1,
                what="breaker open gauge")
-    wait_until(lambda: metric(g.metrics(), "weft_gateway_ejected_endpoints", cluster="c") == 1,
+    wait_until(lambda: metric(g.metrics(), "weft_gateway_ejected_endpoints", cluster="ej") == 1,
                what="ejected endpoints gauge")

@@ -210,3 +210,14 @@ def median(xs):
 
 def have(cmd):
     return shutil.which(cmd) is not None
+
+
+def nginx_worker(master_pid, tries=50):
+    """PID of the (single) worker of an nginx master: the process to measure."""
+    for _ in range(tries):
+        out = subprocess.run(["pgrep", "-P", str(master_pid)], capture_output=True,
+                             text=True).stdout.split()
+        if out:
+            return int(out[0])
+        time.sleep(0.1)
+    raise RuntimeError("nginx worker not found")

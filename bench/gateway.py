@@ -90,16 +90,6 @@ routes:
 """
 
 
-def nginx_worker(master):
-    for _ in range(50):
-        out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True,
-                             text=True).stdout.split()
-        if out:
-            return int(out[0])
-        time.sleep(0.1)
-    raise RuntimeError("nginx worker not found")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("weft")
@@ -153,7 +143,7 @@ def main():
                                    start_new_session=True)
         B.wait_port(ng.port)
         time.sleep(0.3)
-        ng.pid = nginx_worker(ng.proc.pid)
+        ng.pid = B.nginx_worker(ng.proc.pid)
         for pid in B.pids_in_session(ng.proc.pid):
             ng.cap and ng.cap.add(pid)
         servers["nginx"] = ng

@@ -34,18 +34,6 @@ http {{
 """
 
 
-def nginx_worker_pid(master_pid):
-    def find():
-        for _ in range(50):
-            out = subprocess.run(["pgrep", "-P", str(master_pid)], capture_output=True,
-                                 text=True).stdout.split()
-            if out:
-                return int(out[0])
-            time.sleep(0.1)
-        raise RuntimeError("nginx worker not found")
-    return find
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("weft")
@@ -71,7 +59,7 @@ def main():
     nginx.proc = ng
     B.wait_port(nport)
     time.sleep(0.3)
-    nginx.pid = nginx_worker_pid(ng.pid)()
+    nginx.pid = B.nginx_worker(ng.pid)
     for pid in B.pids_in_session(ng.pid):
         nginx.cap and nginx.cap.add(pid)
     nginx_idle_rss = B.rss_kb(nginx.pid)

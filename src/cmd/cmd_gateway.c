@@ -123,9 +123,10 @@ static void a_config(weft_http_req *r, void *ud)
         }
         fclose(f);
     }
-    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:s%}", "file", c->path, "routes",
+    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s%}", "file", c->path, "routes",
                           (json_int_t)c->nroutes, "clusters", (json_int_t)c->nclusters,
-                          "reloads", (json_int_t)g_rt->reloads, "yaml", buf ? buf : "",
+                          "reloads", (json_int_t)g_rt->reloads, "reload_failures",
+                          (json_int_t)g_rt->reload_failures, "yaml", buf ? buf : "",
                           buf ? n : (size_t)0);
     char *s = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
     if (s)

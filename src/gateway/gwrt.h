@@ -145,7 +145,6 @@ typedef struct gw_req {
     weft_timer timer;
     bool resp_started;
     bool breaker_taken, adaptive_taken, inflight_taken;
-    bool got_response;
     bool paused;
     int status;
     const char *error;

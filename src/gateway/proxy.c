@@ -569,7 +569,6 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
     gw_req *g = ud;
     const gw_route_conf *rt = g->route;
     unsigned cond;
-    g->got_response = true;
     g->status = resp->status;
     weft_metric_inc(g->w->rt->m, g->cl->m_upstream[class_index(resp->status)]);
     if (status_retriable(&rt->retry, resp->status, &cond)) {

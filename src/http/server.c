@@ -171,7 +171,6 @@ struct conn {
     conn *next_pending;
     char *peer_text;      /* "ip:port", formatted once per connection */
     struct sockaddr_storage peer;
-    socklen_t peerlen;
 };
 
 static void conn_process(conn *c);
@@ -1463,11 +1462,8 @@ static void conn_process(conn *c)
             }
             return; /* waiting for the handler or for more body bytes */
         }
-        if (!c->keep_alive && c->state == C_HEAD && c->parser.scanned == 0 &&
-            weft_buf_used(&c->in) == 0)
-            return;
         if (!c->keep_alive)
-            return;
+            return; /* no further request on this connection */
         if (weft_buf_used(&c->in) == 0)
             return;
         if (weft_buf_used(&c->out) > s->o.out_high_water)
@@ -1647,7 +1643,6 @@ static void accept_one(wstate *w, int fd, struct sockaddr_storage *sa, socklen_t
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->w = w;
     c->peer = *sa;
-    c->peerlen = salen;
     c->keep_alive = true;
     c->state = C_HEAD;
     weft_buf_init(&c->in, s->lim.max_header_bytes + BODY_READ_MAX);

@@ -85,7 +85,7 @@ static int do_reload(char *errbuf, size_t errlen)
     gw_config *cfg = NULL;
     int rc = load_config(g_config_path, &cfg, errbuf, errlen);
     if (rc < 0) {
-        g_rt->reload_failures++;
+        atomic_fetch_add(&g_rt->reload_failures, 1);
         weft_log(WEFT_LOG_ERROR, "reload rejected; old config keeps serving",
                  WEFT_KV_STR("error", errbuf));
         return rc;
@@ -125,8 +125,8 @@ static void a_config(weft_http_req *r, void *ud)
     }
     json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s%}", "file", c->path, "routes",
                           (json_int_t)c->nroutes, "clusters", (json_int_t)c->nclusters,
-                          "reloads", (json_int_t)g_rt->reloads, "reload_failures",
-                          (json_int_t)g_rt->reload_failures, "yaml", buf ? buf : "",
+                          "reloads", (json_int_t)atomic_load(&g_rt->reloads), "reload_failures",
+                          (json_int_t)atomic_load(&g_rt->reload_failures), "yaml", buf ? buf : "",
                           buf ? n : (size_t)0);
     char *s = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
     if (s)

@@ -52,7 +52,7 @@ char *gw_clusters_json(gw_worker *w)
     json_object_set_new(root, "clusters", arr);
     json_object_set_new(root, "worker", json_integer(weft_loop_index(w->loop)));
     json_object_set_new(root, "workers", json_integer(w->rt->nworkers));
-    json_object_set_new(root, "reloads", json_integer((json_int_t)w->rt->reloads));
+    json_object_set_new(root, "reloads", json_integer((json_int_t)atomic_load(&w->rt->reloads)));
     char *s = json_dumps(root, JSON_INDENT(2));
     json_decref(root);
     return s;

@@ -22,6 +22,7 @@
 #include "weft/metrics.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #define GW_MAX_WORKERS 256
 
@@ -89,6 +90,7 @@ typedef struct gw_route_rt {
 
 struct gw_gen {
     int refs;             /* worker-local: no atomics needed */
+    gw_gen *next_dead;
     bool current;
     gw_config *cfg;
     gw_worker *w;
@@ -103,6 +105,9 @@ struct gw_worker {
     weft_http_client *hc_client; /* active health checks (upstream pools are per cluster) */
     weft_rng rng;
     weft_timer tick;        /* outlier un-ejection, health refresh */
+    bool stopping;          /* gw_worker_stop is running: free generations at once */
+    gw_gen *dead_gens;      /* generations whose last reference is gone, freed by reap_timer */
+    weft_timer reap_timer;
     uint64_t inflight;
     /* access log lines, written in batches (32 KiB or every second) */
     weft_buf alog;
@@ -118,7 +123,7 @@ typedef struct gw_runtime {
     weft_http_server *srv;
     int nworkers;
     gw_worker *workers[GW_MAX_WORKERS];
-    uint64_t reloads, reload_failures;
+    atomic_uint_fast64_t reloads, reload_failures; /* written by SIGHUP and admin threads */
     weft_metrics *m;
     uint64_t max_body;       /* http.max_body: the request body limit */
 } gw_runtime;

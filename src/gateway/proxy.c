@@ -934,10 +934,34 @@ static void gen_free(gw_gen *gen)
     free(gen);
 }
 
+static void reap_gens(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    gw_worker *w = t->data;
+    while (w->dead_gens) {
+        gw_gen *gen = w->dead_gens;
+        w->dead_gens = gen->next_dead;
+        gen_free(gen);
+    }
+}
+
+/* The last reference to an old generation is often dropped from inside a
+ * callback of one of its own clients (a request's on_done): freeing the
+ * clients right there would pull them from under that callback. Park it
+ * and free it from a zero-delay timer, outside every callback (and at
+ * worker stop, whatever is still parked). */
 static void gen_unref(gw_gen *gen)
 {
-    if (--gen->refs == 0)
+    if (--gen->refs > 0)
+        return;
+    gw_worker *w = gen->w;
+    if (w->stopping) {
         gen_free(gen);
+        return;
+    }
+    gen->next_dead = w->dead_gens;
+    w->dead_gens = gen;
+    weft_timer_start(w->loop, &w->reap_timer, 0);
 }
 
 static void reg_classes(weft_metrics *m, const char *name, const char *help, const char *lkey,
@@ -1238,6 +1262,7 @@ int gw_worker_start(gw_runtime *rt, weft_loop *loop)
         return WEFT_ENOMEM;
     w->gen->current = true;
     weft_timer_init(&w->tick, tick, w);
+    weft_timer_init(&w->reap_timer, reap_gens, w);
     weft_timer_start(loop, &w->tick, 100);
     return 0;
 }
@@ -1248,7 +1273,10 @@ void gw_worker_stop(gw_runtime *rt, weft_loop *loop)
     gw_worker *w = rt->workers[idx];
     if (!w)
         return;
+    w->stopping = true;
     weft_timer_stop(loop, &w->tick);
+    weft_timer_stop(loop, &w->reap_timer);
+    reap_gens(loop, &w->reap_timer);
     alog_flush(w);
     weft_buf_release(&w->alog);
     weft_buf_release(&w->hdrs);
@@ -1294,7 +1322,7 @@ void gw_runtime_install(gw_runtime *rt, gw_config *cfg)
     pthread_mutex_lock(&rt->mu);
     gw_config *old = rt->cfg;
     rt->cfg = cfg;
-    rt->reloads++;
+    atomic_fetch_add(&rt->reloads, 1);
     for (int i = 0; i < rt->nworkers; i++) {
         gw_worker *w = rt->workers[i];
         if (!w)

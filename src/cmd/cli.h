@@ -55,8 +55,10 @@ int weft_cli_std_routes(weft_http_server *s, atomic_bool *draining);
 /* Help texts, one per subcommand, printed by `weft help NAME`. */
 extern const char weft_help_hello[];
 extern const char weft_help_gateway[];
+extern const char weft_help_registry[];
 
 int weft_cmd_hello(int argc, char **argv);
 int weft_cmd_gateway(int argc, char **argv);
+int weft_cmd_registry(int argc, char **argv);
 
 #endif

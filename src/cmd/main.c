@@ -21,6 +21,8 @@ static const subcmd cmds[] = {
     {"hello", "a small JSON service built on libweft (demo and benchmarks)", weft_cmd_hello,
      weft_help_hello},
     {"gateway", "API gateway and sidecar proxy", weft_cmd_gateway, weft_help_gateway},
+    {"registry", "service registry: leases, watches (first slice of the registry issue)",
+     weft_cmd_registry, weft_help_registry},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,752 @@
+/*
+ * api.c — the registry's native HTTP/JSON API on top of store.c.
+ *
+ * The registry's state lives on one event loop (one worker): registrations
+ * and heartbeats are cheap in-memory updates, and a single owner needs no
+ * locks. Watchers are served from the same loop:
+ *
+ * - Blocking queries (Consul semantics): GET /v1/services/NAME?index=N&wait=D
+ *   answers at once if the service's revision is past N, otherwise parks
+ *   the request until the service changes or D (default 5 min, max 10 min,
+ *   plus up to D/16 jitter) passes. X-Weft-Index carries the revision.
+ * - Streaming watch: GET /v1/watch?since=N[&service=NAME] is a server-sent
+ *   event stream of every change after N, in order, each with its revision
+ *   as the SSE id, so a client resumes with since=<last id>. A watcher that
+ *   falls behind is paced by its socket (the stream stops, then resumes on
+ *   drain); if the history it needs was overwritten it gets an explicit
+ *   "relist" event (or 410 before the stream starts) — never a silent gap.
+ *
+ * A sweep every 100 ms expires leases (with self-preservation, store.c).
+ */
+#include "registry.h"
+
+#include "store.h"
+#include "weft/log.h"
+#include "weft/metrics.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SWEEP_MS 100
+#define PING_MS 15000
+#define MAX_WAIT_MS (10 * 60 * 1000)
+#define DEFAULT_WAIT_MS (5 * 60 * 1000)
+
+typedef struct waiter {
+    struct waiter *next, *prev;
+    reg_server *rs;
+    weft_http_req *r;
+    char *service; /* NULL: waits on the service list (global revision) */
+    uint64_t index;
+    bool healthy_only;
+    char *tag, *zone;
+    weft_timer timer;
+} waiter;
+
+typedef struct watcher {
+    struct watcher *next, *prev;
+    reg_server *rs;
+    weft_http_req *r;
+    char *service; /* NULL = all */
+    uint64_t cursor;
+    bool paused;
+} watcher;
+
+struct reg_server {
+    reg_store *store;
+    weft_loop *loop;
+    weft_timer sweep;
+    weft_timer ping;
+    waiter *waiters;
+    watcher *watchers;
+    size_t nwaiters, nwatchers;
+    weft_metrics *m;
+    weft_metric m_regs, m_deregs, m_beats, m_expired, m_instances, m_rev, m_preserve,
+        m_watchers, m_waiters;
+    uint64_t rng;
+};
+
+static const weft_str JSON = {"application/json", 16};
+
+static uint64_t now_ms(reg_server *rs) { return weft_loop_now_ms(rs->loop); }
+
+static void respond_json(weft_http_req *r, int status, json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!s) {
+        weft_http_respond_error(r, 500, "cannot render response");
+        return;
+    }
+    weft_http_respond(r, status, JSON, s, strlen(s));
+    free(s);
+}
+
+static void respond_err(weft_http_req *r, int status, const char *msg)
+{
+    respond_json(r, status, json_pack("{s:s, s:i}", "error", msg, "status", status));
+}
+
+static void set_index(weft_http_req *r, uint64_t idx)
+{
+    char b[24];
+    int n = snprintf(b, sizeof b, "%llu", (unsigned long long)idx);
+    weft_http_resp_header(r, WEFT_STR("X-Weft-Index"), (weft_str){b, (size_t)n});
+}
+
+/* Query parameter as a NUL-terminated copy in the request arena (NULL if absent). */
+static char *qparam(weft_http_req *r, const char *name)
+{
+    weft_str v;
+    if (!weft_http_req_query_param(r, name, &v))
+        return NULL;
+    char *s = weft_http_req_alloc(r, v.n + 1);
+    if (s) {
+        memcpy(s, v.p, v.n);
+        s[v.n] = '\0';
+    }
+    return s;
+}
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || !*s)
+        return false;
+    uint64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9' || v > UINT64_MAX / 10)
+            return false;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* "30s", "500ms", "2m", or seconds as a bare number. */
+static bool parse_wait(const char *s, uint64_t *ms)
+{
+    char *end;
+    double d = strtod(s, &end);
+    if (end == s || d < 0)
+        return false;
+    if (*end == '\0' || strcmp(end, "s") == 0)
+        *ms = (uint64_t)(d * 1000);
+    else if (strcmp(end, "ms") == 0)
+        *ms = (uint64_t)d;
+    else if (strcmp(end, "m") == 0)
+        *ms = (uint64_t)(d * 60000);
+    else
+        return false;
+    return true;
+}
+
+/* ---- listing ---- */
+
+static json_t *instances_json(reg_server *rs, const char *service, bool healthy_only,
+                              const char *tag, const char *zone)
+{
+    const reg_instance **v;
+    size_t n = reg_instances(rs->store, service, &v);
+    uint64_t now = now_ms(rs);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const reg_instance *in = v[i];
+        if (healthy_only && !reg_instance_healthy(in, now))
+            continue;
+        if (zone && (!in->zone || strcmp(in->zone, zone) != 0))
+            continue;
+        if (tag) {
+            bool has = false;
+            for (size_t k = 0; k < in->ntags && !has; k++)
+                has = strcmp(in->tags[k], tag) == 0;
+            if (!has)
+                continue;
+        }
+        json_array_append_new(arr, reg_instance_json(in, now));
+    }
+    return arr;
+}
+
+static void answer_service(reg_server *rs, weft_http_req *r, const char *service,
+                           bool healthy_only, const char *tag, const char *zone)
+{
+    uint64_t rev = reg_service_revision(rs->store, service);
+    set_index(r, rev);
+    respond_json(r, 200,
+                 json_pack("{s:s, s:I, s:o}", "service", service, "revision", (json_int_t)rev,
+                           "instances", instances_json(rs, service, healthy_only, tag, zone)));
+}
+
+static void answer_services(reg_server *rs, weft_http_req *r)
+{
+    json_t *svcs = json_object();
+    uint64_t now = now_ms(rs);
+    for (size_t i = 0; i < reg_service_count(rs->store); i++) {
+        size_t n;
+        const char *name = reg_service_at(rs->store, i, &n);
+        if (n == 0)
+            continue; /* a service is listed while it has instances */
+        const reg_instance **v;
+        reg_instances(rs->store, name, &v);
+        size_t healthy = 0;
+        for (size_t k = 0; k < n; k++)
+            healthy += reg_instance_healthy(v[k], now);
+        json_object_set_new(svcs, name,
+                            json_pack("{s:I, s:I, s:I}", "instances", (json_int_t)n, "healthy",
+                                      (json_int_t)healthy, "revision",
+                                      (json_int_t)reg_service_revision(rs->store, name)));
+    }
+    uint64_t rev = reg_revision(rs->store);
+    set_index(r, rev);
+    respond_json(r, 200, json_pack("{s:I, s:o, s:b}", "revision", (json_int_t)rev, "services",
+                                   svcs, "self_preservation",
+                                   reg_self_preservation(rs->store)));
+}
+
+/* ---- blocking queries ---- */
+
+static void waiter_free(waiter *w)
+{
+    reg_server *rs = w->rs;
+    weft_timer_stop(rs->loop, &w->timer);
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        rs->waiters = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    rs->nwaiters--;
+    weft_metric_gauge_add(rs->m, rs->m_waiters, -1);
+    free(w->service);
+    free(w->tag);
+    free(w->zone);
+    free(w);
+}
+
+static void waiter_answer(waiter *w)
+{
+    reg_server *rs = w->rs;
+    weft_http_req *r = w->r;
+    weft_http_req_on_abort(r, NULL, NULL);
+    if (w->service)
+        answer_service(rs, r, w->service, w->healthy_only, w->tag, w->zone);
+    else
+        answer_services(rs, r);
+    waiter_free(w);
+}
+
+static void waiter_timeout(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    waiter_answer(t->data); /* no change: the same answer, as Consul does */
+}
+
+static void waiter_abort(weft_http_req *r, void *ud)
+{
+    (void)r;
+    waiter_free(ud);
+}
+
+static char *dup_opt(const char *s) { return s ? strdup(s) : NULL; }
+
+static bool park(reg_server *rs, weft_http_req *r, const char *service, uint64_t index,
+                 bool healthy_only, const char *tag, const char *zone)
+{
+    uint64_t current = service ? reg_service_revision(rs->store, service) : reg_revision(rs->store);
+    if (index == 0 || current > index)
+        return false;
+    uint64_t wait = DEFAULT_WAIT_MS;
+    char *ws = qparam(r, "wait");
+    if (ws && !parse_wait(ws, &wait)) {
+        respond_err(r, 400, "wait: expected a duration like 30s or 500ms");
+        return true;
+    }
+    if (wait > MAX_WAIT_MS)
+        wait = MAX_WAIT_MS;
+    /* Consul-style jitter (up to wait/16) so parked clients do not return together */
+    rs->rng = rs->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    if (wait >= 16)
+        wait += (rs->rng >> 33) % (wait / 16 + 1);
+    waiter *w = calloc(1, sizeof *w);
+    if (!w) {
+        respond_err(r, 503, "out of memory");
+        return true;
+    }
+    w->rs = rs;
+    w->r = r;
+    w->service = dup_opt(service);
+    w->index = index;
+    w->healthy_only = healthy_only;
+    w->tag = dup_opt(tag);
+    w->zone = dup_opt(zone);
+    w->next = rs->waiters;
+    if (rs->waiters)
+        rs->waiters->prev = w;
+    rs->waiters = w;
+    rs->nwaiters++;
+    weft_metric_gauge_add(rs->m, rs->m_waiters, 1);
+    weft_timer_init(&w->timer, waiter_timeout, w);
+    weft_timer_start(rs->loop, &w->timer, wait);
+    weft_http_req_on_abort(r, waiter_abort, w);
+    return true;
+}
+
+/* ---- streaming watch ---- */
+
+static void watcher_free(watcher *w)
+{
+    reg_server *rs = w->rs;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        rs->watchers = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    rs->nwatchers--;
+    weft_metric_gauge_add(rs->m, rs->m_watchers, -1);
+    free(w->service);
+    free(w);
+}
+
+static void watcher_end(watcher *w)
+{
+    weft_http_req *r = w->r;
+    weft_http_req_on_abort(r, NULL, NULL);
+    weft_http_resp_on_drain(r, NULL, NULL);
+    watcher_free(w);
+    weft_http_resp_end(r);
+}
+
+/* Send every retained change after the cursor until the socket pushes back. */
+static void watcher_pump(watcher *w)
+{
+    reg_server *rs = w->rs;
+    for (;;) {
+        const reg_event *ev[64];
+        int64_t n = reg_changes(rs->store, w->cursor, ev, 64);
+        if (n == WEFT_ETOOBIG) {
+            char line[128];
+            int k = snprintf(line, sizeof line, "event: relist\ndata: {\"revision\":%llu}\n\n",
+                             (unsigned long long)reg_revision(rs->store));
+            weft_http_resp_write(w->r, line, (size_t)k);
+            watcher_end(w);
+            return;
+        }
+        if (n <= 0)
+            return;
+        for (int64_t i = 0; i < n; i++) {
+            const reg_event *e = ev[i];
+            w->cursor = e->rev;
+            if (w->service && strcmp(w->service, e->service) != 0)
+                continue;
+            /* one write per event: a failed write may free the watcher (on_abort) */
+            const char *js = e->json ? e->json : "{}";
+            size_t jl = strlen(js);
+            char stackbuf[4096], *buf = stackbuf;
+            if (jl + 64 > sizeof stackbuf && !(buf = malloc(jl + 64)))
+                return;
+            int hl = snprintf(buf, 64, "id: %llu\nevent: %s\ndata: ", (unsigned long long)e->rev,
+                              e->kind == REG_EV_PUT ? "put" : "delete");
+            memcpy(buf + hl, js, jl);
+            memcpy(buf + hl + jl, "\n\n", 2);
+            int rc = weft_http_resp_write(w->r, buf, (size_t)hl + jl + 2);
+            if (buf != stackbuf)
+                free(buf);
+            if (rc < 0)
+                return; /* the connection is gone: on_abort frees the watcher */
+            if (rc == 1) {
+                w->paused = true; /* resumed by on_drain */
+                return;
+            }
+        }
+    }
+}
+
+static void watcher_drain(weft_http_req *r, void *ud)
+{
+    (void)r;
+    watcher *w = ud;
+    w->paused = false;
+    watcher_pump(w);
+}
+
+static void watcher_abort(weft_http_req *r, void *ud)
+{
+    (void)r;
+    watcher_free(ud);
+}
+
+static void h_watch(reg_server *rs, weft_http_req *r)
+{
+    uint64_t since = reg_revision(rs->store);
+    char *s = qparam(r, "since");
+    if (s && !parse_u64(s, &since)) {
+        respond_err(r, 400, "since: expected a revision number");
+        return;
+    }
+    char *svc = qparam(r, "service");
+    const reg_event *probe[1];
+    if (reg_changes(rs->store, since, probe, 1) == WEFT_ETOOBIG) {
+        /* explicit: the history no longer reaches back that far */
+        set_index(r, reg_revision(rs->store));
+        respond_json(r, 410, json_pack("{s:s, s:I, s:s}", "error", "relist", "revision",
+                                       (json_int_t)reg_revision(rs->store), "detail",
+                                       "the requested revision is no longer retained: list the "
+                                       "services again and watch from the listed revision"));
+        return;
+    }
+    watcher *w = calloc(1, sizeof *w);
+    if (!w) {
+        respond_err(r, 503, "out of memory");
+        return;
+    }
+    w->rs = rs;
+    w->r = r;
+    w->service = dup_opt(svc);
+    w->cursor = since;
+    w->next = rs->watchers;
+    if (rs->watchers)
+        rs->watchers->prev = w;
+    rs->watchers = w;
+    rs->nwatchers++;
+    weft_metric_gauge_add(rs->m, rs->m_watchers, 1);
+    weft_http_resp_header(r, WEFT_STR("Cache-Control"), WEFT_STR("no-cache"));
+    set_index(r, reg_revision(rs->store));
+    if (weft_http_resp_start(r, 200, WEFT_STR("text/event-stream"), -1) < 0) {
+        watcher_free(w);
+        return;
+    }
+    weft_http_req_on_abort(r, watcher_abort, w);
+    weft_http_resp_on_drain(r, watcher_drain, w);
+    weft_http_resp_write(r, ": weft registry watch\n\n", 23);
+    watcher_pump(w);
+}
+
+static void ping_watchers(weft_loop *loop, weft_timer *t)
+{
+    reg_server *rs = t->data;
+    for (watcher *w = rs->watchers, *next; w; w = next) {
+        next = w->next; /* a failed write frees w */
+        if (!w->paused)
+            weft_http_resp_write(w->r, ": ping\n\n", 8);
+    }
+    weft_timer_start(loop, t, PING_MS);
+}
+
+/* ---- change notification ---- */
+
+static void notify(reg_server *rs)
+{
+    for (waiter *w = rs->waiters, *next; w; w = next) {
+        next = w->next;
+        uint64_t cur = w->service ? reg_service_revision(rs->store, w->service)
+                                  : reg_revision(rs->store);
+        if (cur > w->index)
+            waiter_answer(w);
+    }
+    for (watcher *w = rs->watchers, *next; w; w = next) {
+        next = w->next;
+        if (!w->paused)
+            watcher_pump(w);
+    }
+    weft_metric_gauge_set(rs->m, rs->m_instances, (int64_t)reg_instance_total(rs->store));
+    weft_metric_gauge_set(rs->m, rs->m_rev, (int64_t)reg_revision(rs->store));
+    weft_metric_gauge_set(rs->m, rs->m_preserve, reg_self_preservation(rs->store));
+}
+
+static void sweep(weft_loop *loop, weft_timer *t)
+{
+    reg_server *rs = t->data;
+    uint64_t before = reg_revision(rs->store);
+    bool was = reg_self_preservation(rs->store);
+    size_t removed = reg_sweep(rs->store, weft_loop_now_ms(loop));
+    if (removed)
+        weft_metric_add(rs->m, rs->m_expired, removed);
+    bool is = reg_self_preservation(rs->store);
+    if (was != is)
+        weft_log(is ? WEFT_LOG_WARN : WEFT_LOG_INFO,
+                 is ? "self-preservation on: too many leases expired at once, not evicting"
+                    : "self-preservation off: evicting expired leases again");
+    if (reg_revision(rs->store) != before || was != is)
+        notify(rs);
+    weft_timer_start(loop, t, SWEEP_MS);
+}
+
+/* ---- handlers ---- */
+
+static void h_register(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
+{
+    weft_str body = weft_http_req_body(r);
+    json_error_t je;
+    json_t *j = json_loadb(body.p ? body.p : "", body.n, 0, &je);
+    if (!j) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "invalid JSON at line %d column %d: %s", je.line, je.column,
+                 je.text);
+        respond_err(r, 400, msg);
+        return;
+    }
+    reg_input in;
+    char why[200];
+    const char *tagv[64];
+    if (reg_input_from_json(j, &in, why, sizeof why) < 0) {
+        json_decref(j);
+        respond_err(r, 400, why);
+        return;
+    }
+    json_t *tags = json_object_get(j, "tags");
+    for (size_t i = 0; i < in.ntags; i++)
+        tagv[i] = json_string_value(json_array_get(tags, i));
+    in.tags = tagv;
+    int64_t rc = reg_put(rs->store, svc, id, &in, now_ms(rs));
+    json_decref(j);
+    if (rc < 0) {
+        respond_err(r, 503, "out of memory");
+        return;
+    }
+    weft_metric_inc(rs->m, rs->m_regs);
+    uint64_t rev = reg_revision(rs->store);
+    set_index(r, rev);
+    respond_json(r, 200, json_pack("{s:I, s:b}", "revision", (json_int_t)rev, "changed", rc > 0));
+    if (rc > 0)
+        notify(rs);
+}
+
+static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
+                       const char *action)
+{
+    int m = weft_http_req_method(r);
+    uint64_t now = now_ms(rs);
+    if (!action) {
+        if (m == WEFT_METHOD_PUT) {
+            h_register(rs, r, svc, id);
+        } else if (m == WEFT_METHOD_DELETE) {
+            int64_t rc = reg_delete(rs->store, svc, id);
+            if (rc < 0) {
+                respond_err(r, 404, "no such instance");
+                return;
+            }
+            weft_metric_inc(rs->m, rs->m_deregs);
+            set_index(r, (uint64_t)rc);
+            respond_json(r, 200, json_pack("{s:I}", "revision", (json_int_t)rc));
+            notify(rs);
+        } else if (m == WEFT_METHOD_GET || m == WEFT_METHOD_HEAD) {
+            const reg_instance *in = reg_find(rs->store, svc, id);
+            if (!in) {
+                respond_err(r, 404, "no such instance");
+                return;
+            }
+            set_index(r, in->mod_rev);
+            respond_json(r, 200, reg_instance_json(in, now));
+        } else {
+            weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET, HEAD, PUT, DELETE"));
+            respond_err(r, 405, "method not allowed");
+        }
+        return;
+    }
+    if (m != WEFT_METHOD_PUT) {
+        weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("PUT"));
+        respond_err(r, 405, "method not allowed");
+        return;
+    }
+    if (strcmp(action, "heartbeat") == 0) {
+        if (reg_heartbeat(rs->store, svc, id, now) < 0) {
+            respond_err(r, 404, "no such instance: register again");
+            return;
+        }
+        weft_metric_inc(rs->m, rs->m_beats);
+        const reg_instance *in = reg_find(rs->store, svc, id);
+        respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)in->ttl_ms));
+        notify(rs); /* only does work if the heartbeat ended a self-preservation hold */
+        return;
+    }
+    if (strcmp(action, "status") == 0) {
+        weft_str body = weft_http_req_body(r);
+        json_t *j = json_loadb(body.p ? body.p : "", body.n, 0, NULL);
+        json_t *sv = j ? json_object_get(j, "status") : NULL;
+        int st = json_is_string(sv) ? reg_status_from(json_string_value(sv)) : -1;
+        bool extra = j && json_object_size(j) != 1;
+        json_decref(j);
+        if (st < 0 || extra) {
+            respond_err(r, 400, "expected {\"status\": \"UP|DOWN|OUT_OF_SERVICE|STARTING\"}");
+            return;
+        }
+        int64_t rc = reg_set_status(rs->store, svc, id, st, now);
+        if (rc < 0) {
+            respond_err(r, 404, "no such instance");
+            return;
+        }
+        set_index(r, reg_revision(rs->store));
+        respond_json(r, 200, json_pack("{s:I, s:b}", "revision",
+                                       (json_int_t)reg_revision(rs->store), "changed", rc > 0));
+        if (rc > 0)
+            notify(rs);
+        return;
+    }
+    respond_err(r, 404, "unknown action");
+}
+
+static bool flag_true(const char *v) { return v && (!*v || strcmp(v, "true") == 0 || strcmp(v, "1") == 0); }
+
+static void handle(weft_http_req *r, void *ud)
+{
+    reg_server *rs = ud;
+    weft_str path = weft_http_req_path(r);
+    char buf[512];
+    if (path.n >= sizeof buf) {
+        respond_err(r, 414, "path too long");
+        return;
+    }
+    memcpy(buf, path.p, path.n);
+    buf[path.n] = '\0';
+    /* split "/v1/a/b/c/d" */
+    char *seg[8];
+    size_t nseg = 0;
+    for (char *p = buf + 1, *save = NULL, *tok; (tok = strtok_r(p, "/", &save)) && nseg < 8;
+         p = NULL)
+        seg[nseg++] = tok;
+    int m = weft_http_req_method(r);
+    bool get = m == WEFT_METHOD_GET || m == WEFT_METHOD_HEAD;
+    if (nseg < 2 || strcmp(seg[0], "v1") != 0) {
+        respond_err(r, 404, "not found");
+        return;
+    }
+    if (nseg == 2 && strcmp(seg[1], "watch") == 0 && get) {
+        h_watch(rs, r);
+        return;
+    }
+    if (nseg == 2 && strcmp(seg[1], "status") == 0 && get) {
+        respond_json(r, 200, json_pack("{s:I, s:I, s:I, s:b, s:I, s:I}", "revision",
+                                       (json_int_t)reg_revision(rs->store), "services",
+                                       (json_int_t)reg_service_count(rs->store), "instances",
+                                       (json_int_t)reg_instance_total(rs->store),
+                                       "self_preservation", reg_self_preservation(rs->store),
+                                       "watchers", (json_int_t)rs->nwatchers, "waiters",
+                                       (json_int_t)rs->nwaiters));
+        return;
+    }
+    if (strcmp(seg[1], "services") != 0) {
+        respond_err(r, 404, "not found");
+        return;
+    }
+    uint64_t index = 0;
+    char *idx = qparam(r, "index");
+    if (idx && !parse_u64(idx, &index)) {
+        respond_err(r, 400, "index: expected a revision number");
+        return;
+    }
+    if (nseg == 2) {
+        if (!get) {
+            respond_err(r, 405, "method not allowed");
+            return;
+        }
+        if (!park(rs, r, NULL, index, false, NULL, NULL))
+            answer_services(rs, r);
+        return;
+    }
+    const char *svc = seg[2];
+    if (!reg_name_ok(svc)) {
+        respond_err(r, 400, "service: 1-200 characters of letters, digits, '.', '_', '-', ':'");
+        return;
+    }
+    if (nseg == 3) {
+        if (!get) {
+            respond_err(r, 405, "method not allowed");
+            return;
+        }
+        bool healthy = flag_true(qparam(r, "healthy")) || flag_true(qparam(r, "passing"));
+        const char *tag = qparam(r, "tag"), *zone = qparam(r, "zone");
+        if (!park(rs, r, svc, index, healthy, tag, zone))
+            answer_service(rs, r, svc, healthy, tag, zone);
+        return;
+    }
+    if (strcmp(seg[3], "instances") != 0 || nseg < 5 || nseg > 6) {
+        respond_err(r, 404, "not found");
+        return;
+    }
+    if (!reg_name_ok(seg[4])) {
+        respond_err(r, 400, "id: 1-200 characters of letters, digits, '.', '_', '-', ':'");
+        return;
+    }
+    h_instance(rs, r, svc, seg[4], nseg == 6 ? seg[5] : NULL);
+}
+
+/* ---- lifecycle ---- */
+
+reg_server *reg_server_new(const reg_store_opts *o)
+{
+    reg_server *rs = calloc(1, sizeof *rs);
+    if (!rs)
+        return NULL;
+    rs->store = reg_store_new(o);
+    if (!rs->store) {
+        free(rs);
+        return NULL;
+    }
+    rs->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)(uintptr_t)rs;
+    weft_metrics *m = rs->m = weft_metrics_global();
+    weft_metrics_counter(m, "weft_registry_registrations_total", "Register calls.", NULL, &rs->m_regs);
+    weft_metrics_counter(m, "weft_registry_deregistrations_total", "Deregister calls.", NULL,
+                         &rs->m_deregs);
+    weft_metrics_counter(m, "weft_registry_heartbeats_total", "Lease renewals.", NULL, &rs->m_beats);
+    weft_metrics_counter(m, "weft_registry_expirations_total", "Instances removed by lease expiry.",
+                         NULL, &rs->m_expired);
+    weft_metrics_gauge(m, "weft_registry_instances", "Registered instances.", NULL,
+                       &rs->m_instances);
+    weft_metrics_gauge(m, "weft_registry_revision", "Current registry revision.", NULL, &rs->m_rev);
+    weft_metrics_gauge(m, "weft_registry_self_preservation",
+                       "1 while eviction is suspended because too many leases expired at once.",
+                       NULL, &rs->m_preserve);
+    weft_metrics_gauge(m, "weft_registry_watchers", "Open streaming watches.", NULL,
+                       &rs->m_watchers);
+    weft_metrics_gauge(m, "weft_registry_blocking_queries", "Parked blocking queries.", NULL,
+                       &rs->m_waiters);
+    return rs;
+}
+
+int reg_server_routes(reg_server *rs, weft_http_server *srv)
+{
+    return weft_http_server_route(srv, 0, "/v1/", WEFT_ROUTE_PREFIX, handle, rs);
+}
+
+int reg_server_start(reg_server *rs, weft_loop *loop)
+{
+    rs->loop = loop;
+    weft_timer_init(&rs->sweep, sweep, rs);
+    weft_timer_start(loop, &rs->sweep, SWEEP_MS);
+    weft_timer_init(&rs->ping, ping_watchers, rs);
+    weft_timer_start(loop, &rs->ping, PING_MS);
+    return 0;
+}
+
+void reg_server_drain(reg_server *rs)
+{
+    /* streams and parked queries never end by themselves: end them now so
+     * the connections can close and the drain completes */
+    while (rs->waiters)
+        waiter_answer(rs->waiters);
+    while (rs->watchers)
+        watcher_end(rs->watchers);
+}
+
+void reg_server_stop(reg_server *rs)
+{
+    if (!rs->loop)
+        return;
+    weft_timer_stop(rs->loop, &rs->sweep);
+    weft_timer_stop(rs->loop, &rs->ping);
+    while (rs->waiters)
+        waiter_free(rs->waiters); /* their connections were closed by the server */
+    while (rs->watchers)
+        watcher_free(rs->watchers);
+}
+
+void reg_server_free(reg_server *rs)
+{
+    if (!rs)
+        return;
+    reg_store_free(rs->store);
+    free(rs);
+}

@@ -1,0 +1,714 @@
+/*
+ * store.c — registry state: services, instances, revisions, leases,
+ * change history, self-preservation (see store.h).
+ *
+ * Layout: services live in an array, each with an array of instance
+ * pointers (listing a service is a walk of one array); an open-addressing
+ * hash table keyed by "service\0id" finds an instance in O(1) for
+ * heartbeats, the hot operation. The change history is a ring of the last
+ * N events, each carrying the instance's JSON so a watcher can be served
+ * without touching the live objects.
+ *
+ * Self-preservation (Eureka's idea, bounded): leases are swept every call
+ * to reg_sweep; expiries are counted over a window. If evicting the
+ * instances whose leases just ran out would remove more than `threshold`
+ * of all leased instances within one window — the signature of a network
+ * partition between the registry and its clients, not of N crashes — the
+ * registry keeps them (marked expired) and says so; eviction resumes once
+ * the share falls back, typically because heartbeats returned. Below
+ * `preservation_min` leases the rule is off, so a small system still
+ * evicts a single crashed instance.
+ */
+#include "store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct reg_service {
+    char *name;
+    reg_instance **inst;
+    size_t n, cap;
+    uint64_t rev;
+} reg_service;
+
+struct reg_store {
+    reg_store_opts o;
+    reg_service *svc;
+    size_t nsvc, capsvc;
+    /* (service, id) -> instance */
+    reg_instance **table;
+    size_t tcap, tcount;
+    uint64_t rev;
+    /* history ring */
+    reg_event *ring;
+    size_t rhead, rcount;
+    /* self-preservation */
+    bool preserving;
+    uint64_t window_start_ms;
+    size_t window_expired;
+    size_t leased;
+};
+
+static const char *const status_names[] = {"UP", "DOWN", "OUT_OF_SERVICE", "STARTING"};
+
+const char *reg_status_name(int st)
+{
+    return st >= 0 && st < 4 ? status_names[st] : "UNKNOWN";
+}
+
+int reg_status_from(const char *s)
+{
+    for (int i = 0; i < 4; i++)
+        if (s && strcmp(s, status_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+void reg_store_opts_default(reg_store_opts *o)
+{
+    o->history = 10000;
+    o->preservation_threshold = 0.15;
+    o->preservation_min = 10;
+    o->sweep_window_ms = 1000;
+}
+
+bool reg_name_ok(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 200)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-' || c == ':'))
+            return false;
+    }
+    return true;
+}
+
+/* ---- hash table ---- */
+
+static uint64_t key_hash(const char *svc, const char *id)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = svc; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+}
+
+#define TOMB ((reg_instance *)1)
+
+static size_t slot_of(const reg_store *s, const char *svc, const char *id, bool *found)
+{
+    size_t mask = s->tcap - 1, i = key_hash(svc, id) & mask, first_tomb = SIZE_MAX;
+    for (;;) {
+        reg_instance *e = s->table[i];
+        if (!e) {
+            *found = false;
+            return first_tomb != SIZE_MAX ? first_tomb : i;
+        }
+        if (e == TOMB) {
+            if (first_tomb == SIZE_MAX)
+                first_tomb = i;
+        } else if (strcmp(e->service, svc) == 0 && strcmp(e->id, id) == 0) {
+            *found = true;
+            return i;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+static int table_grow(reg_store *s)
+{
+    size_t ncap = s->tcap ? s->tcap * 2 : 1024;
+    reg_instance **old = s->table;
+    size_t ocap = s->tcap;
+    s->table = calloc(ncap, sizeof *s->table);
+    if (!s->table) {
+        s->table = old;
+        return WEFT_ENOMEM;
+    }
+    s->tcap = ncap;
+    s->tcount = 0;
+    for (size_t i = 0; i < ocap; i++) {
+        reg_instance *e = old[i];
+        if (e && e != TOMB) {
+            bool f;
+            s->table[slot_of(s, e->service, e->id, &f)] = e;
+            s->tcount++;
+        }
+    }
+    free(old);
+    return 0;
+}
+
+/* ---- lifecycle ---- */
+
+reg_store *reg_store_new(const reg_store_opts *o)
+{
+    reg_store *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    if (o)
+        s->o = *o;
+    else
+        reg_store_opts_default(&s->o);
+    if (s->o.history < 16)
+        s->o.history = 16;
+    s->ring = calloc(s->o.history, sizeof *s->ring);
+    if (!s->ring || table_grow(s) < 0) {
+        free(s->ring);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void inst_free(reg_instance *in)
+{
+    if (!in)
+        return;
+    free(in->service);
+    free(in->id);
+    free(in->address);
+    for (size_t i = 0; i < in->ntags; i++)
+        free(in->tags[i]);
+    free(in->tags);
+    json_decref(in->meta);
+    free(in->zone);
+    free(in->version);
+    free(in);
+}
+
+static void event_clear(reg_event *e)
+{
+    free(e->service);
+    free(e->id);
+    free(e->json);
+    memset(e, 0, sizeof *e);
+}
+
+void reg_store_free(reg_store *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nsvc; i++) {
+        for (size_t j = 0; j < s->svc[i].n; j++)
+            inst_free(s->svc[i].inst[j]);
+        free(s->svc[i].inst);
+        free(s->svc[i].name);
+    }
+    free(s->svc);
+    free(s->table);
+    for (size_t i = 0; i < s->o.history; i++)
+        event_clear(&s->ring[i]);
+    free(s->ring);
+    free(s);
+}
+
+/* ---- input ---- */
+
+int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen)
+{
+    memset(in, 0, sizeof *in);
+    in->weight = 1;
+    in->status = REG_UP;
+    if (!json_is_object(body)) {
+        snprintf(why, whylen, "body: expected a JSON object");
+        return WEFT_EINVAL;
+    }
+    static const char *const known[] = {"address", "port", "tags",   "meta", "zone",
+                                        "version", "weight", "status", "ttl", NULL};
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v) {
+        bool ok = false;
+        for (size_t i = 0; known[i]; i++)
+            ok |= strcmp(key, known[i]) == 0;
+        if (!ok) {
+            snprintf(why, whylen, "%s: unknown field", key);
+            return WEFT_EINVAL;
+        }
+    }
+    v = json_object_get(body, "address");
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 253) {
+        snprintf(why, whylen, "address: expected a host name or IP address");
+        return WEFT_EINVAL;
+    }
+    in->address = json_string_value(v);
+    for (const char *p = in->address; *p; p++)
+        if (*p <= ' ' || *p == '/' || *p == '"' || (unsigned char)*p >= 0x7f) {
+            snprintf(why, whylen, "address: invalid character");
+            return WEFT_EINVAL;
+        }
+    v = json_object_get(body, "port");
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65535) {
+        snprintf(why, whylen, "port: expected an integer 1-65535");
+        return WEFT_EINVAL;
+    }
+    in->port = json_integer_value(v);
+    v = json_object_get(body, "weight");
+    if (v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 1000) {
+            snprintf(why, whylen, "weight: expected an integer 1-1000");
+            return WEFT_EINVAL;
+        }
+        in->weight = json_integer_value(v);
+    }
+    v = json_object_get(body, "status");
+    if (v) {
+        in->status = json_is_string(v) ? reg_status_from(json_string_value(v)) : -1;
+        if (in->status < 0) {
+            snprintf(why, whylen, "status: expected UP, DOWN, OUT_OF_SERVICE or STARTING");
+            return WEFT_EINVAL;
+        }
+    }
+    static const char *const strs[] = {"zone", "version"};
+    for (int k = 0; k < 2; k++) {
+        v = json_object_get(body, strs[k]);
+        if (v && (!json_is_string(v) || json_string_length(v) > 200)) {
+            snprintf(why, whylen, "%s: expected a string of at most 200 bytes", strs[k]);
+            return WEFT_EINVAL;
+        }
+        if (v && k == 0)
+            in->zone = json_string_value(v);
+        if (v && k == 1)
+            in->version = json_string_value(v);
+    }
+    v = json_object_get(body, "ttl");
+    if (v) {
+        /* seconds as a number, or a duration string like "10s" / "500ms" */
+        double secs = -1;
+        if (json_is_number(v))
+            secs = json_number_value(v);
+        else if (json_is_string(v)) {
+            char *end;
+            const char *t = json_string_value(v);
+            double d = strtod(t, &end);
+            if (end != t && strcmp(end, "s") == 0)
+                secs = d;
+            else if (end != t && strcmp(end, "ms") == 0)
+                secs = d / 1000;
+            else if (end != t && strcmp(end, "m") == 0)
+                secs = d * 60;
+        }
+        if (!(secs >= 0.1 && secs <= 86400)) {
+            snprintf(why, whylen, "ttl: expected seconds (0.1-86400) or a duration like \"10s\"");
+            return WEFT_EINVAL;
+        }
+        in->ttl_ms = (uint64_t)(secs * 1000 + 0.5);
+    }
+    v = json_object_get(body, "tags");
+    if (v) {
+        if (!json_is_array(v) || json_array_size(v) > 64) {
+            snprintf(why, whylen, "tags: expected an array of at most 64 strings");
+            return WEFT_EINVAL;
+        }
+        size_t i;
+        json_t *t;
+        json_array_foreach(v, i, t) if (!json_is_string(t) || json_string_length(t) > 200)
+        {
+            snprintf(why, whylen, "tags[%zu]: expected a string of at most 200 bytes", i);
+            return WEFT_EINVAL;
+        }
+        in->ntags = json_array_size(v);
+    }
+    v = json_object_get(body, "meta");
+    if (v) {
+        if (!json_is_object(v) || json_object_size(v) > 64) {
+            snprintf(why, whylen, "meta: expected an object of at most 64 string values");
+            return WEFT_EINVAL;
+        }
+        const char *mk;
+        json_t *mv;
+        json_object_foreach(v, mk, mv) {
+            if (!json_is_string(mv) || json_string_length(mv) > 1024 || strlen(mk) > 128) {
+                snprintf(why, whylen, "meta.%.64s: expected a string (at most 1 KiB)", mk);
+                return WEFT_EINVAL;
+            }
+        }
+        in->meta = v;
+    }
+    return 0;
+}
+
+/* ---- events ---- */
+
+static uint64_t oldest_rev(const reg_store *s)
+{
+    if (!s->rcount)
+        return s->rev + 1;
+    size_t first = (s->rhead + s->o.history - s->rcount) % s->o.history;
+    return s->ring[first].rev;
+}
+
+static void record(reg_store *s, int kind, const char *svc, const char *id, char *json)
+{
+    reg_event *e = &s->ring[s->rhead];
+    event_clear(e);
+    e->rev = s->rev;
+    e->kind = kind;
+    e->service = strdup(svc);
+    e->id = strdup(id);
+    e->json = json;
+    s->rhead = (s->rhead + 1) % s->o.history;
+    if (s->rcount < s->o.history)
+        s->rcount++;
+}
+
+int64_t reg_changes(const reg_store *s, uint64_t since, const reg_event **out, size_t max)
+{
+    if (since >= s->rev)
+        return 0;
+    if (since + 1 < oldest_rev(s))
+        return WEFT_ETOOBIG;
+    size_t first = (s->rhead + s->o.history - s->rcount) % s->o.history;
+    size_t n = 0;
+    for (size_t k = 0; k < s->rcount && n < max; k++) {
+        const reg_event *e = &s->ring[(first + k) % s->o.history];
+        if (e->rev > since)
+            out[n++] = e;
+    }
+    return (int64_t)n;
+}
+
+/* ---- queries ---- */
+
+static reg_service *find_svc(const reg_store *s, const char *name, size_t *idx)
+{
+    for (size_t i = 0; i < s->nsvc; i++)
+        if (strcmp(s->svc[i].name, name) == 0) {
+            if (idx)
+                *idx = i;
+            return &s->svc[i];
+        }
+    return NULL;
+}
+
+const reg_instance *reg_find(const reg_store *s, const char *service, const char *id)
+{
+    bool f;
+    size_t i = slot_of(s, service, id, &f);
+    return f ? s->table[i] : NULL;
+}
+
+uint64_t reg_revision(const reg_store *s) { return s->rev; }
+bool reg_self_preservation(const reg_store *s) { return s->preserving; }
+size_t reg_service_count(const reg_store *s) { return s->nsvc; }
+size_t reg_instance_total(const reg_store *s) { return s->tcount; }
+
+uint64_t reg_service_revision(const reg_store *s, const char *service)
+{
+    const reg_service *sv = find_svc(s, service, NULL);
+    return sv ? sv->rev : 0;
+}
+
+const char *reg_service_at(const reg_store *s, size_t i, size_t *ninstances)
+{
+    if (i >= s->nsvc)
+        return NULL;
+    if (ninstances)
+        *ninstances = s->svc[i].n;
+    return s->svc[i].name;
+}
+
+size_t reg_instances(const reg_store *s, const char *service, const reg_instance ***out)
+{
+    const reg_service *sv = find_svc(s, service, NULL);
+    *out = sv ? (const reg_instance **)sv->inst : NULL;
+    return sv ? sv->n : 0;
+}
+
+bool reg_instance_healthy(const reg_instance *in, uint64_t now_ms)
+{
+    return in->status == REG_UP && !in->expired && (in->ttl_ms == 0 || now_ms < in->expires_ms);
+}
+
+json_t *reg_instance_json(const reg_instance *in, uint64_t now_ms)
+{
+    json_t *tags = json_array();
+    for (size_t i = 0; i < in->ntags; i++)
+        json_array_append_new(tags, json_string(in->tags[i]));
+    /* the output shares the (never mutated) meta object by reference */
+    json_t *meta = in->meta ? json_incref(in->meta) : json_object();
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:o, s:o, s:i, s:s, s:I, s:I, s:b}", "service",
+                          in->service, "id", in->id, "address", in->address, "port",
+                          (int)in->port, "tags", tags, "meta", meta, "weight", (int)in->weight,
+                          "status", reg_status_name(in->status), "create_revision",
+                          (json_int_t)in->create_rev, "revision", (json_int_t)in->mod_rev,
+                          "healthy", reg_instance_healthy(in, now_ms));
+    if (!o)
+        return NULL;
+    if (in->zone)
+        json_object_set_new(o, "zone", json_string(in->zone));
+    if (in->version)
+        json_object_set_new(o, "version", json_string(in->version));
+    if (in->ttl_ms) {
+        json_object_set_new(o, "ttl_ms", json_integer((json_int_t)in->ttl_ms));
+        int64_t left = (int64_t)in->expires_ms - (int64_t)now_ms;
+        json_object_set_new(o, "lease_remaining_ms", json_integer(left > 0 ? left : 0));
+    }
+    if (in->expired)
+        json_object_set_new(o, "expired", json_true());
+    return o;
+}
+
+static char *inst_dump(const reg_instance *in, uint64_t now_ms)
+{
+    json_t *o = reg_instance_json(in, now_ms);
+    char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return t;
+}
+
+/* ---- mutations ---- */
+
+static bool same_input(const reg_instance *in, const reg_input *x)
+{
+    if (strcmp(in->address, x->address) != 0 || in->port != (uint16_t)x->port ||
+        in->weight != (uint32_t)x->weight || in->status != x->status || in->ntags != x->ntags ||
+        in->ttl_ms != x->ttl_ms)
+        return false;
+    if ((in->zone == NULL) != (x->zone == NULL) || (in->zone && strcmp(in->zone, x->zone)))
+        return false;
+    if ((in->version == NULL) != (x->version == NULL) ||
+        (in->version && strcmp(in->version, x->version)))
+        return false;
+    for (size_t i = 0; i < in->ntags; i++)
+        if (strcmp(in->tags[i], x->tags[i]) != 0)
+            return false;
+    json_t *empty = json_object();
+    bool meq = json_equal(in->meta ? in->meta : empty, x->meta ? x->meta : empty);
+    json_decref(empty);
+    return meq;
+}
+
+static int fill(reg_instance *in, const reg_input *x)
+{
+    free(in->address);
+    for (size_t i = 0; i < in->ntags; i++)
+        free(in->tags[i]);
+    free(in->tags);
+    json_decref(in->meta);
+    free(in->zone);
+    free(in->version);
+    in->address = strdup(x->address);
+    in->port = (uint16_t)x->port;
+    in->ntags = x->ntags;
+    in->tags = x->ntags ? calloc(x->ntags, sizeof *in->tags) : NULL;
+    for (size_t i = 0; i < x->ntags && in->tags; i++)
+        in->tags[i] = strdup(x->tags[i]);
+    in->meta = x->meta ? json_deep_copy(x->meta) : NULL;
+    in->zone = x->zone ? strdup(x->zone) : NULL;
+    in->version = x->version ? strdup(x->version) : NULL;
+    in->weight = (uint32_t)x->weight;
+    in->status = x->status;
+    in->ttl_ms = x->ttl_ms;
+    if (!in->address || (x->ntags && !in->tags))
+        return WEFT_ENOMEM;
+    return 0;
+}
+
+int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_input *x,
+                uint64_t now_ms)
+{
+    bool found;
+    if ((s->tcount + 1) * 4 > s->tcap * 3 && table_grow(s) < 0)
+        return WEFT_ENOMEM;
+    size_t slot = slot_of(s, service, id, &found);
+    reg_instance *in = found ? s->table[slot] : NULL;
+    if (in) {
+        in->expires_ms = now_ms + x->ttl_ms;
+        bool was_expired = in->expired;
+        in->expired = false;
+        if (same_input(in, x) && !was_expired)
+            return 0; /* idempotent re-registration: lease refreshed only */
+        if (in->ttl_ms && !x->ttl_ms)
+            s->leased--;
+        else if (!in->ttl_ms && x->ttl_ms)
+            s->leased++;
+        if (fill(in, x) < 0)
+            return WEFT_ENOMEM;
+    } else {
+        size_t si;
+        reg_service *sv = find_svc(s, service, &si);
+        if (!sv) {
+            if (s->nsvc == s->capsvc) {
+                size_t nc = s->capsvc ? s->capsvc * 2 : 16;
+                reg_service *ns = realloc(s->svc, nc * sizeof *ns);
+                if (!ns)
+                    return WEFT_ENOMEM;
+                s->svc = ns;
+                s->capsvc = nc;
+            }
+            sv = &s->svc[s->nsvc];
+            memset(sv, 0, sizeof *sv);
+            sv->name = strdup(service);
+            if (!sv->name)
+                return WEFT_ENOMEM;
+            s->nsvc++;
+        }
+        if (sv->n == sv->cap) {
+            size_t nc = sv->cap ? sv->cap * 2 : 8;
+            reg_instance **ni = realloc(sv->inst, nc * sizeof *ni);
+            if (!ni)
+                return WEFT_ENOMEM;
+            sv->inst = ni;
+            sv->cap = nc;
+        }
+        in = calloc(1, sizeof *in);
+        if (!in)
+            return WEFT_ENOMEM;
+        in->service = strdup(service);
+        in->id = strdup(id);
+        if (!in->service || !in->id || fill(in, x) < 0) {
+            inst_free(in);
+            return WEFT_ENOMEM;
+        }
+        in->expires_ms = now_ms + x->ttl_ms;
+        sv->inst[sv->n++] = in;
+        s->table[slot] = in;
+        s->tcount++;
+        if (x->ttl_ms)
+            s->leased++;
+        in->create_rev = s->rev + 1;
+    }
+    s->rev++;
+    in->mod_rev = s->rev;
+    find_svc(s, service, NULL)->rev = s->rev;
+    record(s, REG_EV_PUT, service, id, inst_dump(in, now_ms));
+    return (int64_t)s->rev;
+}
+
+static void remove_instance(reg_store *s, reg_instance *in)
+{
+    bool f;
+    size_t slot = slot_of(s, in->service, in->id, &f);
+    if (f)
+        s->table[slot] = TOMB;
+    s->tcount--;
+    if (in->ttl_ms)
+        s->leased--;
+    reg_service *sv = find_svc(s, in->service, NULL);
+    for (size_t i = 0; sv && i < sv->n; i++)
+        if (sv->inst[i] == in) {
+            sv->inst[i] = sv->inst[--sv->n];
+            break;
+        }
+    s->rev++;
+    if (sv)
+        sv->rev = s->rev;
+    json_t *d = json_pack("{s:s, s:s}", "service", in->service, "id", in->id);
+    char *t = d ? json_dumps(d, JSON_COMPACT) : NULL;
+    json_decref(d);
+    record(s, REG_EV_DELETE, in->service, in->id, t);
+    inst_free(in);
+}
+
+int64_t reg_delete(reg_store *s, const char *service, const char *id)
+{
+    reg_instance *in = (reg_instance *)reg_find(s, service, id);
+    if (!in)
+        return WEFT_ENOTFOUND;
+    remove_instance(s, in);
+    return (int64_t)s->rev;
+}
+
+int reg_heartbeat(reg_store *s, const char *service, const char *id, uint64_t now_ms)
+{
+    reg_instance *in = (reg_instance *)reg_find(s, service, id);
+    if (!in)
+        return WEFT_ENOTFOUND;
+    in->expires_ms = now_ms + in->ttl_ms;
+    if (in->expired) {
+        /* back from self-preservation: visible again, which is a change */
+        in->expired = false;
+        s->rev++;
+        in->mod_rev = s->rev;
+        find_svc(s, service, NULL)->rev = s->rev;
+        record(s, REG_EV_PUT, service, id, inst_dump(in, now_ms));
+    }
+    return 0;
+}
+
+int64_t reg_set_status(reg_store *s, const char *service, const char *id, int status,
+                       uint64_t now_ms)
+{
+    reg_instance *in = (reg_instance *)reg_find(s, service, id);
+    if (!in)
+        return WEFT_ENOTFOUND;
+    if (in->status == status)
+        return 0;
+    in->status = status;
+    s->rev++;
+    in->mod_rev = s->rev;
+    find_svc(s, service, NULL)->rev = s->rev;
+    record(s, REG_EV_PUT, service, id, inst_dump(in, now_ms));
+    return (int64_t)s->rev;
+}
+
+size_t reg_sweep(reg_store *s, uint64_t now_ms)
+{
+    if (now_ms - s->window_start_ms >= s->o.sweep_window_ms) {
+        s->window_start_ms = now_ms;
+        s->window_expired = 0;
+    }
+    /* candidates: leases that ran out and are not already held */
+    size_t due = 0;
+    for (size_t i = 0; i < s->nsvc; i++)
+        for (size_t j = 0; j < s->svc[i].n; j++) {
+            const reg_instance *in = s->svc[i].inst[j];
+            if (in->ttl_ms && !in->expired && now_ms >= in->expires_ms)
+                due++;
+        }
+    size_t held = 0;
+    for (size_t i = 0; i < s->nsvc; i++)
+        for (size_t j = 0; j < s->svc[i].n; j++)
+            held += s->svc[i].inst[j]->expired;
+    if (due == 0 && held == 0) {
+        s->preserving = false;
+        return 0;
+    }
+    size_t leased = s->leased;
+    bool protect = leased >= s->o.preservation_min &&
+                   (double)(s->window_expired + due + held) >
+                       s->o.preservation_threshold * (double)leased;
+    if (protect) {
+        /* keep them, marked expired (unhealthy), until heartbeats return */
+        for (size_t i = 0; i < s->nsvc; i++)
+            for (size_t j = 0; j < s->svc[i].n; j++) {
+                reg_instance *in = s->svc[i].inst[j];
+                if (in->ttl_ms && !in->expired && now_ms >= in->expires_ms) {
+                    in->expired = true;
+                    s->rev++;
+                    in->mod_rev = s->rev;
+                    s->svc[i].rev = s->rev;
+                    record(s, REG_EV_PUT, in->service, in->id, inst_dump(in, now_ms));
+                }
+            }
+        s->preserving = true;
+        return 0;
+    }
+    s->preserving = false;
+    size_t removed = 0;
+    for (size_t i = 0; i < s->nsvc; i++) {
+        for (size_t j = 0; j < s->svc[i].n;) {
+            reg_instance *in = s->svc[i].inst[j];
+            if (in->ttl_ms && (in->expired || now_ms >= in->expires_ms)) {
+                remove_instance(s, in); /* moves the last instance into slot j */
+                removed++;
+            } else {
+                j++;
+            }
+        }
+    }
+    s->window_expired += removed;
+    return removed;
+}

@@ -16,3 +16,5 @@ echo
 python3 "$here/http_hello.py" "$weft" --rounds "$rounds" --secs "$secs" --cap "$cap"
 echo
 python3 "$here/gateway.py" "$weft" --rounds "$rounds" --secs "$secs" --cap "$cap"
+echo
+python3 "$here/registry.py" "$weft" --secs "$secs"

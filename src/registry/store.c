@@ -369,13 +369,14 @@ int64_t reg_changes(const reg_store *s, uint64_t since, const reg_event **out, s
         return 0;
     if (since + 1 < oldest_rev(s))
         return WEFT_ETOOBIG;
+    /* every revision records exactly one event, so the ring holds
+     * consecutive revisions: seek straight to since + 1 */
     size_t first = (s->rhead + s->o.history - s->rcount) % s->o.history;
+    uint64_t oldest = oldest_rev(s);
+    size_t skip = since + 1 > oldest ? (size_t)(since + 1 - oldest) : 0;
     size_t n = 0;
-    for (size_t k = 0; k < s->rcount && n < max; k++) {
-        const reg_event *e = &s->ring[(first + k) % s->o.history];
-        if (e->rev > since)
-            out[n++] = e;
-    }
+    for (size_t k = skip; k < s->rcount && n < max; k++)
+        out[n++] = &s->ring[(first + k) % s->o.history];
     return (int64_t)n;
 }
 

@@ -38,7 +38,7 @@ struct reg_store {
     size_t nsvc, capsvc;
     /* (service, id) -> instance */
     reg_instance **table;
-    size_t tcap, tcount;
+    size_t tcap, tcount, ttomb; /* live entries and deletion markers */
     uint64_t rev;
     /* history ring */
     reg_event *ring;
@@ -47,6 +47,7 @@ struct reg_store {
     bool preserving;
     uint64_t window_start_ms;
     size_t window_expired;
+    size_t window_leased; /* leases when the window started: the share's denominator */
     size_t leased;
 };
 
@@ -125,9 +126,11 @@ static size_t slot_of(const reg_store *s, const char *svc, const char *id, bool 
     }
 }
 
+/* Rebuild the table, doubling it only when live entries need the room;
+ * otherwise the rebuild just clears the deletion markers. */
 static int table_grow(reg_store *s)
 {
-    size_t ncap = s->tcap ? s->tcap * 2 : 1024;
+    size_t ncap = !s->tcap ? 1024 : (s->tcount + 1) * 2 > s->tcap ? s->tcap * 2 : s->tcap;
     reg_instance **old = s->table;
     size_t ocap = s->tcap;
     s->table = calloc(ncap, sizeof *s->table);
@@ -137,6 +140,7 @@ static int table_grow(reg_store *s)
     }
     s->tcap = ncap;
     s->tcount = 0;
+    s->ttomb = 0;
     for (size_t i = 0; i < ocap; i++) {
         reg_instance *e = old[i];
         if (e && e != TOMB) {
@@ -521,7 +525,8 @@ int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_inp
                 uint64_t now_ms)
 {
     bool found;
-    if ((s->tcount + 1) * 4 > s->tcap * 3 && table_grow(s) < 0)
+    /* markers count as used slots: a probe must always find an empty one */
+    if ((s->tcount + s->ttomb + 1) * 4 > s->tcap * 3 && table_grow(s) < 0)
         return WEFT_ENOMEM;
     size_t slot = slot_of(s, service, id, &found);
     reg_instance *in = found ? s->table[slot] : NULL;
@@ -575,6 +580,8 @@ int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_inp
         }
         in->expires_ms = now_ms + x->ttl_ms;
         sv->inst[sv->n++] = in;
+        if (s->table[slot] == TOMB)
+            s->ttomb--;
         s->table[slot] = in;
         s->tcount++;
         if (x->ttl_ms)
@@ -592,8 +599,10 @@ static void remove_instance(reg_store *s, reg_instance *in)
 {
     bool f;
     size_t slot = slot_of(s, in->service, in->id, &f);
-    if (f)
+    if (f) {
         s->table[slot] = TOMB;
+        s->ttomb++;
+    }
     s->tcount--;
     if (in->ttl_ms)
         s->leased--;
@@ -657,9 +666,12 @@ int64_t reg_set_status(reg_store *s, const char *service, const char *id, int st
 
 size_t reg_sweep(reg_store *s, uint64_t now_ms)
 {
-    if (now_ms - s->window_start_ms >= s->o.sweep_window_ms) {
-        s->window_start_ms = now_ms;
-        s->window_expired = 0;
+    if (now_ms - s->window_start_ms >= s->o.sweep_window_ms || s->leased > s->window_leased) {
+        if (now_ms - s->window_start_ms >= s->o.sweep_window_ms) {
+            s->window_start_ms = now_ms;
+            s->window_expired = 0;
+        }
+        s->window_leased = s->leased; /* evictions in the window do not shrink it */
     }
     /* candidates: leases that ran out and are not already held */
     size_t due = 0;
@@ -677,7 +689,7 @@ size_t reg_sweep(reg_store *s, uint64_t now_ms)
         s->preserving = false;
         return 0;
     }
-    size_t leased = s->leased;
+    size_t leased = s->window_leased > s->leased ? s->window_leased : s->leased;
     bool protect = leased >= s->o.preservation_min &&
                    (double)(s->window_expired + due + held) >
                        s->o.preservation_threshold * (double)leased;
@@ -712,4 +724,29 @@ size_t reg_sweep(reg_store *s, uint64_t now_ms)
     }
     s->window_expired += removed;
     return removed;
+}
+
+reg_instance *reg_find_mut(reg_store *s, const char *service, const char *id)
+{
+    return (reg_instance *)reg_find(s, service, id);
+}
+
+void reg_set_expiry(reg_store *s, const char *service, const char *id, uint64_t expires_ms)
+{
+    reg_instance *in = reg_find_mut(s, service, id);
+    if (in)
+        in->expires_ms = expires_ms;
+}
+
+void reg_restore_revision(reg_store *s, uint64_t rev)
+{
+    if (rev <= s->rev)
+        return;
+    s->rev = rev;
+    for (size_t i = 0; i < s->nsvc; i++)
+        s->svc[i].rev = rev;
+    /* the history before the restart is gone: watchers must re-list */
+    for (size_t i = 0; i < s->o.history; i++)
+        event_clear(&s->ring[i]);
+    s->rhead = s->rcount = 0;
 }

@@ -43,6 +43,7 @@ typedef struct reg_instance {
     uint64_t expires_ms; /* lease deadline */
     uint64_t create_rev, mod_rev;
     bool expired;        /* lease ran out but self-preservation kept it */
+    uint64_t journaled_expires_ms; /* persistence: the lease deadline last written */
 } reg_instance;
 
 enum reg_event_kind { REG_EV_PUT = 1, REG_EV_DELETE = 2 };
@@ -84,7 +85,9 @@ typedef struct reg_input {
 
 /* Parse and validate a JSON registration body. On error returns
  * WEFT_EINVAL and a message ("port: must be 1-65535") in why. Unknown
- * fields are errors. in->meta borrows from body. */
+ * fields are errors. in->meta borrows from body. in->ntags is set but
+ * in->tags is left NULL: the caller points it at an array of the strings
+ * of body["tags"] (validated here) before reg_put. */
 int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen);
 /* Validate a service name or instance id: 1-200 chars of [A-Za-z0-9._:-]. */
 bool reg_name_ok(const char *s);
@@ -101,6 +104,14 @@ int reg_heartbeat(reg_store *s, const char *service, const char *id, uint64_t no
 /* Set the status. Revision (0 if unchanged), or WEFT_ENOTFOUND. */
 int64_t reg_set_status(reg_store *s, const char *service, const char *id, int status,
                        uint64_t now_ms);
+
+/* Restore: set an instance's lease deadline (replay of a journal). */
+void reg_set_expiry(reg_store *s, const char *service, const char *id, uint64_t expires_ms);
+/* Restore: raise the global revision to rev, and every service's revision
+ * with it (clients holding an older index re-read after a restart). */
+void reg_restore_revision(reg_store *s, uint64_t rev);
+/* Mutable access for the persistence layer's bookkeeping fields. */
+reg_instance *reg_find_mut(reg_store *s, const char *service, const char *id);
 
 /* Expire leases (call every ~100 ms). Returns how many instances were
  * removed; honours self-preservation. */

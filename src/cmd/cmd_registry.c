@@ -15,14 +15,16 @@
 #include <stdio.h>
 
 const char weft_help_registry[] =
-    "usage: weft registry [--listen HOST:PORT]... [-c FILE] [--log-level LEVEL]\n"
-    "                     [--log-format text|json]\n"
+    "usage: weft registry [--listen HOST:PORT]... [--data DIR] [-c FILE]\n"
+    "                     [--log-level LEVEL] [--log-format text|json]\n"
     "\n"
     "Service registry: register, deregister, heartbeat (TTL leases), status,\n"
     "list and watch (blocking queries and a server-sent event stream).\n"
     "See docs/registry.md.\n"
     "\n"
     "  --listen HOST:PORT   HTTP API (default 127.0.0.1:8700)\n"
+    "  --data DIR           keep the registry on disk (snapshot + journal, fsync'd):\n"
+    "                       registrations survive restarts; without it, memory only\n"
     "  -c FILE              YAML config (listen, log, http.*, registry.{history,\n"
     "                       self_preservation_threshold, self_preservation_min})\n"
     "  --log-level LEVEL    debug, info, warn, error or off\n"
@@ -61,8 +63,9 @@ static void w_stop(weft_loop *loop, void *arg)
 
 int weft_cmd_registry(int argc, char **argv)
 {
+    static const char *const extra[] = {"--data", NULL};
     weft_cli cli;
-    int rc = weft_cli_parse(&cli, "registry", argc, argv, NULL, weft_help_registry);
+    int rc = weft_cli_parse(&cli, "registry", argc, argv, extra, weft_help_registry);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
     cli.http.max_body = 64 * 1024; /* registrations are small */
@@ -100,6 +103,17 @@ int weft_cmd_registry(int argc, char **argv)
         rc = 1;
         goto out;
     }
+    const char *data = weft_cli_extra(&cli, "--data");
+    if (!data && cli.conf) {
+        weft_conf_err err;
+        if (weft_conf_string(weft_conf_root(cli.conf), "data", &data, &err) < 0) {
+            fprintf(stderr, "weft registry: %s\n", err.msg);
+            rc = 2;
+            goto out;
+        }
+    }
+    if (data)
+        reg_server_set_data_dir(g_rs, data);
     reg_server_routes(g_rs, g_srv);
     weft_cli_std_routes(g_srv, &g_draining);
     if (cli.nlisten == 0)

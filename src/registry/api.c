@@ -20,6 +20,7 @@
  */
 #include "registry.h"
 
+#include "persist.h"
 #include "store.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
@@ -54,8 +55,22 @@ typedef struct watcher {
     bool paused;
 } watcher;
 
+typedef struct pending {
+    struct pending *next, *prev;
+    reg_server *rs;
+    weft_http_req *r;
+    int status;
+    char *body;
+    uint64_t index;
+} pending;
+
 struct reg_server {
     reg_store *store;
+    reg_persist *persist; /* NULL without --data */
+    const char *data_dir;
+    weft_timer commit_timer; /* group commit at the end of each loop iteration */
+    pending *pend;            /* answers waiting for their changes to be durable */
+    bool notify_after_commit;
     weft_loop *loop;
     weft_timer sweep;
     weft_timer ping;
@@ -456,14 +471,30 @@ static void notify(reg_server *rs)
     weft_metric_gauge_set(rs->m, rs->m_preserve, reg_self_preservation(rs->store));
 }
 
+static void schedule_commit(reg_server *rs);
+
 static void sweep(weft_loop *loop, weft_timer *t)
 {
     reg_server *rs = t->data;
     uint64_t before = reg_revision(rs->store);
     bool was = reg_self_preservation(rs->store);
+    const reg_event *evs[256];
     size_t removed = reg_sweep(rs->store, weft_loop_now_ms(loop));
     if (removed)
         weft_metric_add(rs->m, rs->m_expired, removed);
+    if (rs->persist && reg_revision(rs->store) != before) {
+        /* journal what the sweep changed (expiries, self-preservation holds) */
+        uint64_t since = before;
+        int64_t n;
+        while ((n = reg_changes(rs->store, since, evs, 256)) > 0) {
+            for (int64_t i = 0; i < n; i++) {
+                if (evs[i]->kind == REG_EV_DELETE)
+                    reg_persist_del(rs->persist, evs[i]->service, evs[i]->id);
+                since = evs[i]->rev;
+            }
+        }
+        schedule_commit(rs);
+    }
     bool is = reg_self_preservation(rs->store);
     if (was != is)
         weft_log(is ? WEFT_LOG_WARN : WEFT_LOG_INFO,
@@ -472,6 +503,90 @@ static void sweep(weft_loop *loop, weft_timer *t)
     if (reg_revision(rs->store) != before || was != is)
         notify(rs);
     weft_timer_start(loop, t, SWEEP_MS);
+}
+
+/* ---- durability: answer mutations after their fdatasync ---- */
+
+static void pending_abort(weft_http_req *r, void *ud)
+{
+    (void)r;
+    pending *p = ud;
+    reg_server *rs = p->rs;
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        rs->pend = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    free(p->body);
+    free(p);
+}
+
+static void commit_now(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    reg_server *rs = t->data;
+    int rc = rs->persist ? reg_persist_commit(rs->persist, now_ms(rs)) : 0;
+    pending *p = rs->pend;
+    rs->pend = NULL;
+    while (p) {
+        pending *next = p->next;
+        weft_http_req_on_abort(p->r, NULL, NULL);
+        if (rc < 0) {
+            respond_err(p->r, 503, "storage error: the change may not be durable");
+        } else {
+            set_index(p->r, p->index);
+            weft_http_respond(p->r, p->status, JSON, p->body, strlen(p->body));
+        }
+        free(p->body);
+        free(p);
+        p = next;
+    }
+    if (rs->notify_after_commit) {
+        rs->notify_after_commit = false;
+        notify(rs);
+    }
+}
+
+static void schedule_commit(reg_server *rs)
+{
+    if (!weft_timer_active(&rs->commit_timer))
+        weft_timer_start(rs->loop, &rs->commit_timer, 0);
+}
+
+/* Answer a mutation: at once without persistence, else after the commit
+ * that makes it durable (watchers are told after it too). */
+static void answer_change(reg_server *rs, weft_http_req *r, int status, json_t *o, bool changed)
+{
+    if (!rs->persist) {
+        set_index(r, reg_revision(rs->store));
+        respond_json(r, status, o);
+        if (changed)
+            notify(rs);
+        return;
+    }
+    pending *p = calloc(1, sizeof *p);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!p || !body) {
+        free(p);
+        free(body);
+        respond_err(r, 503, "out of memory");
+        return;
+    }
+    p->rs = rs;
+    p->r = r;
+    p->status = status;
+    p->body = body;
+    p->index = reg_revision(rs->store);
+    p->next = rs->pend;
+    if (rs->pend)
+        rs->pend->prev = p;
+    rs->pend = p;
+    weft_http_req_on_abort(r, pending_abort, p);
+    if (changed)
+        rs->notify_after_commit = true;
+    schedule_commit(rs);
 }
 
 /* ---- handlers ---- */
@@ -508,10 +623,10 @@ static void h_register(reg_server *rs, weft_http_req *r, const char *svc, const 
     }
     weft_metric_inc(rs->m, rs->m_regs);
     uint64_t rev = reg_revision(rs->store);
-    set_index(r, rev);
-    respond_json(r, 200, json_pack("{s:I, s:b}", "revision", (json_int_t)rev, "changed", rc > 0));
-    if (rc > 0)
-        notify(rs);
+    if (rs->persist)
+        reg_persist_put(rs->persist, reg_find_mut(rs->store, svc, id), now_ms(rs));
+    answer_change(rs, r, 200,
+                  json_pack("{s:I, s:b}", "revision", (json_int_t)rev, "changed", rc > 0), rc > 0);
 }
 
 static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
@@ -529,9 +644,9 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
                 return;
             }
             weft_metric_inc(rs->m, rs->m_deregs);
-            set_index(r, (uint64_t)rc);
-            respond_json(r, 200, json_pack("{s:I}", "revision", (json_int_t)rc));
-            notify(rs);
+            if (rs->persist)
+                reg_persist_del(rs->persist, svc, id);
+            answer_change(rs, r, 200, json_pack("{s:I}", "revision", (json_int_t)rc), true);
         } else if (m == WEFT_METHOD_GET || m == WEFT_METHOD_HEAD) {
             const reg_instance *in = reg_find(rs->store, svc, id);
             if (!in) {
@@ -557,7 +672,13 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
             return;
         }
         weft_metric_inc(rs->m, rs->m_beats);
-        const reg_instance *in = reg_find(rs->store, svc, id);
+        reg_instance *in = reg_find_mut(rs->store, svc, id);
+        if (rs->persist) {
+            /* not waited for: a restart restores the lease conservatively */
+            reg_persist_lease(rs->persist, in, now);
+            if (reg_persist_dirty(rs->persist))
+                schedule_commit(rs);
+        }
         respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)in->ttl_ms));
         notify(rs); /* only does work if the heartbeat ended a self-preservation hold */
         return;
@@ -578,11 +699,12 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
             respond_err(r, 404, "no such instance");
             return;
         }
-        set_index(r, reg_revision(rs->store));
-        respond_json(r, 200, json_pack("{s:I, s:b}", "revision",
-                                       (json_int_t)reg_revision(rs->store), "changed", rc > 0));
-        if (rc > 0)
-            notify(rs);
+        if (rs->persist && rc > 0)
+            reg_persist_put(rs->persist, reg_find_mut(rs->store, svc, id), now);
+        answer_change(rs, r, 200,
+                      json_pack("{s:I, s:b}", "revision", (json_int_t)reg_revision(rs->store),
+                                "changed", rc > 0),
+                      rc > 0);
         return;
     }
     respond_err(r, 404, "unknown action");
@@ -711,9 +833,25 @@ int reg_server_routes(reg_server *rs, weft_http_server *srv)
     return weft_http_server_route(srv, 0, "/v1/", WEFT_ROUTE_PREFIX, handle, rs);
 }
 
+int reg_server_set_data_dir(reg_server *rs, const char *dir)
+{
+    rs->data_dir = dir;
+    return 0;
+}
+
 int reg_server_start(reg_server *rs, weft_loop *loop)
 {
     rs->loop = loop;
+    weft_timer_init(&rs->commit_timer, commit_now, rs);
+    if (rs->data_dir) {
+        weft_loop_update_time(loop);
+        int rc = reg_persist_open(rs->data_dir, rs->store, weft_loop_now_ms(loop), &rs->persist);
+        if (rc < 0) {
+            weft_log(WEFT_LOG_ERROR, "cannot open the registry data directory",
+                     WEFT_KV_STR("dir", rs->data_dir), WEFT_KV_STR("error", weft_strerror(rc)));
+            return rc;
+        }
+    }
     weft_timer_init(&rs->sweep, sweep, rs);
     weft_timer_start(loop, &rs->sweep, SWEEP_MS);
     weft_timer_init(&rs->ping, ping_watchers, rs);
@@ -737,6 +875,15 @@ void reg_server_stop(reg_server *rs)
         return;
     weft_timer_stop(rs->loop, &rs->sweep);
     weft_timer_stop(rs->loop, &rs->ping);
+    weft_timer_stop(rs->loop, &rs->commit_timer);
+    while (rs->pend) {
+        pending *p = rs->pend;
+        rs->pend = p->next;
+        free(p->body);
+        free(p);
+    }
+    reg_persist_close(rs->persist); /* syncs what is left */
+    rs->persist = NULL;
     while (rs->waiters)
         waiter_free(rs->waiters); /* their connections were closed by the server */
     while (rs->watchers)

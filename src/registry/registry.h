@@ -17,6 +17,9 @@ typedef struct reg_server reg_server;
 
 reg_server *reg_server_new(const reg_store_opts *o);
 int reg_server_routes(reg_server *rs, weft_http_server *srv);
+/* Keep state in DIR (snapshot + journal): replayed at start, changes
+ * acknowledged only once durable. The string must outlive the server. */
+int reg_server_set_data_dir(reg_server *rs, const char *dir);
 int reg_server_start(reg_server *rs, weft_loop *loop);
 /* On drain: answer parked blocking queries and end watch streams. */
 void reg_server_drain(reg_server *rs);

@@ -171,21 +171,6 @@ static int cmp_id(const void *a, const void *b)
     return strcmp(((const gw_endpoint_conf *)a)->id, ((const gw_endpoint_conf *)b)->id);
 }
 
-static bool same_as_current(struct gw_dns *d)
-{
-    const gw_epset *s = d->cl->set;
-    if (s->n != d->nacc)
-        return false;
-    for (size_t i = 0; i < d->nacc; i++) {
-        bool found = false;
-        for (size_t j = 0; j < s->n && !found; j++)
-            found = strcmp(s->eps[j].id, d->acc[i].id) == 0 && s->eps[j].weight == d->acc[i].weight;
-        if (!found)
-            return false;
-    }
-    return true;
-}
-
 static void finish(struct gw_dns *d)
 {
     gw_cluster_rt *cl = d->cl;
@@ -201,7 +186,7 @@ static void finish(struct gw_dns *d)
         next_ms = RETRY_MS;
     } else {
         qsort(d->acc, d->nacc, sizeof *d->acc, cmp_id);
-        if (!same_as_current(d)) {
+        if (!gw_epset_equals(cl->set, d->acc, d->nacc)) {
             if (gw_cluster_set_endpoints(cl, d->acc, d->nacc) == 0) {
                 weft_metric_inc(m, cl->m_dns_updates);
                 weft_log(WEFT_LOG_INFO, "dns endpoints updated", WEFT_KV_STR("cluster", cl->conf->name),

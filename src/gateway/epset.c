@@ -118,3 +118,17 @@ int gw_cluster_set_endpoints(gw_cluster_rt *cl, const gw_endpoint_conf *eps, siz
     gw_epset_unref(old);
     return 0;
 }
+
+bool gw_epset_equals(const gw_epset *s, const gw_endpoint_conf *eps, size_t n)
+{
+    if (!s || s->n != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        bool found = false;
+        for (size_t j = 0; j < s->n && !found; j++)
+            found = strcmp(s->eps[j].id, eps[i].id) == 0 && s->eps[j].weight == eps[i].weight;
+        if (!found)
+            return false;
+    }
+    return true;
+}

@@ -73,6 +73,11 @@ typedef struct gw_cluster_conf {
     int dns_family;          /* AF_UNSPEC, AF_INET or AF_INET6 for A/AAAA */
     uint32_t dns_refresh_ms; /* upper bound; record TTLs refresh sooner */
     char *dns_resolver;      /* "ip:port[,ip:port]" or NULL for /etc/resolv.conf */
+    /* discovery from weft registry (instead of static endpoints or DNS) */
+    char *disc_host;         /* registry address */
+    uint16_t disc_port;
+    char *disc_service;
+    char *disc_zone;         /* prefer instances in this zone, if any are healthy */
 } gw_cluster_conf;
 
 enum gw_path_kind { GW_PATH_ANY = 0, GW_PATH_EXACT, GW_PATH_PREFIX, GW_PATH_REGEX };

@@ -71,6 +71,9 @@ static void config_free(gw_config *c)
         free(cl->health.path);
         free(cl->dns_name);
         free(cl->dns_resolver);
+        free(cl->disc_host);
+        free(cl->disc_service);
+        free(cl->disc_zone);
     }
     free(c->clusters);
     for (size_t i = 0; i < c->nroutes; i++) {
@@ -278,8 +281,35 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
         FAIL(n, NULL, "a cluster is a mapping (endpoints, lb, health_check, ...)");
     const weft_conf_node *eps = weft_conf_get(n, "endpoints");
     const weft_conf_node *dns = weft_conf_get(n, "dns");
-    if (eps && dns)
-        FAIL(dns, NULL, "give endpoints or dns, not both");
+    const weft_conf_node *disc = weft_conf_get(n, "discovery");
+    if (!!eps + !!dns + !!disc > 1)
+        FAIL(disc ? disc : dns, NULL, "give one of endpoints, dns, discovery");
+    if (disc) {
+        const char *url = NULL;
+        if (weft_conf_string(disc, "registry", &url, err) < 0 ||
+            get_str(disc, "service", &cl->disc_service, err) < 0 ||
+            get_str(disc, "zone", &cl->disc_zone, err) < 0)
+            goto fail;
+        if (!url || strncmp(url, "http://", 7) != 0)
+            FAIL(disc, "registry", "expected the registry's URL, http://HOST:PORT");
+        gw_endpoint_conf tmp = {0};
+        char hp[300];
+        snprintf(hp, sizeof hp, "%s", url + 7);
+        size_t hl = strlen(hp);
+        if (hl && hp[hl - 1] == '/')
+            hp[hl - 1] = '\0';
+        if (parse_endpoint(hp, &tmp) < 0) {
+            free(tmp.host);
+            free(tmp.id);
+            FAIL(weft_conf_get(disc, "registry"), NULL, "expected http://HOST:PORT");
+        }
+        cl->disc_host = tmp.host;
+        cl->disc_port = tmp.port;
+        free(tmp.id);
+        if (!cl->disc_service || !cl->disc_service[0])
+            FAIL(disc, "service", "missing the service name to discover");
+        goto endpoints_done;
+    }
     if (dns) {
         static const char *const types[] = {"a", "aaaa", "a_or_aaaa", "srv", NULL};
         int type = 2;

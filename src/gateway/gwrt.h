@@ -71,6 +71,7 @@ typedef struct gw_cluster_rt {
     gw_gen *gen;
     gw_epset *set;         /* current endpoints */
     struct gw_dns *dns;    /* discovery, when the cluster has dns: */
+    struct gw_disc *disc;  /* discovery, when the cluster has discovery: */
     weft_http_client *client; /* this cluster's keep-alive pool (its timeouts, max_idle) */
     weft_breaker breaker;
     weft_adaptive adaptive;
@@ -80,6 +81,7 @@ typedef struct gw_cluster_rt {
     weft_metric m_upstream[6];
     weft_metric m_breaker_reject, m_ejections, m_overload, m_hc_fail, m_dns_fail, m_dns_updates;
     weft_metric m_breaker_open, m_breaker_half_open, m_ejected_now;
+    weft_metric m_disc_stale, m_disc_updates, m_disc_fail;
 } gw_cluster_rt;
 
 typedef struct gw_route_rt {
@@ -224,6 +226,8 @@ char *gw_clusters_json(gw_worker *w);
 gw_epset *gw_epset_new(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n);
 void gw_epset_ref(gw_epset *s);
 void gw_epset_unref(gw_epset *s);
+/* Same endpoints (ids and weights, any order)? */
+bool gw_epset_equals(const gw_epset *s, const gw_endpoint_conf *eps, size_t n);
 /* Replace the cluster's endpoints (restarts health checks on the new set). */
 int gw_cluster_set_endpoints(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n);
 
@@ -236,5 +240,9 @@ void gw_cluster_refresh_health(gw_cluster_rt *cl, uint64_t now_ms);
 /* dns.c: endpoint discovery through DNS (c-ares), per worker. */
 int gw_dns_start(gw_cluster_rt *cl);
 void gw_dns_stop(gw_cluster_rt *cl);
+
+/* discovery.c: endpoint discovery from weft registry, per worker. */
+int gw_discovery_start(gw_cluster_rt *cl);
+void gw_discovery_stop(gw_cluster_rt *cl);
 
 #endif

@@ -924,6 +924,7 @@ static void gen_free(gw_gen *gen)
     for (size_t i = 0; i < gen->cfg->nclusters; i++) {
         gw_cluster_rt *cl = &gen->clusters[i];
         gw_dns_stop(cl);
+        gw_discovery_stop(cl);
         gw_epset_unref(cl->set);
         cl->set = NULL;
         weft_http_client_free(cl->client);
@@ -1034,6 +1035,15 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
         weft_metrics_gauge(m, "weft_gateway_breaker_half_open",
                            "Workers whose circuit breaker for the cluster is half-open.", labels,
                            &cl->m_breaker_half_open);
+        weft_metrics_gauge(m, "weft_gateway_discovery_stale",
+                           "Workers serving the last known endpoints because the registry "
+                           "is unreachable.", labels, &cl->m_disc_stale);
+        weft_metrics_counter(m, "weft_gateway_discovery_updates_total",
+                             "Endpoint set changes from registry discovery.", labels,
+                             &cl->m_disc_updates);
+        weft_metrics_counter(m, "weft_gateway_discovery_failures_total",
+                             "Failed registry queries (the last endpoints are kept).", labels,
+                             &cl->m_disc_fail);
         weft_metrics_gauge(m, "weft_gateway_ejected_endpoints",
                            "Endpoints currently ejected by outlier detection (summed over workers).",
                            labels, &cl->m_ejected_now);
@@ -1063,6 +1073,9 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
         gw_health_start(gen->clusters[i].set);
         if (cfg->clusters[i].dns_name && gw_dns_start(&gen->clusters[i]) < 0)
             weft_log(WEFT_LOG_ERROR, "dns discovery could not start",
+                     WEFT_KV_STR("cluster", cfg->clusters[i].name));
+        if (cfg->clusters[i].disc_service && gw_discovery_start(&gen->clusters[i]) < 0)
+            weft_log(WEFT_LOG_ERROR, "registry discovery could not start",
                      WEFT_KV_STR("cluster", cfg->clusters[i].name));
     }
     return gen;

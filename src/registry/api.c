@@ -72,6 +72,7 @@ struct reg_server {
     pending *pend;            /* answers waiting for their changes to be durable */
     bool notify_after_commit;
     weft_loop *loop;
+    bool draining; /* answer blocking queries at once, open no new streams */
     weft_timer sweep;
     weft_timer ping;
     waiter *waiters;
@@ -270,7 +271,7 @@ static bool park(reg_server *rs, weft_http_req *r, const char *service, uint64_t
                  bool healthy_only, const char *tag, const char *zone)
 {
     uint64_t current = service ? reg_service_revision(rs->store, service) : reg_revision(rs->store);
-    if (index == 0 || current > index)
+    if (index == 0 || current > index || rs->draining)
         return false;
     uint64_t wait = DEFAULT_WAIT_MS;
     char *ws = qparam(r, "wait");
@@ -395,6 +396,10 @@ static void watcher_abort(weft_http_req *r, void *ud)
 
 static void h_watch(reg_server *rs, weft_http_req *r)
 {
+    if (rs->draining) {
+        respond_err(r, 503, "draining");
+        return;
+    }
     uint64_t since = reg_revision(rs->store);
     char *s = qparam(r, "since");
     if (s && !parse_u64(s, &since)) {
@@ -861,6 +866,7 @@ int reg_server_start(reg_server *rs, weft_loop *loop)
 
 void reg_server_drain(reg_server *rs)
 {
+    rs->draining = true;
     /* streams and parked queries never end by themselves: end them now so
      * the connections can close and the drain completes */
     while (rs->waiters)

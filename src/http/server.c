@@ -1563,7 +1563,11 @@ static void conn_on_io(weft_loop *loop, weft_io *io, unsigned events)
      * either. Repeat while that makes progress. */
     for (int i = 0; i < 64 && !c->dead; i++) {
         conn_flush(c);
-        if (c->dead || c->read_paused || c->state == C_LINGER || !weft_buf_used(&c->in))
+        /* a response completed inside a callback of this connection (e.g.
+         * its on_drain) still has to be finished even with no input */
+        bool finished = c->req && c->req->resp_done;
+        if (c->dead || c->read_paused || c->state == C_LINGER ||
+            (!weft_buf_used(&c->in) && !finished))
             break;
         size_t in_before = weft_buf_used(&c->in);
         weft_http_req *req_before = c->req;

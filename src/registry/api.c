@@ -740,11 +740,17 @@ static void handle(weft_http_req *r, void *ud)
         respond_err(r, 404, "not found");
         return;
     }
-    if (nseg == 2 && strcmp(seg[1], "watch") == 0 && get) {
+    if (nseg == 2 && (strcmp(seg[1], "watch") == 0 || strcmp(seg[1], "status") == 0 ||
+                      strcmp(seg[1], "services") == 0) && !get) {
+        weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET, HEAD"));
+        respond_err(r, 405, "method not allowed");
+        return;
+    }
+    if (nseg == 2 && strcmp(seg[1], "watch") == 0) {
         h_watch(rs, r);
         return;
     }
-    if (nseg == 2 && strcmp(seg[1], "status") == 0 && get) {
+    if (nseg == 2 && strcmp(seg[1], "status") == 0) {
         respond_json(r, 200, json_pack("{s:I, s:I, s:I, s:b, s:I, s:I}", "revision",
                                        (json_int_t)reg_revision(rs->store), "services",
                                        (json_int_t)reg_service_count(rs->store), "instances",
@@ -765,10 +771,6 @@ static void handle(weft_http_req *r, void *ud)
         return;
     }
     if (nseg == 2) {
-        if (!get) {
-            respond_err(r, 405, "method not allowed");
-            return;
-        }
         if (!park(rs, r, NULL, index, false, NULL, NULL))
             answer_services(rs, r);
         return;
@@ -780,6 +782,7 @@ static void handle(weft_http_req *r, void *ud)
     }
     if (nseg == 3) {
         if (!get) {
+            weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET, HEAD"));
             respond_err(r, 405, "method not allowed");
             return;
         }

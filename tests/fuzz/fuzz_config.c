@@ -23,17 +23,17 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHECK(x)                 \
-    do {                         \
-        if (!(x))                \
-            __builtin_trap();    \
+#define CHECK(x)                                                                                   \
+    do {                                                                                           \
+        if (!(x))                                                                                  \
+            __builtin_trap();                                                                      \
     } while (0)
 
 #define FILE_NAME "fuzz.yaml"
 #define SENTINEL_I64 ((int64_t)0x5eed5eed5eedLL)
 #define SENTINEL_U64 ((uint64_t)0xfeedfacecafeULL)
 #define PROBE_KEY "\x01no such key" /* absent unless the input spells it */
-#define GETTER_KEYS 32 /* typed getters per mapping: keeps big maps linear */
+#define GETTER_KEYS 32              /* typed getters per mapping: keeps big maps linear */
 
 static bool starts_with(const char *s, const char *prefix)
 {
@@ -229,7 +229,12 @@ static void check_gateway(const gw_config *c)
     for (size_t i = 0; i < c->nclusters; i++) {
         const gw_cluster_conf *cl = &c->clusters[i];
         CHECK(cl->name != NULL);
-        CHECK(cl->dns_name != NULL || cl->neps >= 1);
+        /* exactly one endpoint source: static list, DNS or the registry */
+        CHECK(!!cl->neps + !!cl->dns_name + !!cl->disc_host == 1);
+        if (cl->dns_name)
+            CHECK(cl->dns_name[0] && (cl->dns_srv || cl->dns_port >= 1));
+        if (cl->disc_host)
+            CHECK(cl->disc_port >= 1 && cl->disc_service && cl->disc_service[0]);
         for (size_t j = 0; j < cl->neps; j++)
             CHECK(cl->eps[j].host && cl->eps[j].id && cl->eps[j].port >= 1);
     }

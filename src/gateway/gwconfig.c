@@ -202,20 +202,35 @@ static bool valid_value(const char *s)
 }
 
 /* "host:port" endpoint text. */
+/* "host:port" or "[v6]:port": a non-empty host of name/address characters
+ * (brackets balanced, only around an IPv6 literal) and a decimal port. */
 static int parse_endpoint(const char *text, gw_endpoint_conf *ep)
 {
     const char *colon = strrchr(text, ':');
     if (!colon || colon == text)
         return WEFT_EINVAL;
+    const char *ps = colon + 1;
+    if (*ps < '0' || *ps > '9')
+        return WEFT_EINVAL; /* no sign, no spaces */
     char *end;
-    long port = strtol(colon + 1, &end, 10);
+    long port = strtol(ps, &end, 10);
     if (*end || port < 1 || port > 65535)
         return WEFT_EINVAL;
     size_t hl = (size_t)(colon - text);
     const char *h = text;
-    if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
+    bool bracketed = h[0] == '[';
+    if (bracketed) {
+        if (hl < 3 || h[hl - 1] != ']')
+            return WEFT_EINVAL;
         h++;
         hl -= 2;
+    }
+    for (size_t i = 0; i < hl; i++) {
+        char c = h[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '-' || c == '_' || (bracketed && (c == ':' || c == '%'));
+        if (!ok)
+            return WEFT_EINVAL;
     }
     ep->host = strndup(h, hl);
     ep->port = (uint16_t)port;
@@ -481,7 +496,10 @@ static int parse_kv_map(const weft_conf_node *m, const char *what, gw_kv_match *
         if (header_names && !valid_token(key))
             FAIL(v, key, "not a valid header name");
         if (weft_conf_kind(v) == WEFT_CONF_SCALAR) {
-            k->value = strdup(weft_conf_scalar(v));
+            const char *sv = NULL;
+            if (weft_conf_string(m, key, &sv, err) < 0) /* null is an error */
+                goto fail;
+            k->value = strdup(sv);
         } else {
             const char *re = NULL;
             bool present = false, absent = false;
@@ -527,9 +545,12 @@ static int parse_header_ops(const weft_conf_node *n, gw_header_ops *o, weft_conf
         for (size_t i = 0; i < cnt; i++) {
             const char *key;
             const weft_conf_node *v = weft_conf_map_at(m, i, &key);
-            const char *val = weft_conf_scalar(v);
+            const char *val = NULL;
             if (!valid_token(key))
                 FAIL(v, key, "not a valid header name");
+            /* typed read: a YAML null (~, null, empty) is an error, not the text "null" */
+            if (weft_conf_string(m, key, &val, err) < 0)
+                goto fail;
             if (!val || !valid_value(val))
                 FAIL(v, key, "expected a header value without control characters");
             ops[i].name = strdup(key);
@@ -727,6 +748,8 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
                 goto fail;
             if (!name || !hash)
                 FAIL(k, NULL, "each key needs name and hash");
+            if (!name[0] || !valid_value(name))
+                FAIL(weft_conf_get(k, "name"), NULL, "expected a non-empty consumer name");
             int rc = weft_apikeys_add(a->keys, name, hash);
             if (rc < 0)
                 FAIL(weft_conf_get(k, "hash"), NULL,

@@ -15,7 +15,7 @@
 #include <stdio.h>
 
 const char weft_help_registry[] =
-    "usage: weft registry [--listen HOST:PORT]... [--data DIR] [-c FILE]\n"
+    "usage: weft registry [--listen HOST:PORT]... [--dns HOST:PORT] [--data DIR] [-c FILE]\n"
     "                     [--log-level LEVEL] [--log-format text|json]\n"
     "\n"
     "Service registry: register, deregister, heartbeat (TTL leases), status,\n"
@@ -23,6 +23,8 @@ const char weft_help_registry[] =
     "See docs/registry.md.\n"
     "\n"
     "  --listen HOST:PORT   HTTP API (default 127.0.0.1:8700)\n"
+    "  --dns HOST:PORT      also answer DNS (UDP and TCP): NAME.service.weft A/AAAA,\n"
+    "                       _NAME._tcp.service.weft SRV (see docs/registry.md)\n"
     "  --data DIR           keep the registry on disk (snapshot + journal, fsync'd):\n"
     "                       registrations survive restarts; without it, memory only\n"
     "  -c FILE              YAML config (listen, log, http.*, registry.{history,\n"
@@ -63,7 +65,7 @@ static void w_stop(weft_loop *loop, void *arg)
 
 int weft_cmd_registry(int argc, char **argv)
 {
-    static const char *const extra[] = {"--data", NULL};
+    static const char *const extra[] = {"--data", "--dns", NULL};
     weft_cli cli;
     int rc = weft_cli_parse(&cli, "registry", argc, argv, extra, weft_help_registry);
     if (rc != 0)
@@ -114,6 +116,17 @@ int weft_cmd_registry(int argc, char **argv)
     }
     if (data)
         reg_server_set_data_dir(g_rs, data);
+    const char *dns = weft_cli_extra(&cli, "--dns");
+    if (!dns && cli.conf) {
+        weft_conf_err err;
+        if (weft_conf_string(weft_conf_root(cli.conf), "dns", &dns, &err) < 0) {
+            fprintf(stderr, "weft registry: %s\n", err.msg);
+            rc = 2;
+            goto out;
+        }
+    }
+    if (dns)
+        reg_server_set_dns(g_rs, dns);
     reg_server_routes(g_rs, g_srv);
     weft_cli_std_routes(g_srv, &g_draining);
     if (cli.nlisten == 0)

@@ -20,6 +20,7 @@
  */
 #include "registry.h"
 
+#include "dns.h"
 #include "persist.h"
 #include "store.h"
 #include "weft/log.h"
@@ -68,6 +69,8 @@ struct reg_server {
     reg_store *store;
     reg_persist *persist; /* NULL without --data */
     const char *data_dir;
+    const char *dns_addr;
+    reg_dns_server *dns;
     weft_timer commit_timer; /* group commit at the end of each loop iteration */
     pending *pend;            /* answers waiting for their changes to be durable */
     bool notify_after_commit;
@@ -847,6 +850,8 @@ int reg_server_set_data_dir(reg_server *rs, const char *dir)
     return 0;
 }
 
+void reg_server_set_dns(reg_server *rs, const char *hostport) { rs->dns_addr = hostport; }
+
 int reg_server_start(reg_server *rs, weft_loop *loop)
 {
     rs->loop = loop;
@@ -859,6 +864,11 @@ int reg_server_start(reg_server *rs, weft_loop *loop)
                      WEFT_KV_STR("dir", rs->data_dir), WEFT_KV_STR("error", weft_strerror(rc)));
             return rc;
         }
+    }
+    if (rs->dns_addr) {
+        int rc = reg_dns_server_start(rs->dns_addr, rs->store, loop, &rs->dns);
+        if (rc < 0)
+            return rc;
     }
     weft_timer_init(&rs->sweep, sweep, rs);
     weft_timer_start(loop, &rs->sweep, SWEEP_MS);
@@ -891,6 +901,8 @@ void reg_server_stop(reg_server *rs)
         free(p->body);
         free(p);
     }
+    reg_dns_server_stop(rs->dns);
+    rs->dns = NULL;
     reg_persist_close(rs->persist); /* syncs what is left */
     rs->persist = NULL;
     while (rs->waiters)

@@ -20,6 +20,8 @@ int reg_server_routes(reg_server *rs, weft_http_server *srv);
 /* Keep state in DIR (snapshot + journal): replayed at start, changes
  * acknowledged only once durable. The string must outlive the server. */
 int reg_server_set_data_dir(reg_server *rs, const char *dir);
+/* Also answer DNS on HOST:PORT (UDP + TCP), see dns.h. */
+void reg_server_set_dns(reg_server *rs, const char *hostport);
 int reg_server_start(reg_server *rs, weft_loop *loop);
 /* On drain: answer parked blocking queries and end watch streams. */
 void reg_server_drain(reg_server *rs);

@@ -145,6 +145,11 @@ void weft_http_req_on_body(weft_http_req *r, weft_http_body_cb on_data, weft_htt
  * from the client, e.g. while the upstream it is forwarded to is slower. The
  * body timeout does not run while paused. */
 void weft_http_req_pause_body(weft_http_req *r, bool paused);
+/* A client that half-closes its connection normally still gets its
+ * response. For long-lived responses (event streams, long polls) call
+ * this: end-of-file from the client then aborts the request at once
+ * (on_abort runs), as a client that closed its socket is gone. */
+void weft_http_req_close_on_eof(weft_http_req *r);
 /* Called if the client goes away before the response ends; the request is
  * invalid after it returns. Async handlers must cancel their work here. */
 void weft_http_req_on_abort(weft_http_req *r, void (*cb)(weft_http_req *r, void *ud), void *ud);

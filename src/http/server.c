@@ -130,6 +130,7 @@ struct weft_http_req {
     bool body_done;
     bool stream;
     bool body_paused; /* the handler asked us to stop reading the body */
+    bool close_on_eof; /* long-lived response: client EOF means the client is gone */
     weft_buf body; /* buffered routes */
     weft_http_body_cb on_data;
     weft_http_end_cb on_end;
@@ -547,6 +548,7 @@ static weft_http_req *req_get(wstate *w)
     r->body_done = true;
     r->stream = false;
     r->body_paused = false;
+    r->close_on_eof = false;
     r->on_data = NULL;
     r->on_end = NULL;
     r->on_abort = NULL;
@@ -681,6 +683,8 @@ void weft_http_req_on_body(weft_http_req *r, weft_http_body_cb on_data, weft_htt
     r->on_end = on_end;
     r->body_ud = ud;
 }
+
+void weft_http_req_close_on_eof(weft_http_req *r) { r->close_on_eof = true; }
 
 void weft_http_req_pause_body(weft_http_req *r, bool paused)
 {
@@ -1533,7 +1537,7 @@ static void conn_read(conn *c)
         /* Client half-closed. A request in progress whose body is complete
          * may still be answered (e.g. "send, shutdown(WR), read"); anything
          * else is over. */
-        if (!c->req || !c->req->body_done) {
+        if (!c->req || !c->req->body_done || (c->req->close_on_eof && !c->req->resp_done)) {
             conn_close(c);
             return;
         }

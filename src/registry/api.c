@@ -56,6 +56,13 @@ typedef struct watcher {
     bool paused;
 } watcher;
 
+typedef struct session {
+    struct session *next, *prev;
+    reg_server *rs;
+    weft_http_req *r;
+    char *service, *id;
+} session;
+
 typedef struct pending {
     struct pending *next, *prev;
     reg_server *rs;
@@ -80,6 +87,7 @@ struct reg_server {
     weft_timer ping;
     waiter *waiters;
     watcher *watchers;
+    session *sessions; /* connection-bound leases */
     size_t nwaiters, nwatchers;
     weft_metrics *m;
     weft_metric m_regs, m_deregs, m_beats, m_expired, m_instances, m_rev, m_preserve,
@@ -309,6 +317,7 @@ static bool park(reg_server *rs, weft_http_req *r, const char *service, uint64_t
     weft_timer_init(&w->timer, waiter_timeout, w);
     weft_timer_start(rs->loop, &w->timer, wait);
     weft_http_req_on_abort(r, waiter_abort, w);
+    weft_http_req_close_on_eof(r);
     return true;
 }
 
@@ -442,6 +451,7 @@ static void h_watch(reg_server *rs, weft_http_req *r)
         return;
     }
     weft_http_req_on_abort(r, watcher_abort, w);
+    weft_http_req_close_on_eof(r);
     weft_http_resp_on_drain(r, watcher_drain, w);
     weft_http_resp_write(r, ": weft registry watch\n\n", 23);
     watcher_pump(w);
@@ -454,6 +464,10 @@ static void ping_watchers(weft_loop *loop, weft_timer *t)
         next = w->next; /* a failed write frees w */
         if (!w->paused)
             weft_http_resp_write(w->r, ": ping\n\n", 8);
+    }
+    for (session *se = rs->sessions, *next; se; se = next) {
+        next = se->next; /* a failed write frees se (and deregisters) */
+        weft_http_resp_write(se->r, ": ping\n\n", 8);
     }
     weft_timer_start(loop, t, PING_MS);
 }
@@ -487,6 +501,8 @@ static void sweep(weft_loop *loop, weft_timer *t)
     uint64_t before = reg_revision(rs->store);
     bool was = reg_self_preservation(rs->store);
     const reg_event *evs[256];
+    for (session *se = rs->sessions; se; se = se->next)
+        reg_heartbeat(rs->store, se->service, se->id, weft_loop_now_ms(loop)); /* the open connection is the heartbeat */
     size_t removed = reg_sweep(rs->store, weft_loop_now_ms(loop));
     if (removed)
         weft_metric_add(rs->m, rs->m_expired, removed);
@@ -597,6 +613,86 @@ static void answer_change(reg_server *rs, weft_http_req *r, int status, json_t *
     schedule_commit(rs);
 }
 
+/* ---- connection-bound leases ---- */
+
+static void session_unlink(session *se)
+{
+    reg_server *rs = se->rs;
+    if (se->prev)
+        se->prev->next = se->next;
+    else
+        rs->sessions = se->next;
+    if (se->next)
+        se->next->prev = se->prev;
+    free(se->service);
+    free(se->id);
+    free(se);
+}
+
+/* The client's connection is gone: so is its instance (a crash is seen now,
+ * not after a TTL). */
+static void session_abort(weft_http_req *r, void *ud)
+{
+    (void)r;
+    session *se = ud;
+    reg_server *rs = se->rs;
+    int64_t rc = reg_delete(rs->store, se->service, se->id);
+    if (rc > 0) {
+        weft_metric_inc(rs->m, rs->m_deregs);
+        weft_log(WEFT_LOG_INFO, "session closed: instance deregistered",
+                 WEFT_KV_STR("service", se->service), WEFT_KV_STR("id", se->id));
+        if (rs->persist) {
+            reg_persist_del(rs->persist, se->service, se->id);
+            rs->notify_after_commit = true;
+            schedule_commit(rs);
+        } else {
+            notify(rs);
+        }
+    }
+    session_unlink(se);
+}
+
+static void h_session(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
+{
+    if (rs->draining) {
+        respond_err(r, 503, "draining");
+        return;
+    }
+    if (!reg_find(rs->store, svc, id)) {
+        respond_err(r, 404, "no such instance: register it first");
+        return;
+    }
+    for (session *se = rs->sessions; se; se = se->next)
+        if (strcmp(se->service, svc) == 0 && strcmp(se->id, id) == 0) {
+            respond_err(r, 409, "this instance already has a session");
+            return;
+        }
+    session *se = calloc(1, sizeof *se);
+    if (!se || !(se->service = strdup(svc)) || !(se->id = strdup(id))) {
+        if (se)
+            free(se->service);
+        free(se);
+        respond_err(r, 503, "out of memory");
+        return;
+    }
+    se->rs = rs;
+    se->r = r;
+    se->next = rs->sessions;
+    if (rs->sessions)
+        rs->sessions->prev = se;
+    rs->sessions = se;
+    weft_http_resp_header(r, WEFT_STR("Cache-Control"), WEFT_STR("no-cache"));
+    if (weft_http_resp_start(r, 200, WEFT_STR("text/event-stream"), -1) < 0) {
+        session_unlink(se);
+        return;
+    }
+    weft_http_req_on_abort(r, session_abort, se);
+    weft_http_req_close_on_eof(r); /* a closed client socket is a gone client */
+    static const char hello[] =
+        ": session open; closing this connection deregisters the instance\n\n";
+    weft_http_resp_write(r, hello, sizeof hello - 1);
+}
+
 /* ---- handlers ---- */
 
 static void h_register(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
@@ -667,6 +763,15 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
             weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET, HEAD, PUT, DELETE"));
             respond_err(r, 405, "method not allowed");
         }
+        return;
+    }
+    if (strcmp(action, "session") == 0) {
+        if (m != WEFT_METHOD_GET) {
+            weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET"));
+            respond_err(r, 405, "method not allowed");
+            return;
+        }
+        h_session(rs, r, svc, id);
         return;
     }
     if (m != WEFT_METHOD_PUT) {
@@ -886,6 +991,14 @@ void reg_server_drain(reg_server *rs)
         waiter_answer(rs->waiters);
     while (rs->watchers)
         watcher_end(rs->watchers);
+    /* the registry is stopping, not the client: keep the instances */
+    while (rs->sessions) {
+        session *se = rs->sessions;
+        weft_http_req *r = se->r;
+        weft_http_req_on_abort(r, NULL, NULL);
+        session_unlink(se);
+        weft_http_resp_end(r);
+    }
 }
 
 void reg_server_stop(reg_server *rs)
@@ -909,6 +1022,8 @@ void reg_server_stop(reg_server *rs)
         waiter_free(rs->waiters); /* their connections were closed by the server */
     while (rs->watchers)
         watcher_free(rs->watchers);
+    while (rs->sessions)
+        session_unlink(rs->sessions);
 }
 
 void reg_server_free(reg_server *rs)

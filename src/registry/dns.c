@@ -249,10 +249,18 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
             for (size_t i = 0; i < n && !in; i++)
                 if (strcasecmp(v[i]->id, qq.labels[0]) == 0)
                     in = v[i];
-            if (in)
+            if (in) {
                 id = in->id;
-            else
-                tag = qq.labels[0];
+            } else {
+                /* a tag only names something if some instance carries it */
+                bool known = false;
+                for (size_t i = 0; i < n && !known; i++)
+                    known = has_tag(v[i], qq.labels[0]);
+                if (known)
+                    tag = qq.labels[0];
+                else
+                    svc = NULL; /* NXDOMAIN below */
+            }
         }
     }
     if (!svc)

@@ -16,7 +16,8 @@
  *   drain); if the history it needs was overwritten it gets an explicit
  *   "relist" event (or 410 before the stream starts) — never a silent gap.
  *
- * A sweep every 100 ms expires leases (with self-preservation, store.c).
+ * A sweep every 100 ms expires leases (with self-preservation, store.c)
+ * and starts the active checks that are due (see "active checks" below).
  */
 #include "registry.h"
 
@@ -26,8 +27,13 @@
 #include "weft/log.h"
 #include "weft/metrics.h"
 
+#include "http/http_int.h"
+
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,6 +78,18 @@ typedef struct pending {
     uint64_t index;
 } pending;
 
+typedef struct probe {
+    struct probe *next, *prev;
+    struct reg_server *rs;
+    uint64_t id;
+    char *service, *inst;
+    uint64_t deadline_ms;
+    weft_http_creq *q; /* HTTP check */
+    bool resp_ok;
+    int fd; /* TCP check */
+    weft_io io;
+} probe;
+
 struct reg_server {
     reg_store *store;
     reg_persist *persist; /* NULL without --data */
@@ -88,10 +106,13 @@ struct reg_server {
     waiter *waiters;
     watcher *watchers;
     session *sessions; /* connection-bound leases */
+    probe *probes;     /* active checks in flight */
+    uint64_t probe_seq;
+    weft_http_client *hc;
     size_t nwaiters, nwatchers;
     weft_metrics *m;
     weft_metric m_regs, m_deregs, m_beats, m_expired, m_instances, m_rev, m_preserve,
-        m_watchers, m_waiters;
+        m_watchers, m_waiters, m_check_pass, m_check_fail;
     uint64_t rng;
 };
 
@@ -419,8 +440,8 @@ static void h_watch(reg_server *rs, weft_http_req *r)
         return;
     }
     char *svc = qparam(r, "service");
-    const reg_event *probe[1];
-    if (reg_changes(rs->store, since, probe, 1) == WEFT_ETOOBIG) {
+    const reg_event *first[1];
+    if (reg_changes(rs->store, since, first, 1) == WEFT_ETOOBIG) {
         /* explicit: the history no longer reaches back that far */
         set_index(r, reg_revision(rs->store));
         respond_json(r, 410, json_pack("{s:s, s:I, s:s}", "error", "relist", "revision",
@@ -495,6 +516,204 @@ static void notify(reg_server *rs)
 
 static void schedule_commit(reg_server *rs);
 
+/* ---- active checks ----
+ *
+ * Each instance registered with a "check" is probed every interval: an
+ * HTTP GET (2xx passes; pooled keep-alive connections through the loop's
+ * client) or a TCP connect. `failures` consecutive failed probes make the
+ * check critical and the instance unhealthy; `successes` consecutive passes
+ * make it passing again. Only flips are changes: they bump the revision,
+ * wake watchers and are journaled; steady results cost nothing else.
+ *
+ * A probe is identified by a sequence number stored in the check; a probe
+ * whose instance was deregistered or re-registered with another check
+ * meanwhile finds a different number (or none) and is discarded. Deadlines
+ * are enforced by the 100 ms sweep, so a check's timeout is rounded up to
+ * the next sweep. Probes start with a random offset within the first
+ * interval so that many checks registered together do not fire together.
+ */
+static void probe_free(probe *p)
+{
+    reg_server *rs = p->rs;
+    if (p->q)
+        weft_http_creq_cancel(p->q);
+    if (p->fd >= 0) {
+        weft_io_stop(rs->loop, &p->io);
+        close(p->fd);
+    }
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        rs->probes = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    free(p->service);
+    free(p->inst);
+    free(p);
+}
+
+static void probe_verdict(probe *p, bool ok)
+{
+    reg_server *rs = p->rs;
+    uint64_t now = now_ms(rs);
+    weft_metric_inc(rs->m, ok ? rs->m_check_pass : rs->m_check_fail);
+    reg_instance *in = reg_find_mut(rs->store, p->service, p->inst);
+    if (in && in->check && in->check->probe_id == p->id) {
+        reg_check *c = in->check;
+        c->probe_id = 0;
+        c->next_ms = now + c->interval_ms;
+        bool flip = false;
+        if (ok) {
+            c->fail_streak = 0;
+            if (c->ok_streak < 255)
+                c->ok_streak++;
+            flip = !c->passing && c->ok_streak >= c->successes;
+        } else {
+            c->ok_streak = 0;
+            if (c->fail_streak < 255)
+                c->fail_streak++;
+            flip = c->passing && c->fail_streak >= c->failures;
+        }
+        if (flip && reg_set_check(rs->store, p->service, p->inst, ok, now) > 0) {
+            weft_log(ok ? WEFT_LOG_INFO : WEFT_LOG_WARN,
+                     ok ? "check passing" : "check critical",
+                     WEFT_KV_STR("service", p->service), WEFT_KV_STR("id", p->inst));
+            if (rs->persist) {
+                reg_persist_put(rs->persist, reg_find_mut(rs->store, p->service, p->inst), now);
+                schedule_commit(rs);
+            }
+            notify(rs);
+        }
+    }
+    probe_free(p);
+}
+
+static void probe_http_resp(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
+{
+    (void)q;
+    probe *p = ud;
+    p->resp_ok = resp->status >= 200 && resp->status <= 299;
+}
+
+static void probe_http_done(weft_http_creq *q, int err, void *ud)
+{
+    (void)q;
+    probe *p = ud;
+    p->q = NULL; /* finished: nothing to cancel */
+    probe_verdict(p, err == 0 && p->resp_ok);
+}
+
+static void probe_tcp_ready(weft_loop *loop, weft_io *io, unsigned events)
+{
+    (void)loop;
+    (void)events;
+    probe *p = io->data;
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+        err = errno;
+    probe_verdict(p, err == 0);
+}
+
+/* Start a probe; false if it failed before it could start. */
+static bool probe_start(reg_server *rs, probe *p, const reg_instance *in)
+{
+    const reg_check *c = in->check;
+    char host[256];
+    uint16_t port;
+    const char *path;
+    if (c->kind == REG_CHECK_HTTP) {
+        if (reg_check_http_split(c->target, in->address, in->port, host, sizeof host, &port,
+                                 &path) < 0)
+            return false;
+        weft_http_creq_opts o = {
+            .method = "GET",
+            .host = host,
+            .port = port,
+            .target = path,
+            .timeout_ms = c->timeout_ms,
+            .on_response = probe_http_resp,
+            .on_done = probe_http_done,
+            .ud = p,
+        };
+        return weft_http_client_request(rs->hc, &o, &p->q) == 0;
+    }
+    char spec[300];
+    if (*c->target)
+        snprintf(spec, sizeof spec, "%s", c->target);
+    else
+        snprintf(spec, sizeof spec, "%s%s%s:%u", strchr(in->address, ':') ? "[" : "",
+                 in->address, strchr(in->address, ':') ? "]" : "", (unsigned)in->port);
+    struct sockaddr_storage sa;
+    socklen_t len;
+    if (weft_http_parse_hostport(spec, &sa, &len) < 0)
+        return false;
+    p->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (p->fd < 0)
+        return false;
+    if (connect(p->fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS)
+        return false;
+    weft_io_init(&p->io, p->fd, probe_tcp_ready, p);
+    return weft_io_start(rs->loop, &p->io, WEFT_IO_WRITE) == 0;
+}
+
+static void run_checks(reg_server *rs)
+{
+    uint64_t now = now_ms(rs);
+    /* probes past their deadline have failed */
+    for (probe *p = rs->probes, *n; p; p = n) {
+        n = p->next;
+        if (now >= p->deadline_ms)
+            probe_verdict(p, false);
+    }
+    if (rs->draining || !rs->hc)
+        return;
+    size_t nsvc = reg_service_count(rs->store);
+    for (size_t i = 0; i < nsvc; i++) {
+        size_t ninst;
+        const char *svc = reg_service_at(rs->store, i, &ninst);
+        const reg_instance **insts;
+        size_t n = reg_instances(rs->store, svc, &insts);
+        for (size_t j = 0; j < n; j++) {
+            reg_check *c = insts[j]->check;
+            if (!c || c->probe_id)
+                continue;
+            if (c->next_ms == 0) { /* new: first probe soon, spread over the interval */
+                rs->rng = rs->rng * 6364136223846793005ULL + 1442695040888963407ULL;
+                uint64_t spread = c->interval_ms < 1000 ? c->interval_ms : 1000;
+                c->next_ms = now + (rs->rng >> 33) % (spread + 1);
+            }
+            if (now < c->next_ms)
+                continue;
+            probe *p = calloc(1, sizeof *p);
+            if (!p)
+                return;
+            p->rs = rs;
+            p->fd = -1;
+            p->id = ++rs->probe_seq;
+            p->deadline_ms = now + c->timeout_ms;
+            p->service = strdup(svc);
+            p->inst = strdup(insts[j]->id);
+            p->next = rs->probes;
+            if (rs->probes)
+                rs->probes->prev = p;
+            rs->probes = p;
+            if (!p->service || !p->inst) {
+                probe_free(p);
+                return;
+            }
+            c->probe_id = p->id;
+            if (!probe_start(rs, p, insts[j])) {
+                if (p->q) /* queued but refused later is impossible; keep tidy */
+                    p->q = NULL;
+                probe_verdict(p, false);
+            }
+            /* verdicts may change the store: re-read this service's array */
+            n = reg_instances(rs->store, svc, &insts);
+        }
+    }
+}
+
 static void sweep(weft_loop *loop, weft_timer *t)
 {
     reg_server *rs = t->data;
@@ -526,6 +745,7 @@ static void sweep(weft_loop *loop, weft_timer *t)
                     : "self-preservation off: evicting expired leases again");
     if (reg_revision(rs->store) != before || was != is)
         notify(rs);
+    run_checks(rs);
     weft_timer_start(loop, t, SWEEP_MS);
 }
 
@@ -941,6 +1161,10 @@ reg_server *reg_server_new(const reg_store_opts *o)
                        &rs->m_watchers);
     weft_metrics_gauge(m, "weft_registry_blocking_queries", "Parked blocking queries.", NULL,
                        &rs->m_waiters);
+    weft_metrics_counter(m, "weft_registry_check_probes_total", "Active check probes by result.",
+                         "result=\"pass\"", &rs->m_check_pass);
+    weft_metrics_counter(m, "weft_registry_check_probes_total", "Active check probes by result.",
+                         "result=\"fail\"", &rs->m_check_fail);
     return rs;
 }
 
@@ -975,6 +1199,12 @@ int reg_server_start(reg_server *rs, weft_loop *loop)
         if (rc < 0)
             return rc;
     }
+    weft_http_client_opts ho;
+    weft_http_client_opts_default(&ho);
+    ho.max_idle_per_host = 2;
+    rs->hc = weft_http_client_new(loop, &ho);
+    if (!rs->hc)
+        return WEFT_ENOMEM;
     weft_timer_init(&rs->sweep, sweep, rs);
     weft_timer_start(loop, &rs->sweep, SWEEP_MS);
     weft_timer_init(&rs->ping, ping_watchers, rs);
@@ -1024,6 +1254,10 @@ void reg_server_stop(reg_server *rs)
         watcher_free(rs->watchers);
     while (rs->sessions)
         session_unlink(rs->sessions);
+    while (rs->probes)
+        probe_free(rs->probes);
+    weft_http_client_free(rs->hc);
+    rs->hc = NULL;
 }
 
 void reg_server_free(reg_server *rs)

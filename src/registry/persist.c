@@ -57,6 +57,8 @@ static json_t *instance_body(const reg_instance *in)
         return NULL;
     if (in->meta)
         json_object_set(o, "meta", in->meta);
+    if (in->check) /* the definition, with the current state as its initial one */
+        json_object_set_new(o, "check", reg_check_json(in->check));
     if (in->zone)
         json_object_set_new(o, "zone", json_string(in->zone));
     if (in->version)
@@ -153,6 +155,8 @@ static int replay(void *ud, const char *rec, size_t len)
                 tagv[i] = json_string_value(json_array_get(tags, i));
             in.tags = tagv;
             if (reg_put(c->store, svc, id, &in, c->now_ms) >= 0) {
+                if (in.check.kind != REG_CHECK_NONE) /* the state as last written */
+                    reg_set_check(c->store, svc, id, in.check.passing, c->now_ms);
                 json_t *w = json_object_get(o, "expires_wall_ms");
                 if (in.ttl_ms && json_is_integer(w)) {
                     /* the written deadline + TTL/2 bounds the true one from above */

@@ -188,6 +188,9 @@ static void inst_free(reg_instance *in)
     json_decref(in->meta);
     free(in->zone);
     free(in->version);
+    if (in->check)
+        free(in->check->target);
+    free(in->check);
     free(in);
 }
 
@@ -219,6 +222,199 @@ void reg_store_free(reg_store *s)
 
 /* ---- input ---- */
 
+/* Seconds as a number, or a duration string: "10s", "500ms", "1m". */
+static bool parse_duration(json_t *v, double min_s, double max_s, uint64_t *ms)
+{
+    double secs = -1;
+    if (json_is_number(v))
+        secs = json_number_value(v);
+    else if (json_is_string(v)) {
+        char *end;
+        const char *t = json_string_value(v);
+        double d = strtod(t, &end);
+        if (end != t && strcmp(end, "s") == 0)
+            secs = d;
+        else if (end != t && strcmp(end, "ms") == 0)
+            secs = d / 1000;
+        else if (end != t && strcmp(end, "m") == 0)
+            secs = d * 60;
+    }
+    if (!(secs >= min_s && secs <= max_s))
+        return false;
+    *ms = (uint64_t)(secs * 1000 + 0.5);
+    return true;
+}
+
+static bool target_chars_ok(const char *t)
+{
+    for (; *t; t++)
+        if (*t <= ' ' || *t == '"' || (unsigned char)*t >= 0x7f)
+            return false;
+    return true;
+}
+
+int reg_check_http_split(const char *target, const char *addr, uint16_t port, char *host,
+                         size_t hostlen, uint16_t *oport, const char **path)
+{
+    if (target[0] == '/') {
+        if (strlen(addr) >= hostlen)
+            return WEFT_EINVAL;
+        strcpy(host, addr);
+        *oport = port;
+        *path = target;
+        return 0;
+    }
+    if (strncmp(target, "http://", 7) != 0)
+        return WEFT_EINVAL;
+    const char *hp = target + 7, *slash = strchr(hp, '/');
+    *path = slash ? slash : "/";
+    size_t n = slash ? (size_t)(slash - hp) : strlen(hp);
+    const char *colon = NULL;
+    if (n && hp[0] == '[') {
+        const char *rb = memchr(hp, ']', n);
+        if (!rb || rb == hp + 1)
+            return WEFT_EINVAL;
+        if ((size_t)(rb - hp - 1) >= hostlen)
+            return WEFT_EINVAL;
+        memcpy(host, hp + 1, (size_t)(rb - hp - 1));
+        host[rb - hp - 1] = 0;
+        colon = rb + 1 < hp + n ? rb + 1 : NULL;
+        if (colon && *colon != ':')
+            return WEFT_EINVAL;
+    } else {
+        colon = memchr(hp, ':', n);
+        size_t hl = colon ? (size_t)(colon - hp) : n;
+        if (hl == 0 || hl >= hostlen)
+            return WEFT_EINVAL;
+        memcpy(host, hp, hl);
+        host[hl] = 0;
+    }
+    if (!colon) {
+        *oport = 80;
+        return 0;
+    }
+    unsigned long pv = 0;
+    const char *q = colon + 1, *e = hp + n;
+    if (q == e || e - q > 5)
+        return WEFT_EINVAL;
+    for (; q < e; q++) {
+        if (*q < '0' || *q > '9')
+            return WEFT_EINVAL;
+        pv = pv * 10 + (unsigned long)(*q - '0');
+    }
+    if (pv < 1 || pv > 65535)
+        return WEFT_EINVAL;
+    *oport = (uint16_t)pv;
+    return 0;
+}
+
+static int check_from_json(json_t *v, reg_check *c, char *why, size_t whylen)
+{
+    memset(c, 0, sizeof *c);
+    if (!json_is_object(v)) {
+        snprintf(why, whylen, "check: expected an object with \"http\" or \"tcp\"");
+        return WEFT_EINVAL;
+    }
+    static const char *const known[] = {"http",     "tcp",       "interval", "timeout",
+                                        "failures", "successes", "status",   NULL};
+    const char *key;
+    json_t *f;
+    json_object_foreach(v, key, f) {
+        bool ok = false;
+        for (size_t i = 0; known[i]; i++)
+            ok |= strcmp(key, known[i]) == 0;
+        if (!ok) {
+            snprintf(why, whylen, "check.%.64s: unknown field", key);
+            return WEFT_EINVAL;
+        }
+    }
+    json_t *h = json_object_get(v, "http"), *t = json_object_get(v, "tcp");
+    if ((h != NULL) == (t != NULL)) {
+        snprintf(why, whylen, "check: expected exactly one of \"http\" and \"tcp\"");
+        return WEFT_EINVAL;
+    }
+    char host[256];
+    uint16_t port;
+    const char *path;
+    if (h) {
+        c->kind = REG_CHECK_HTTP;
+        if (!json_is_string(h) || json_string_length(h) > 1024 ||
+            !target_chars_ok(json_string_value(h)) ||
+            reg_check_http_split(json_string_value(h), "x", 1, host, sizeof host, &port,
+                                 &path) < 0) {
+            snprintf(why, whylen,
+                     "check.http: expected a path (\"/health\") or an http://host:port/path URL");
+            return WEFT_EINVAL;
+        }
+        c->target = (char *)json_string_value(h);
+    } else {
+        c->kind = REG_CHECK_TCP;
+        const char *tv = json_is_string(t) ? json_string_value(t) : NULL;
+        char url[300];
+        bool ok = tv && strlen(tv) < 260 && target_chars_ok(tv);
+        if (ok && *tv) {
+            snprintf(url, sizeof url, "http://%s", tv);
+            ok = strchr(tv, '/') == NULL &&
+                 reg_check_http_split(url, "x", 1, host, sizeof host, &port, &path) == 0;
+            /* the port is required: the last ':' must follow any ']' */
+            const char *lc = strrchr(tv, ':'), *rb = strrchr(tv, ']');
+            ok = ok && lc && (!rb || lc > rb);
+        }
+        if (!ok) {
+            snprintf(why, whylen,
+                     "check.tcp: expected \"\" (the instance's address) or \"host:port\"");
+            return WEFT_EINVAL;
+        }
+        c->target = (char *)tv;
+    }
+    uint64_t ms = 10000;
+    f = json_object_get(v, "interval");
+    if (f && !parse_duration(f, 0.05, 3600, &ms)) {
+        snprintf(why, whylen, "check.interval: expected 0.05-3600 seconds or a duration like \"10s\"");
+        return WEFT_EINVAL;
+    }
+    c->interval_ms = (uint32_t)ms;
+    ms = c->interval_ms < 5000 ? c->interval_ms : 5000;
+    f = json_object_get(v, "timeout");
+    if (f && (!parse_duration(f, 0.01, 3600, &ms) || ms > c->interval_ms)) {
+        snprintf(why, whylen, "check.timeout: expected a duration no longer than the interval");
+        return WEFT_EINVAL;
+    }
+    c->timeout_ms = (uint32_t)ms;
+    static const char *const counts[] = {"failures", "successes"};
+    for (int k = 0; k < 2; k++) {
+        f = json_object_get(v, counts[k]);
+        json_int_t n = 1;
+        if (f && (!json_is_integer(f) || (n = json_integer_value(f)) < 1 || n > 100)) {
+            snprintf(why, whylen, "check.%s: expected an integer 1-100", counts[k]);
+            return WEFT_EINVAL;
+        }
+        if (k == 0)
+            c->failures = (uint8_t)n;
+        else
+            c->successes = (uint8_t)n;
+    }
+    f = json_object_get(v, "status");
+    const char *st = f ? json_string_value(f) : "critical";
+    if (!st || (strcmp(st, "passing") != 0 && strcmp(st, "critical") != 0)) {
+        snprintf(why, whylen, "check.status: expected \"passing\" or \"critical\"");
+        return WEFT_EINVAL;
+    }
+    c->passing = strcmp(st, "passing") == 0;
+    return 0;
+}
+
+json_t *reg_check_json(const reg_check *c)
+{
+    char iv[32], to[32];
+    snprintf(iv, sizeof iv, "%ums", (unsigned)c->interval_ms);
+    snprintf(to, sizeof to, "%ums", (unsigned)c->timeout_ms);
+    return json_pack("{s:s, s:s, s:s, s:i, s:i, s:s}", c->kind == REG_CHECK_HTTP ? "http" : "tcp",
+                     c->target, "interval", iv, "timeout", to, "failures", (int)c->failures,
+                     "successes", (int)c->successes, "status",
+                     c->passing ? "passing" : "critical");
+}
+
 int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen)
 {
     memset(in, 0, sizeof *in);
@@ -229,7 +425,7 @@ int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen)
         return WEFT_EINVAL;
     }
     static const char *const known[] = {"address", "port", "tags",   "meta", "zone",
-                                        "version", "weight", "status", "ttl", NULL};
+                                        "version", "weight", "status", "ttl", "check", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(body, key, v) {
@@ -288,26 +484,10 @@ int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen)
     }
     v = json_object_get(body, "ttl");
     if (v) {
-        /* seconds as a number, or a duration string like "10s" / "500ms" */
-        double secs = -1;
-        if (json_is_number(v))
-            secs = json_number_value(v);
-        else if (json_is_string(v)) {
-            char *end;
-            const char *t = json_string_value(v);
-            double d = strtod(t, &end);
-            if (end != t && strcmp(end, "s") == 0)
-                secs = d;
-            else if (end != t && strcmp(end, "ms") == 0)
-                secs = d / 1000;
-            else if (end != t && strcmp(end, "m") == 0)
-                secs = d * 60;
-        }
-        if (!(secs >= 0.1 && secs <= 86400)) {
+        if (!parse_duration(v, 0.1, 86400, &in->ttl_ms)) {
             snprintf(why, whylen, "ttl: expected seconds (0.1-86400) or a duration like \"10s\"");
             return WEFT_EINVAL;
         }
-        in->ttl_ms = (uint64_t)(secs * 1000 + 0.5);
     }
     v = json_object_get(body, "tags");
     if (v) {
@@ -340,6 +520,9 @@ int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen)
         }
         in->meta = v;
     }
+    v = json_object_get(body, "check");
+    if (v && check_from_json(v, &in->check, why, whylen) < 0)
+        return WEFT_EINVAL;
     return 0;
 }
 
@@ -433,7 +616,8 @@ size_t reg_instances(const reg_store *s, const char *service, const reg_instance
 
 bool reg_instance_healthy(const reg_instance *in, uint64_t now_ms)
 {
-    return in->status == REG_UP && !in->expired && (in->ttl_ms == 0 || now_ms < in->expires_ms);
+    return in->status == REG_UP && !in->expired &&
+           (in->ttl_ms == 0 || now_ms < in->expires_ms) && (!in->check || in->check->passing);
 }
 
 json_t *reg_instance_json(const reg_instance *in, uint64_t now_ms)
@@ -462,6 +646,8 @@ json_t *reg_instance_json(const reg_instance *in, uint64_t now_ms)
     }
     if (in->expired)
         json_object_set_new(o, "expired", json_true());
+    if (in->check)
+        json_object_set_new(o, "check", reg_check_json(in->check));
     return o;
 }
 
@@ -475,8 +661,19 @@ static char *inst_dump(const reg_instance *in, uint64_t now_ms)
 
 /* ---- mutations ---- */
 
+static bool same_check(const reg_check *c, const reg_check *x)
+{
+    if (!c)
+        return x->kind == REG_CHECK_NONE;
+    return c->kind == x->kind && strcmp(c->target, x->target) == 0 &&
+           c->interval_ms == x->interval_ms && c->timeout_ms == x->timeout_ms &&
+           c->failures == x->failures && c->successes == x->successes;
+}
+
 static bool same_input(const reg_instance *in, const reg_input *x)
 {
+    if (!same_check(in->check, &x->check))
+        return false;
     if (strcmp(in->address, x->address) != 0 || in->port != (uint16_t)x->port ||
         in->weight != (uint32_t)x->weight || in->status != x->status || in->ntags != x->ntags ||
         in->ttl_ms != x->ttl_ms)
@@ -516,6 +713,25 @@ static int fill(reg_instance *in, const reg_input *x)
     in->weight = (uint32_t)x->weight;
     in->status = x->status;
     in->ttl_ms = x->ttl_ms;
+    if (!same_check(in->check, &x->check)) {
+        /* a new definition starts over from its initial state */
+        if (in->check)
+            free(in->check->target);
+        free(in->check);
+        in->check = NULL;
+        if (x->check.kind != REG_CHECK_NONE) {
+            in->check = malloc(sizeof *in->check);
+            if (!in->check)
+                return WEFT_ENOMEM;
+            *in->check = x->check;
+            in->check->target = strdup(x->check.target);
+            in->check->ok_streak = in->check->fail_streak = 0;
+            in->check->next_ms = 0;
+            in->check->probe_id = 0;
+            if (!in->check->target)
+                return WEFT_ENOMEM;
+        }
+    }
     if (!in->address || (x->ntags && !in->tags))
         return WEFT_ENOMEM;
     return 0;
@@ -657,6 +873,22 @@ int64_t reg_set_status(reg_store *s, const char *service, const char *id, int st
     if (in->status == status)
         return 0;
     in->status = status;
+    s->rev++;
+    in->mod_rev = s->rev;
+    find_svc(s, service, NULL)->rev = s->rev;
+    record(s, REG_EV_PUT, service, id, inst_dump(in, now_ms));
+    return (int64_t)s->rev;
+}
+
+int64_t reg_set_check(reg_store *s, const char *service, const char *id, bool passing,
+                      uint64_t now_ms)
+{
+    reg_instance *in = (reg_instance *)reg_find(s, service, id);
+    if (!in)
+        return WEFT_ENOTFOUND;
+    if (!in->check || in->check->passing == passing)
+        return 0;
+    in->check->passing = passing;
     s->rev++;
     in->mod_rev = s->rev;
     find_svc(s, service, NULL)->rev = s->rev;

@@ -27,6 +27,30 @@ enum reg_status { REG_UP = 0, REG_DOWN, REG_OUT_OF_SERVICE, REG_STARTING };
 const char *reg_status_name(int status);
 int reg_status_from(const char *s); /* -1 if unknown */
 
+/* An active health check the registry runs against an instance (Consul
+ * semantics: the instance is unhealthy while its check is critical). The
+ * store keeps the definition and the state; api.c runs the probes. */
+enum reg_check_kind { REG_CHECK_NONE = 0, REG_CHECK_HTTP, REG_CHECK_TCP };
+typedef struct reg_check {
+    int kind;
+    char *target; /* HTTP: "/path" on the instance or "http://host:port/path";
+                     TCP: "" (the instance's address:port) or "host:port" */
+    uint32_t interval_ms, timeout_ms;
+    uint8_t failures, successes; /* consecutive results needed to flip */
+    bool passing;                /* input: the initial state; instance: the current one */
+    /* prober bookkeeping (api.c) */
+    uint8_t ok_streak, fail_streak;
+    uint64_t next_ms;
+    uint64_t probe_id; /* the probe in flight, 0 if none */
+} reg_check;
+
+/* Split an HTTP check target into host, port and path for the instance at
+ * addr:port. 0, or WEFT_EINVAL. */
+int reg_check_http_split(const char *target, const char *addr, uint16_t port, char *host,
+                         size_t hostlen, uint16_t *oport, const char **path);
+/* The check as JSON (definition plus "status"), new reference. */
+json_t *reg_check_json(const reg_check *c);
+
 typedef struct reg_instance {
     char *service;
     char *id;
@@ -44,6 +68,7 @@ typedef struct reg_instance {
     uint64_t create_rev, mod_rev;
     bool expired;        /* lease ran out but self-preservation kept it */
     uint64_t journaled_expires_ms; /* persistence: the lease deadline last written */
+    reg_check *check; /* NULL without an active check */
 } reg_instance;
 
 enum reg_event_kind { REG_EV_PUT = 1, REG_EV_DELETE = 2 };
@@ -81,6 +106,7 @@ typedef struct reg_input {
     int64_t weight;   /* 1..1000, default 1 */
     int status;       /* default REG_UP */
     uint64_t ttl_ms;  /* 0 = no lease */
+    reg_check check;  /* kind REG_CHECK_NONE: no check; target borrowed */
 } reg_input;
 
 /* Parse and validate a JSON registration body. On error returns
@@ -104,6 +130,12 @@ int reg_heartbeat(reg_store *s, const char *service, const char *id, uint64_t no
 /* Set the status. Revision (0 if unchanged), or WEFT_ENOTFOUND. */
 int64_t reg_set_status(reg_store *s, const char *service, const char *id, int status,
                        uint64_t now_ms);
+
+/* Record a check result that flips the state (passing or critical).
+ * Revision (0 if unchanged or the instance has no check), or
+ * WEFT_ENOTFOUND. */
+int64_t reg_set_check(reg_store *s, const char *service, const char *id, bool passing,
+                      uint64_t now_ms);
 
 /* Restore: set an instance's lease deadline (replay of a journal). */
 void reg_set_expiry(reg_store *s, const char *service, const char *id, uint64_t expires_ms);
@@ -129,7 +161,8 @@ size_t reg_instances(const reg_store *s, const char *service, const reg_instance
 const reg_instance *reg_find(const reg_store *s, const char *service, const char *id);
 size_t reg_instance_total(const reg_store *s);
 
-/* An instance is healthy when UP and its lease has not run out. */
+/* An instance is healthy when UP, its lease has not run out and its check
+ * (if any) is passing. */
 bool reg_instance_healthy(const reg_instance *in, uint64_t now_ms);
 /* The instance as a JSON object (new reference). */
 json_t *reg_instance_json(const reg_instance *in, uint64_t now_ms);

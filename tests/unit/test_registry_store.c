@@ -1505,9 +1505,90 @@ static void test_churn_does_not_exhaust_table(void **state)
     assert_int_equal(rc, 0);
 }
 
+/* ------------------------------------------------------------------ */
+/* active checks */
+
+static void test_check_http_split(void **state)
+{
+    (void)state;
+    char host[64];
+    uint16_t port;
+    const char *path;
+    assert_int_equal(reg_check_http_split("/health", "10.0.0.1", 8080, host, sizeof host, &port,
+                                          &path), 0);
+    assert_string_equal(host, "10.0.0.1");
+    assert_int_equal(port, 8080);
+    assert_string_equal(path, "/health");
+    assert_int_equal(reg_check_http_split("http://h.example:9000/r?x=1", "a", 1, host,
+                                          sizeof host, &port, &path), 0);
+    assert_string_equal(host, "h.example");
+    assert_int_equal(port, 9000);
+    assert_string_equal(path, "/r?x=1");
+    assert_int_equal(reg_check_http_split("http://[::1]:81", "a", 1, host, sizeof host, &port,
+                                          &path), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(port, 81);
+    assert_string_equal(path, "/");
+    assert_int_equal(reg_check_http_split("http://h/", "a", 1, host, sizeof host, &port, &path),
+                     0);
+    assert_int_equal(port, 80);
+    static const char *const bad[] = {"health", "https://h/", "http://:1/", "http://h:0/",
+                                      "http://h:65536/", "http://h:x/", "http://[::1/",
+                                      "http://[]:1/", "http://[::1]x/", "http://h:/"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(reg_check_http_split(bad[i], "a", 1, host, sizeof host, &port, &path),
+                         WEFT_EINVAL);
+}
+
+static void test_check_input_and_state(void **state)
+{
+    (void)state;
+    reg_store *s = store_with(0);
+    json_t *b = body_with("check", json_pack("{s:s, s:s}", "http", "/h", "interval", "2s"));
+    reg_input in;
+    char why[256] = "";
+    assert_int_equal(reg_input_from_json(b, &in, why, sizeof why), 0);
+    assert_int_equal(in.check.kind, REG_CHECK_HTTP);
+    assert_int_equal(in.check.interval_ms, 2000);
+    assert_int_equal(in.check.timeout_ms, 2000); /* min(interval, 5 s) */
+    assert_int_equal(in.check.failures, 1);
+    assert_false(in.check.passing); /* critical until a probe passes */
+    assert_int_equal(reg_put(s, "api", "a", &in, 1000), 1);
+    json_decref(b);
+    const reg_instance *r = reg_find(s, "api", "a");
+    assert_non_null(r->check);
+    assert_false(reg_instance_healthy(r, 1000));
+    /* only flips are changes */
+    assert_int_equal(reg_set_check(s, "api", "a", true, 1100), 2);
+    assert_true(reg_instance_healthy(reg_find(s, "api", "a"), 1100));
+    assert_int_equal(reg_set_check(s, "api", "a", true, 1200), 0);
+    assert_int_equal(reg_set_check(s, "api", "ghost", true, 1200), WEFT_ENOTFOUND);
+    /* re-registering the same check keeps its state; a new one starts over */
+    b = body_with("check", json_pack("{s:s, s:s}", "http", "/h", "interval", "2s"));
+    assert_int_equal(reg_input_from_json(b, &in, why, sizeof why), 0);
+    assert_int_equal(reg_put(s, "api", "a", &in, 1300), 0);
+    json_decref(b);
+    assert_true(reg_find(s, "api", "a")->check->passing);
+    b = body_with("check", json_pack("{s:s, s:s}", "tcp", "", "interval", "1s"));
+    assert_int_equal(reg_input_from_json(b, &in, why, sizeof why), 0);
+    assert_int_equal(reg_put(s, "api", "a", &in, 1400), 3);
+    json_decref(b);
+    assert_int_equal(reg_find(s, "api", "a")->check->kind, REG_CHECK_TCP);
+    assert_false(reg_find(s, "api", "a")->check->passing);
+    /* dropping the check makes the instance healthy without one */
+    in = mk_input("10.0.0.1", 8080, 0);
+    assert_int_equal(reg_put(s, "api", "a", &in, 1500), 4);
+    assert_null(reg_find(s, "api", "a")->check);
+    assert_true(reg_instance_healthy(reg_find(s, "api", "a"), 1500));
+    assert_int_equal(reg_set_check(s, "api", "a", false, 1600), 0);
+    reg_store_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_check_http_split),
+        cmocka_unit_test(test_check_input_and_state),
         cmocka_unit_test(test_input_full_body),
         cmocka_unit_test(test_input_defaults),
         cmocka_unit_test(test_input_not_object),

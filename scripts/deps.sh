@@ -9,7 +9,7 @@ PKGS=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libyaml-dev libjansson-dev libcmocka-dev libssl-dev zlib1g-dev libpcre2-dev libc-ares-dev
   # integration tests and benchmarks
-  python3 python3-pytest python3-requests curl wrk nginx-light haproxy prometheus openssl dnsutils
+  python3 python3-pytest python3-requests python3-consul curl wrk nginx-light haproxy prometheus openssl dnsutils
   procps iproute2
 )
 

@@ -21,6 +21,7 @@
  */
 #include "registry.h"
 
+#include "consul.h"
 #include "dns.h"
 #include "persist.h"
 #include "store.h"
@@ -49,6 +50,7 @@ typedef struct waiter {
     char *service; /* NULL: waits on the service list (global revision) */
     uint64_t index;
     bool healthy_only;
+    int view; /* REG_CONSUL_*: answer in Consul's format; 0: native */
     char *tag, *zone;
     weft_timer timer;
 } waiter;
@@ -253,6 +255,18 @@ static void answer_services(reg_server *rs, weft_http_req *r)
                                    reg_self_preservation(rs->store)));
 }
 
+static void answer_consul(reg_server *rs, weft_http_req *r, int view, const char *service,
+                          bool passing, const char *tag)
+{
+    uint64_t rev = service ? reg_service_revision(rs->store, service) : reg_revision(rs->store);
+    char v[24];
+    int n = snprintf(v, sizeof v, "%llu", (unsigned long long)(rev ? rev : 1));
+    weft_http_resp_header(r, WEFT_STR("X-Consul-Index"), (weft_str){v, (size_t)n});
+    weft_http_resp_header(r, WEFT_STR("X-Consul-KnownLeader"), WEFT_STR("true"));
+    weft_http_resp_header(r, WEFT_STR("X-Consul-LastContact"), WEFT_STR("0"));
+    respond_json(r, 200, reg_consul_view(rs->store, view, service, passing, tag, now_ms(rs)));
+}
+
 /* ---- blocking queries ---- */
 
 static void waiter_free(waiter *w)
@@ -278,7 +292,9 @@ static void waiter_answer(waiter *w)
     reg_server *rs = w->rs;
     weft_http_req *r = w->r;
     weft_http_req_on_abort(r, NULL, NULL);
-    if (w->service)
+    if (w->view)
+        answer_consul(rs, r, w->view, w->service, w->healthy_only, w->tag);
+    else if (w->service)
         answer_service(rs, r, w->service, w->healthy_only, w->tag, w->zone);
     else
         answer_services(rs, r);
@@ -300,7 +316,7 @@ static void waiter_abort(weft_http_req *r, void *ud)
 static char *dup_opt(const char *s) { return s ? strdup(s) : NULL; }
 
 static bool park(reg_server *rs, weft_http_req *r, const char *service, uint64_t index,
-                 bool healthy_only, const char *tag, const char *zone)
+                 bool healthy_only, const char *tag, const char *zone, int view)
 {
     uint64_t current = service ? reg_service_revision(rs->store, service) : reg_revision(rs->store);
     if (index == 0 || current > index || rs->draining)
@@ -327,6 +343,7 @@ static bool park(reg_server *rs, weft_http_req *r, const char *service, uint64_t
     w->service = dup_opt(service);
     w->index = index;
     w->healthy_only = healthy_only;
+    w->view = view;
     w->tag = dup_opt(tag);
     w->zone = dup_opt(zone);
     w->next = rs->waiters;
@@ -915,6 +932,9 @@ static void h_session(reg_server *rs, weft_http_req *r, const char *svc, const c
 
 /* ---- handlers ---- */
 
+static void register_json(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
+                          json_t *j);
+
 static void h_register(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
 {
     weft_str body = weft_http_req_body(r);
@@ -927,6 +947,13 @@ static void h_register(reg_server *rs, weft_http_req *r, const char *svc, const 
         respond_err(r, 400, msg);
         return;
     }
+    register_json(rs, r, svc, id, j);
+}
+
+/* Register from a parsed body (consumed). */
+static void register_json(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
+                          json_t *j)
+{
     reg_input in;
     char why[200];
     const char *tagv[64];
@@ -953,6 +980,38 @@ static void h_register(reg_server *rs, weft_http_req *r, const char *svc, const 
                   json_pack("{s:I, s:b}", "revision", (json_int_t)rev, "changed", rc > 0), rc > 0);
 }
 
+static void deregister(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
+{
+    int64_t rc = reg_delete(rs->store, svc, id);
+    if (rc < 0) {
+        respond_err(r, 404, "no such instance");
+        return;
+    }
+    weft_metric_inc(rs->m, rs->m_deregs);
+    if (rs->persist)
+        reg_persist_del(rs->persist, svc, id);
+    answer_change(rs, r, 200, json_pack("{s:I}", "revision", (json_int_t)rc), true);
+}
+
+static void heartbeat(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
+{
+    uint64_t now = now_ms(rs);
+    if (reg_heartbeat(rs->store, svc, id, now) < 0) {
+        respond_err(r, 404, "no such instance: register again");
+        return;
+    }
+    weft_metric_inc(rs->m, rs->m_beats);
+    reg_instance *in = reg_find_mut(rs->store, svc, id);
+    if (rs->persist) {
+        /* not waited for: a restart restores the lease conservatively */
+        reg_persist_lease(rs->persist, in, now);
+        if (reg_persist_dirty(rs->persist))
+            schedule_commit(rs);
+    }
+    respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)in->ttl_ms));
+    notify(rs); /* only does work if the heartbeat ended a self-preservation hold */
+}
+
 static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
                        const char *action)
 {
@@ -962,15 +1021,7 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
         if (m == WEFT_METHOD_PUT) {
             h_register(rs, r, svc, id);
         } else if (m == WEFT_METHOD_DELETE) {
-            int64_t rc = reg_delete(rs->store, svc, id);
-            if (rc < 0) {
-                respond_err(r, 404, "no such instance");
-                return;
-            }
-            weft_metric_inc(rs->m, rs->m_deregs);
-            if (rs->persist)
-                reg_persist_del(rs->persist, svc, id);
-            answer_change(rs, r, 200, json_pack("{s:I}", "revision", (json_int_t)rc), true);
+            deregister(rs, r, svc, id);
         } else if (m == WEFT_METHOD_GET || m == WEFT_METHOD_HEAD) {
             const reg_instance *in = reg_find(rs->store, svc, id);
             if (!in) {
@@ -1000,20 +1051,7 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
         return;
     }
     if (strcmp(action, "heartbeat") == 0) {
-        if (reg_heartbeat(rs->store, svc, id, now) < 0) {
-            respond_err(r, 404, "no such instance: register again");
-            return;
-        }
-        weft_metric_inc(rs->m, rs->m_beats);
-        reg_instance *in = reg_find_mut(rs->store, svc, id);
-        if (rs->persist) {
-            /* not waited for: a restart restores the lease conservatively */
-            reg_persist_lease(rs->persist, in, now);
-            if (reg_persist_dirty(rs->persist))
-                schedule_commit(rs);
-        }
-        respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)in->ttl_ms));
-        notify(rs); /* only does work if the heartbeat ended a self-preservation hold */
+        heartbeat(rs, r, svc, id);
         return;
     }
     if (strcmp(action, "status") == 0) {
@@ -1044,6 +1082,143 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
 }
 
 static bool flag_true(const char *v) { return v && (!*v || strcmp(v, "true") == 0 || strcmp(v, "1") == 0); }
+
+/* ---- Consul-compatible subset (consul.c builds the bodies) ---- */
+
+/* Find the service of a Consul service ID (unique across services there). */
+static const char *service_of_id(reg_server *rs, const char *id)
+{
+    for (size_t i = 0; i < reg_service_count(rs->store); i++) {
+        size_t n;
+        const char *name = reg_service_at(rs->store, i, &n);
+        if (n && reg_find(rs->store, name, id))
+            return name;
+    }
+    return NULL;
+}
+
+static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
+{
+    int m = weft_http_req_method(r);
+    bool get = m == WEFT_METHOD_GET || m == WEFT_METHOD_HEAD;
+    const char *a = seg[1], *b = nseg > 2 ? seg[2] : "";
+    int view = REG_CONSUL_NONE;
+    if (strcmp(a, "catalog") == 0 && nseg == 3 && strcmp(b, "services") == 0)
+        view = REG_CONSUL_SERVICES;
+    else if (strcmp(a, "catalog") == 0 && nseg == 4 && strcmp(b, "service") == 0)
+        view = REG_CONSUL_CATALOG;
+    else if (strcmp(a, "health") == 0 && nseg == 4 && strcmp(b, "service") == 0)
+        view = REG_CONSUL_HEALTH;
+    if (view) {
+        if (!get) {
+            weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET, HEAD"));
+            respond_err(r, 405, "method not allowed");
+            return;
+        }
+        const char *svc = view == REG_CONSUL_SERVICES ? NULL : seg[3];
+        if (svc && !reg_name_ok(svc)) {
+            respond_err(r, 400, "service: 1-200 characters of letters, digits, '.', '_', '-', ':'");
+            return;
+        }
+        uint64_t index = 0;
+        char *idx = qparam(r, "index");
+        if (idx && !parse_u64(idx, &index)) {
+            respond_err(r, 400, "index: expected a number");
+            return;
+        }
+        bool passing = flag_true(qparam(r, "passing"));
+        const char *tag = qparam(r, "tag");
+        if (!park(rs, r, svc, index, passing, tag, NULL, view))
+            answer_consul(rs, r, view, svc, passing, tag);
+        return;
+    }
+    if (strcmp(a, "agent") == 0 && nseg == 3 && strcmp(b, "self") == 0 && get) {
+        respond_json(r, 200,
+                     json_pack("{s:{s:s, s:s, s:s, s:b, s:s}, s:{s:s, s:s, s:i, s:{}}}",
+                               "Config", "Datacenter", REG_CONSUL_DC, "NodeName",
+                               REG_CONSUL_NODE, "NodeID", "", "Server", 1, "Version", "weft",
+                               "Member", "Name", REG_CONSUL_NODE, "Addr", "127.0.0.1", "Port",
+                               0, "Tags"));
+        return;
+    }
+    if (strcmp(a, "status") == 0 && nseg == 3 && strcmp(b, "leader") == 0 && get) {
+        respond_json(r, 200, json_string("127.0.0.1:8300"));
+        return;
+    }
+    if (strcmp(a, "catalog") == 0 && nseg == 3 && strcmp(b, "datacenters") == 0 && get) {
+        respond_json(r, 200, json_pack("[s]", REG_CONSUL_DC));
+        return;
+    }
+    bool agent_svc = strcmp(a, "agent") == 0 && nseg >= 4 && strcmp(b, "service") == 0;
+    bool agent_chk = strcmp(a, "agent") == 0 && nseg == 5 && strcmp(b, "check") == 0;
+    /* Consul before 1.0 took GET for these (python-consul 0.7 still sends
+     * GET for deregister and check updates); registration must be a PUT */
+    bool reg_call = agent_svc && nseg == 4 && strcmp(seg[3], "register") == 0;
+    if ((agent_svc || agent_chk) && m != WEFT_METHOD_PUT && (reg_call || m != WEFT_METHOD_GET)) {
+        weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("PUT"));
+        respond_err(r, 405, "method not allowed");
+        return;
+    }
+    if (reg_call) {
+        weft_str body = weft_http_req_body(r);
+        json_error_t je;
+        json_t *j = json_loadb(body.p ? body.p : "", body.n, 0, &je), *native;
+        char svc[256], id[256], why[200];
+        if (!j) {
+            snprintf(why, sizeof why, "invalid JSON at line %d column %d: %s", je.line,
+                     je.column, je.text);
+            respond_err(r, 400, why);
+            return;
+        }
+        int rc = reg_consul_translate(j, &native, svc, sizeof svc, id, sizeof id, why,
+                                      sizeof why);
+        json_decref(j);
+        if (rc < 0) {
+            respond_err(r, 400, why);
+            return;
+        }
+        /* a Consul ID is unique across services: moving it deregisters the old one */
+        const char *old = service_of_id(rs, id);
+        if (old && strcmp(old, svc) != 0) {
+            char oldname[256];
+            snprintf(oldname, sizeof oldname, "%s", old);
+            if (reg_delete(rs->store, oldname, id) >= 0 && rs->persist)
+                reg_persist_del(rs->persist, oldname, id);
+        }
+        register_json(rs, r, svc, id, native);
+        return;
+    }
+    if (agent_svc && nseg == 5 && strcmp(seg[3], "deregister") == 0) {
+        const char *svc = reg_name_ok(seg[4]) ? service_of_id(rs, seg[4]) : NULL;
+        if (!svc) {
+            respond_err(r, 404, "unknown service ID");
+            return;
+        }
+        char name[256];
+        snprintf(name, sizeof name, "%s", svc);
+        deregister(rs, r, name, seg[4]);
+        return;
+    }
+    if (agent_chk && strcmp(seg[3], "pass") == 0) {
+        /* TTL checks are the instance's lease: "service:ID" or the ID itself */
+        const char *id = strncmp(seg[4], "service:", 8) == 0 ? seg[4] + 8 : seg[4];
+        const char *svc = reg_name_ok(id) ? service_of_id(rs, id) : NULL;
+        if (!svc) {
+            respond_err(r, 404, "unknown check ID");
+            return;
+        }
+        char name[256];
+        snprintf(name, sizeof name, "%s", svc);
+        heartbeat(rs, r, name, id);
+        return;
+    }
+    if (agent_chk && (strcmp(seg[3], "fail") == 0 || strcmp(seg[3], "warn") == 0)) {
+        respond_err(r, 400, "TTL fail/warn are not supported: set the status with "
+                            "PUT /v1/services/NAME/instances/ID/status");
+        return;
+    }
+    respond_err(r, 404, "not found");
+}
 
 static void handle(weft_http_req *r, void *ud)
 {
@@ -1089,7 +1264,7 @@ static void handle(weft_http_req *r, void *ud)
         return;
     }
     if (strcmp(seg[1], "services") != 0) {
-        respond_err(r, 404, "not found");
+        h_consul(rs, r, seg, nseg);
         return;
     }
     uint64_t index = 0;
@@ -1099,7 +1274,7 @@ static void handle(weft_http_req *r, void *ud)
         return;
     }
     if (nseg == 2) {
-        if (!park(rs, r, NULL, index, false, NULL, NULL))
+        if (!park(rs, r, NULL, index, false, NULL, NULL, 0))
             answer_services(rs, r);
         return;
     }
@@ -1116,7 +1291,7 @@ static void handle(weft_http_req *r, void *ud)
         }
         bool healthy = flag_true(qparam(r, "healthy")) || flag_true(qparam(r, "passing"));
         const char *tag = qparam(r, "tag"), *zone = qparam(r, "zone");
-        if (!park(rs, r, svc, index, healthy, tag, zone))
+        if (!park(rs, r, svc, index, healthy, tag, zone, 0))
             answer_service(rs, r, svc, healthy, tag, zone);
         return;
     }

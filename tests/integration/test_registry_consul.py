@@ -1,0 +1,139 @@
+"""The Consul-compatible subset, driven by a real Consul client: Debian's
+python3-consul (python-consul 0.7)."""
+import time
+
+import consul
+
+from test_registry_checks import Backend, wait_for
+from test_registry_durability import Registry
+
+
+def client(r):
+    return consul.Consul(host="127.0.0.1", port=r.port)
+
+
+def test_python_consul_register_discover_deregister(tmp_path):
+    b = Backend()
+    r = Registry(tmp_path / "d", tmp_path)
+    try:
+        c = client(r)
+        assert c.agent.service.register(
+            "web", service_id="web-1", address="127.0.0.1", port=b.port, tags=["v1", "blue"],
+            check=consul.Check.http(f"http://127.0.0.1:{b.port}/health", "100ms"))
+        assert c.agent.service.register("web", service_id="web-2", address="127.0.0.1", port=9,
+                                        tags=["v2"], check=consul.Check.ttl("10s"))
+        assert c.agent.service.register("db", service_id="db-1", address="127.0.0.2", port=5432)
+        idx, svcs = c.catalog.services()
+        assert int(idx) >= 3
+        assert set(svcs) == {"web", "db"} and sorted(svcs["web"]) == ["blue", "v1", "v2"]
+        idx, nodes = c.catalog.service("web")
+        assert {n["ServiceID"]: n["ServicePort"] for n in nodes} == {"web-1": b.port, "web-2": 9}
+        assert all(n["Node"] == "weft" and n["Datacenter"] == "dc1" for n in nodes)
+        idx, nodes = c.catalog.service("web", tag="v2")
+        assert [n["ServiceID"] for n in nodes] == ["web-2"]
+        # the HTTP check starts critical, then passes
+        assert wait_for(lambda: {n["Service"]["ID"] for n in
+                                 c.health.service("web", passing=True)[1]} == {"web-1", "web-2"})
+        idx, nodes = c.health.service("web")
+        n1 = [n for n in nodes if n["Service"]["ID"] == "web-1"][0]
+        assert n1["Checks"][0]["Status"] == "passing" and n1["Checks"][0]["Type"] == "http"
+        assert n1["Service"]["Tags"] == ["v1", "blue"]
+        # the backend fails: ?passing drops it, the plain listing marks it critical
+        b.code = 503
+        assert wait_for(lambda: {n["Service"]["ID"] for n in
+                                 c.health.service("web", passing=True)[1]} == {"web-2"})
+        idx, nodes = c.health.service("web")
+        n1 = [n for n in nodes if n["Service"]["ID"] == "web-1"][0]
+        assert n1["Checks"][0]["Status"] == "critical"
+        # TTL checks are leases: pass renews, an unknown ID is refused
+        assert c.agent.check.ttl_pass("service:web-2") is True
+        assert c.agent.check.ttl_pass("service:nope") is False  # python-consul: 404 -> False
+        assert r.req("PUT", "/v1/agent/check/pass/service:nope")[0] == 404
+        assert c.agent.self()["Config"]["Datacenter"] == "dc1"
+        assert c.agent.service.deregister("web-2") is True
+        assert [n["ServiceID"] for n in c.catalog.service("web")[1]] == ["web-1"]
+        assert r.req("PUT", "/v1/agent/service/deregister/web-2")[0] == 404
+    finally:
+        assert r.stop() == 0
+        b.close()
+
+
+def test_consul_blocking_query_wakes_on_change(tmp_path):
+    r = Registry(tmp_path / "d", tmp_path)
+    try:
+        c = client(r)
+        assert c.agent.service.register("api", service_id="a1", address="127.0.0.1", port=81)
+        idx, _ = c.health.service("api")
+        # no change: the query waits out its wait time and returns the same index
+        t0 = time.monotonic()
+        idx2, _ = c.health.service("api", index=idx, wait="500ms")
+        assert time.monotonic() - t0 >= 0.45 and idx2 == idx
+        # a change in another service does not wake it; one in this service does
+        import threading
+        got = {}
+
+        def block():
+            t = time.monotonic()
+            got["idx"], got["nodes"] = c.health.service("api", index=idx, wait="10s")
+            got["t"] = time.monotonic() - t
+
+        th = threading.Thread(target=block)
+        th.start()
+        time.sleep(0.3)
+        assert c.agent.service.register("other", service_id="o1", address="127.0.0.1", port=82)
+        time.sleep(0.3)
+        assert "idx" not in got
+        assert c.agent.service.register("api", service_id="a2", address="127.0.0.1", port=83)
+        th.join(5)
+        assert int(got["idx"]) > int(idx) and got["t"] < 2
+        assert {n["Service"]["ID"] for n in got["nodes"]} == {"a1", "a2"}
+        # catalog/services blocks on the whole registry
+        idx, _ = c.catalog.services()
+        t0 = time.monotonic()
+        idx3, svcs = c.catalog.services(index=idx, wait="300ms")
+        assert idx3 == idx and time.monotonic() - t0 >= 0.25
+    finally:
+        assert r.stop() == 0
+
+
+def test_consul_registration_errors_are_400(tmp_path):
+    r = Registry(tmp_path / "d", tmp_path)
+    bad = [
+        ({"ID": "x", "Port": 1}, "Name:"),
+        ({"Name": "a b", "Port": 1}, "Name:"),
+        ({"Name": "s", "Port": 1, "Bogus": 1}, "Bogus: not supported"),
+        ({"Name": "s", "Port": 0}, "port:"),
+        ({"Name": "s", "Port": 1, "Check": {"HTTP": "/h", "TCP": "1.2.3.4:5"}}, "Check:"),
+        ({"Name": "s", "Port": 1, "Check": {"Args": ["/bin/true"], "Interval": "1s"}},
+         "Check.Args: not supported"),
+        ({"Name": "s", "Port": 1, "Check": {"TTL": "5s", "DeregisterCriticalServiceAfter": "1m"}},
+         "Check.DeregisterCriticalServiceAfter: not supported"),
+        ({"Name": "s", "Port": 1, "Checks": [{"HTTP": "/a"}, {"TCP": ":1"}]}, "Check:"),
+        ({"Name": "s", "Port": 1, "Kind": "connect-proxy"}, "Kind:"),
+    ]
+    try:
+        for body, msg in bad:
+            st, d = r.req("PUT", "/v1/agent/service/register", body)
+            assert st == 400, (body, d)
+            assert d["error"].startswith(msg), (body, d)
+        st, d = r.req("GET", "/v1/agent/service/register")
+        assert st == 405
+        st, d = r.req("GET", "/v1/catalog/services")
+        assert st == 200 and d == {}
+        # keys are case-insensitive, as in Consul; an ID moved to another service moves
+        assert r.req("PUT", "/v1/agent/service/register",
+                     {"name": "s1", "id": "i", "port": 7, "check": {"tcp": "127.0.0.1:7",
+                                                                    "interval": "1s"}})[0] == 200
+        assert r.req("PUT", "/v1/agent/service/register",
+                     {"Name": "s2", "ID": "i", "Port": 7})[0] == 200
+        st, d = r.req("GET", "/v1/catalog/services")
+        assert d == {"s2": []}
+    finally:
+        assert r.stop() == 0
+
+
+# Prometheus's consul_sd_configs cannot be exercised here: Debian 12's prometheus
+# 2.42 package is built without the Consul discovery plugin (loading such a
+# config fails with "field consul_sd_configs not found in type
+# config.ScrapeConfig"). Its request sequence (agent/self, catalog/services,
+# health/service with index/wait) is what the tests above cover.

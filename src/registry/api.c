@@ -1083,6 +1083,70 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
 
 static bool flag_true(const char *v) { return v && (!*v || strcmp(v, "true") == 0 || strcmp(v, "1") == 0); }
 
+/* ---- Prometheus HTTP service discovery ----
+ *
+ * GET /v1/prometheus/targets[?service=S] answers in the http_sd_configs
+ * format: one target group per instance, with __meta_weft_* labels (tags
+ * as ",a,b," like Consul's, each meta key as __meta_weft_meta_<key> with
+ * characters outside [A-Za-z0-9_] turned into '_'). Every instance is
+ * listed, with __meta_weft_healthy, so relabelling decides what to keep. */
+static json_t *prom_group(const reg_instance *in, uint64_t now)
+{
+    char target[300], tags[4096];
+    bool v6 = strchr(in->address, ':') != NULL;
+    snprintf(target, sizeof target, "%s%s%s:%u", v6 ? "[" : "", in->address, v6 ? "]" : "",
+             (unsigned)in->port);
+    size_t tl = 0;
+    tags[tl++] = ',';
+    for (size_t i = 0; i < in->ntags && tl < sizeof tags - 1; i++) {
+        int w = snprintf(tags + tl, sizeof tags - tl, "%s,", in->tags[i]);
+        if (w < 0 || (size_t)w >= sizeof tags - tl)
+            break;
+        tl += (size_t)w;
+    }
+    tags[tl] = 0;
+    json_t *labels = json_pack("{s:s, s:s, s:s, s:s, s:s}", "__meta_weft_service", in->service,
+                               "__meta_weft_id", in->id, "__meta_weft_tags", tags,
+                               "__meta_weft_healthy",
+                               reg_instance_healthy(in, now) ? "true" : "false",
+                               "__meta_weft_status", reg_status_name(in->status));
+    if (in->zone)
+        json_object_set_new(labels, "__meta_weft_zone", json_string(in->zone));
+    if (in->version)
+        json_object_set_new(labels, "__meta_weft_version", json_string(in->version));
+    const char *k;
+    json_t *v;
+    json_object_foreach(in->meta, k, v) {
+        char name[200];
+        int n = snprintf(name, sizeof name, "__meta_weft_meta_%s", k);
+        for (int i = 17; i < n && i < (int)sizeof name; i++)
+            if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+                  (name[i] >= '0' && name[i] <= '9') || name[i] == '_'))
+                name[i] = '_';
+        json_object_set(labels, name, v);
+    }
+    return json_pack("{s:[s], s:o}", "targets", target, "labels", labels);
+}
+
+static void h_prometheus(reg_server *rs, weft_http_req *r)
+{
+    const char *only = qparam(r, "service");
+    uint64_t now = now_ms(rs);
+    json_t *groups = json_array();
+    for (size_t i = 0; i < reg_service_count(rs->store); i++) {
+        size_t n;
+        const char *name = reg_service_at(rs->store, i, &n);
+        if (only && strcmp(only, name) != 0)
+            continue;
+        const reg_instance **v;
+        reg_instances(rs->store, name, &v);
+        for (size_t k = 0; k < n; k++)
+            json_array_append_new(groups, prom_group(v[k], now));
+    }
+    set_index(r, reg_revision(rs->store));
+    respond_json(r, 200, groups);
+}
+
 /* ---- Consul-compatible subset (consul.c builds the bodies) ---- */
 
 /* Find the service of a Consul service ID (unique across services there). */
@@ -1261,6 +1325,15 @@ static void handle(weft_http_req *r, void *ud)
                                        "self_preservation", reg_self_preservation(rs->store),
                                        "watchers", (json_int_t)rs->nwatchers, "waiters",
                                        (json_int_t)rs->nwaiters));
+        return;
+    }
+    if (nseg == 3 && strcmp(seg[1], "prometheus") == 0 && strcmp(seg[2], "targets") == 0) {
+        if (!get) {
+            weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET, HEAD"));
+            respond_err(r, 405, "method not allowed");
+            return;
+        }
+        h_prometheus(rs, r);
         return;
     }
     if (strcmp(seg[1], "services") != 0) {

@@ -137,3 +137,79 @@ def test_consul_registration_errors_are_400(tmp_path):
 # config fails with "field consul_sd_configs not found in type
 # config.ScrapeConfig"). Its request sequence (agent/self, catalog/services,
 # health/service with index/wait) is what the tests above cover.
+
+
+def test_prometheus_http_sd_discovers_and_scrapes(tmp_path):
+    """A real Prometheus server discovers instances through
+    GET /v1/prometheus/targets (http_sd_configs), keeps the healthy ones by
+    relabelling, scrapes them, and drops one that goes DOWN."""
+    import json
+    import subprocess
+    import urllib.request
+
+    from weftutil import free_port
+
+    r = Registry(tmp_path / "d", tmp_path)
+    pport = free_port()
+    cfg = tmp_path / "prom.yml"
+    cfg.write_text(f"""
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: weft
+    http_sd_configs:
+      - url: http://127.0.0.1:{r.port}/v1/prometheus/targets
+        refresh_interval: 1s
+    relabel_configs:
+      - source_labels: [__meta_weft_healthy]
+        regex: "true"
+        action: keep
+      - source_labels: [__meta_weft_service]
+        target_label: service
+      - source_labels: [__meta_weft_meta_team]
+        target_label: team
+""")
+    assert subprocess.run(["promtool", "check", "config", str(cfg)],
+                          capture_output=True).returncode == 0
+    log = open(tmp_path / "prom.log", "w")
+    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{pport}"],
+                            stdout=subprocess.DEVNULL, stderr=log)
+
+    def targets():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{pport}/api/v1/targets",
+                                        timeout=2) as f:
+                return [t for t in json.load(f)["data"]["activeTargets"]
+                        if t["labels"].get("job") == "weft"]
+        except OSError:
+            return None
+
+    try:
+        # the registry itself (it serves /metrics) and a DOWN instance on a dead port
+        assert r.req("PUT", "/v1/services/weft-registry/instances/a",
+                     {"address": "127.0.0.1", "port": r.port, "tags": ["metrics"],
+                      "meta": {"team": "core"}})[0] == 200
+        assert r.req("PUT", "/v1/services/weft-registry/instances/b",
+                     {"address": "127.0.0.1", "port": 9, "status": "DOWN"})[0] == 200
+        st, groups = r.req("GET", "/v1/prometheus/targets")
+        assert st == 200 and len(groups) == 2
+        ga = [g for g in groups if g["labels"]["__meta_weft_id"] == "a"][0]
+        assert ga["targets"] == [f"127.0.0.1:{r.port}"]
+        assert ga["labels"]["__meta_weft_tags"] == ",metrics,"
+        assert ga["labels"]["__meta_weft_meta_team"] == "core"
+        ok = wait_for(lambda: [(t["labels"]["instance"], t["health"]) for t in (targets() or [])]
+                      == [(f"127.0.0.1:{r.port}", "up")], 30)
+        assert ok, (targets(), (tmp_path / "prom.log").read_text()[-2000:])
+        t = targets()[0]
+        assert t["labels"]["team"] == "core" and t["labels"]["service"] == "weft-registry"
+        # the instance goes DOWN: Prometheus drops the target on its next refresh
+        assert r.req("PUT", "/v1/services/weft-registry/instances/a/status",
+                     {"status": "DOWN"})[0] == 200
+        assert wait_for(lambda: targets() == [], 30), targets()
+    finally:
+        prom.terminate()
+        prom.wait(timeout=10)
+        log.close()
+        assert r.stop() == 0

@@ -591,6 +591,8 @@ static void probe_verdict(probe *p, bool ok)
                 c->fail_streak++;
             flip = c->passing && c->fail_streak >= c->failures;
         }
+        if (flip)
+            c->critical_since_ms = ok ? 0 : now;
         if (flip && reg_set_check(rs->store, p->service, p->inst, ok, now) > 0) {
             weft_log(ok ? WEFT_LOG_INFO : WEFT_LOG_WARN,
                      ok ? "check passing" : "check critical",
@@ -695,6 +697,29 @@ static void run_checks(reg_server *rs)
             reg_check *c = insts[j]->check;
             if (!c || c->probe_id)
                 continue;
+            if (!c->passing && !c->critical_since_ms)
+                c->critical_since_ms = now; /* new, or restored critical */
+            if (c->deregister_after_ms && !c->passing &&
+                now - c->critical_since_ms >= c->deregister_after_ms) {
+                /* Consul's deregister_critical_service_after: give up on it */
+                char name[256], id[256];
+                snprintf(name, sizeof name, "%s", svc);
+                snprintf(id, sizeof id, "%s", insts[j]->id);
+                weft_log(WEFT_LOG_WARN, "deregistering an instance critical for too long",
+                         WEFT_KV_STR("service", name), WEFT_KV_STR("id", id));
+                if (reg_delete(rs->store, name, id) >= 0) {
+                    weft_metric_inc(rs->m, rs->m_deregs);
+                    if (rs->persist) {
+                        reg_persist_del(rs->persist, name, id);
+                        schedule_commit(rs);
+                    }
+                    notify(rs);
+                }
+                svc = reg_service_at(rs->store, i, &ninst);
+                n = reg_instances(rs->store, svc, &insts);
+                j--; /* the array changed: look at this slot again */
+                continue;
+            }
             if (c->next_ms == 0) { /* new: first probe soon, spread over the interval */
                 rs->rng = rs->rng * 6364136223846793005ULL + 1442695040888963407ULL;
                 uint64_t spread = c->interval_ms < 1000 ? c->interval_ms : 1000;

@@ -15,7 +15,7 @@
  * Registration keys are case-insensitive, as in Consul. Things Consul can
  * do that the native model cannot are rejected with a message instead of
  * being ignored silently: several active checks per service, script and
- * gRPC checks, DeregisterCriticalServiceAfter.
+ * gRPC checks.
  */
 #include "consul.h"
 
@@ -172,7 +172,7 @@ static int add_check(json_t *c, json_t *native, char *why, size_t whylen)
 {
     static const char *const known[] = {"Name", "CheckID", "ID", "Notes", "HTTP", "TCP",
                                         "TTL", "Interval", "Timeout", "Status", "Method",
-                                        NULL};
+                                        "DeregisterCriticalServiceAfter", NULL};
     if (!json_is_object(c)) {
         snprintf(why, whylen, "Check: expected an object");
         return WEFT_EINVAL;
@@ -190,6 +190,11 @@ static int add_check(json_t *c, json_t *native, char *why, size_t whylen)
         return WEFT_EINVAL;
     }
     if (ttl) {
+        if (iget(c, "DeregisterCriticalServiceAfter")) {
+            snprintf(why, whylen, "Check.DeregisterCriticalServiceAfter: only with HTTP or TCP "
+                                  "checks (a TTL check's lease already removes the instance)");
+            return WEFT_EINVAL;
+        }
         if (json_object_get(native, "ttl")) {
             snprintf(why, whylen, "Check: only one TTL check per service");
             return WEFT_EINVAL;
@@ -208,6 +213,8 @@ static int add_check(json_t *c, json_t *native, char *why, size_t whylen)
         json_object_set(nc, "interval", v);
     if ((v = iget(c, "Timeout")))
         json_object_set(nc, "timeout", v);
+    if ((v = iget(c, "DeregisterCriticalServiceAfter")))
+        json_object_set(nc, "deregister_after", v);
     if ((v = iget(c, "Status"))) {
         const char *st = json_string_value(v);
         /* warning is not passing (Consul's ?passing leaves it out) */

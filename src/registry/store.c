@@ -315,8 +315,9 @@ static int check_from_json(json_t *v, reg_check *c, char *why, size_t whylen)
         snprintf(why, whylen, "check: expected an object with \"http\" or \"tcp\"");
         return WEFT_EINVAL;
     }
-    static const char *const known[] = {"http",     "tcp",       "interval", "timeout",
-                                        "failures", "successes", "status",   NULL};
+    static const char *const known[] = {"http",      "tcp",    "interval",
+                                        "timeout",   "failures", "successes",
+                                        "status",    "deregister_after", NULL};
     const char *key;
     json_t *f;
     json_object_foreach(v, key, f) {
@@ -394,6 +395,15 @@ static int check_from_json(json_t *v, reg_check *c, char *why, size_t whylen)
         else
             c->successes = (uint8_t)n;
     }
+    f = json_object_get(v, "deregister_after");
+    if (f) {
+        if (!parse_duration(f, 1, 86400 * 30, &ms)) {
+            snprintf(why, whylen,
+                     "check.deregister_after: expected 1 s to 30 days, like \"1m\"");
+            return WEFT_EINVAL;
+        }
+        c->deregister_after_ms = (uint32_t)ms;
+    }
     f = json_object_get(v, "status");
     const char *st = f ? json_string_value(f) : "critical";
     if (!st || (strcmp(st, "passing") != 0 && strcmp(st, "critical") != 0)) {
@@ -406,13 +416,18 @@ static int check_from_json(json_t *v, reg_check *c, char *why, size_t whylen)
 
 json_t *reg_check_json(const reg_check *c)
 {
-    char iv[32], to[32];
+    char iv[32], to[32], da[32];
     snprintf(iv, sizeof iv, "%ums", (unsigned)c->interval_ms);
     snprintf(to, sizeof to, "%ums", (unsigned)c->timeout_ms);
-    return json_pack("{s:s, s:s, s:s, s:i, s:i, s:s}", c->kind == REG_CHECK_HTTP ? "http" : "tcp",
-                     c->target, "interval", iv, "timeout", to, "failures", (int)c->failures,
-                     "successes", (int)c->successes, "status",
-                     c->passing ? "passing" : "critical");
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s}",
+                          c->kind == REG_CHECK_HTTP ? "http" : "tcp", c->target, "interval", iv,
+                          "timeout", to, "failures", (int)c->failures, "successes",
+                          (int)c->successes, "status", c->passing ? "passing" : "critical");
+    if (o && c->deregister_after_ms) {
+        snprintf(da, sizeof da, "%ums", (unsigned)c->deregister_after_ms);
+        json_object_set_new(o, "deregister_after", json_string(da));
+    }
+    return o;
 }
 
 int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen)
@@ -667,7 +682,8 @@ static bool same_check(const reg_check *c, const reg_check *x)
         return x->kind == REG_CHECK_NONE;
     return c->kind == x->kind && strcmp(c->target, x->target) == 0 &&
            c->interval_ms == x->interval_ms && c->timeout_ms == x->timeout_ms &&
-           c->failures == x->failures && c->successes == x->successes;
+           c->failures == x->failures && c->successes == x->successes &&
+           c->deregister_after_ms == x->deregister_after_ms;
 }
 
 static bool same_input(const reg_instance *in, const reg_input *x)
@@ -727,6 +743,7 @@ static int fill(reg_instance *in, const reg_input *x)
             in->check->target = strdup(x->check.target);
             in->check->ok_streak = in->check->fail_streak = 0;
             in->check->next_ms = 0;
+            in->check->critical_since_ms = 0;
             in->check->probe_id = 0;
             if (!in->check->target)
                 return WEFT_ENOMEM;

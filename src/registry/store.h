@@ -37,10 +37,12 @@ typedef struct reg_check {
                      TCP: "" (the instance's address:port) or "host:port" */
     uint32_t interval_ms, timeout_ms;
     uint8_t failures, successes; /* consecutive results needed to flip */
+    uint32_t deregister_after_ms; /* critical this long: deregistered; 0 = never */
     bool passing;                /* input: the initial state; instance: the current one */
     /* prober bookkeeping (api.c) */
     uint8_t ok_streak, fail_streak;
     uint64_t next_ms;
+    uint64_t critical_since_ms; /* 0 while passing or not yet seen */
     uint64_t probe_id; /* the probe in flight, 0 if none */
 } reg_check;
 

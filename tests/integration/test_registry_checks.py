@@ -200,6 +200,36 @@ def test_check_definition_and_state_survive_restart(tmp_path):
         b.close()
 
 
+def test_deregister_after_removes_only_long_critical_instances(tmp_path):
+    b = Backend()
+    r = Registry(tmp_path / "d", tmp_path)
+    try:
+        chk = {"http": "/health", "interval": "100ms", "deregister_after": "1s"}
+        # the flapping one gets 2 s so that the sleeps below leave a wide margin
+        assert r.req("PUT", "/v1/services/s/instances/ok",
+                     {"address": "127.0.0.1", "port": b.port,
+                      "check": dict(chk, deregister_after="2s")})[0] == 200
+        assert r.req("PUT", "/v1/services/s/instances/dead",
+                     {"address": "127.0.0.1", "port": 9, "check": chk})[0] == 200
+        assert inst(r, "s", "dead")["check"]["deregister_after"] == "1000ms"
+        t0 = time.monotonic()
+        assert wait_for(lambda: r.req("GET", "/v1/services/s/instances/dead")[0] == 404, 5)
+        assert time.monotonic() - t0 >= 0.8
+        # a flapping instance is not removed: passing resets the clock
+        b.code = 503
+        assert wait_for(lambda: inst(r, "s", "ok")["check"]["status"] == "critical")
+        time.sleep(0.5)
+        b.code = 200
+        assert wait_for(lambda: inst(r, "s", "ok")["check"]["status"] == "passing")
+        b.code = 503
+        time.sleep(0.7)
+        assert r.req("GET", "/v1/services/s/instances/ok")[0] == 200
+        assert wait_for(lambda: r.req("GET", "/v1/services/s/instances/ok")[0] == 404, 5)
+    finally:
+        assert r.stop() == 0
+        b.close()
+
+
 def test_deregistering_during_a_probe_is_safe(tmp_path):
     b = Backend()
     r = Registry(tmp_path / "d", tmp_path)
@@ -233,6 +263,7 @@ def test_bad_check_definitions_are_400(tmp_path):
         ({"http": "/h", "failures": 0}, "check.failures"),
         ({"http": "/h", "status": "warning"}, "check.status"),
         ({"http": "/h", "script": "rm -rf /"}, "check.script"),
+        ({"http": "/h", "deregister_after": "10ms"}, "check.deregister_after"),
     ]
     try:
         for chk, field in bad:

@@ -58,6 +58,22 @@ def test_python_consul_register_discover_deregister(tmp_path):
         b.close()
 
 
+def test_consul_deregister_critical_service_after(tmp_path):
+    r = Registry(tmp_path / "d", tmp_path)
+    try:
+        c = client(r)
+        # port 9 on loopback: nothing listens, every probe fails
+        assert c.agent.service.register(
+            "gone", service_id="g1", address="127.0.0.1", port=9,
+            check=consul.Check.tcp("127.0.0.1", 9, "100ms", deregister="1s"))
+        assert c.catalog.service("gone")[1][0]["ServiceID"] == "g1"
+        t0 = time.monotonic()
+        assert wait_for(lambda: c.catalog.service("gone")[1] == [], 5)
+        assert time.monotonic() - t0 >= 0.8
+    finally:
+        assert r.stop() == 0
+
+
 def test_consul_blocking_query_wakes_on_change(tmp_path):
     r = Registry(tmp_path / "d", tmp_path)
     try:
@@ -107,7 +123,7 @@ def test_consul_registration_errors_are_400(tmp_path):
         ({"Name": "s", "Port": 1, "Check": {"Args": ["/bin/true"], "Interval": "1s"}},
          "Check.Args: not supported"),
         ({"Name": "s", "Port": 1, "Check": {"TTL": "5s", "DeregisterCriticalServiceAfter": "1m"}},
-         "Check.DeregisterCriticalServiceAfter: not supported"),
+         "Check.DeregisterCriticalServiceAfter: only with HTTP or TCP"),
         ({"Name": "s", "Port": 1, "Checks": [{"HTTP": "/a"}, {"TCP": ":1"}]}, "Check:"),
         ({"Name": "s", "Port": 1, "Kind": "connect-proxy"}, "Kind:"),
     ]

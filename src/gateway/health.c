@@ -148,8 +148,7 @@ static void probe(weft_loop *loop, weft_timer *t)
     struct sockaddr_storage sa;
     socklen_t len;
     char spec[300];
-    snprintf(spec, sizeof spec, "%s%s%s:%u", strchr(e->host, ':') ? "[" : "", e->host,
-             strchr(e->host, ':') ? "]" : "", e->port);
+    weft_http_join_hostport(e->host, e->port, spec, sizeof spec);
     if (weft_http_parse_hostport(spec, &sa, &len) < 0) {
         verdict(h, false);
         return;

@@ -9,6 +9,8 @@
 /* Parse "HOST:PORT" / "[V6]:PORT" / ":PORT" / "*:PORT" into a socket address
  * (IP literals and "localhost" only; no DNS). */
 int weft_http_parse_hostport(const char *spec, struct sockaddr_storage *sa, socklen_t *len);
+/* Join a host and a port as "host:port", bracketing IPv6 literals. */
+void weft_http_join_hostport(const char *host, unsigned port, char *buf, size_t n);
 /* "ip:port" or "[ip6]:port". */
 void weft_http_format_addr(const struct sockaddr_storage *sa, char *buf, size_t n);
 

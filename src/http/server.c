@@ -345,6 +345,12 @@ int weft_http_parse_hostport(const char *spec, struct sockaddr_storage *sa, sock
     return WEFT_EADDR;
 }
 
+void weft_http_join_hostport(const char *host, unsigned port, char *buf, size_t n)
+{
+    bool v6 = strchr(host, ':') != NULL;
+    snprintf(buf, n, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", port);
+}
+
 void weft_http_format_addr(const struct sockaddr_storage *sa, char *buf, size_t n)
 {
     char ip[INET6_ADDRSTRLEN] = "?";

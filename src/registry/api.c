@@ -661,8 +661,7 @@ static bool probe_start(reg_server *rs, probe *p, const reg_instance *in)
     if (*c->target)
         snprintf(spec, sizeof spec, "%s", c->target);
     else
-        snprintf(spec, sizeof spec, "%s%s%s:%u", strchr(in->address, ':') ? "[" : "",
-                 in->address, strchr(in->address, ':') ? "]" : "", (unsigned)in->port);
+        weft_http_join_hostport(in->address, in->port, spec, sizeof spec);
     struct sockaddr_storage sa;
     socklen_t len;
     if (weft_http_parse_hostport(spec, &sa, &len) < 0)
@@ -745,11 +744,8 @@ static void run_checks(reg_server *rs)
                 return;
             }
             c->probe_id = p->id;
-            if (!probe_start(rs, p, insts[j])) {
-                if (p->q) /* queued but refused later is impossible; keep tidy */
-                    p->q = NULL;
+            if (!probe_start(rs, p, insts[j]))
                 probe_verdict(p, false);
-            }
             /* verdicts may change the store: re-read this service's array */
             n = reg_instances(rs->store, svc, &insts);
         }
@@ -1118,9 +1114,7 @@ static bool flag_true(const char *v) { return v && (!*v || strcmp(v, "true") == 
 static json_t *prom_group(const reg_instance *in, uint64_t now)
 {
     char target[300], tags[4096];
-    bool v6 = strchr(in->address, ':') != NULL;
-    snprintf(target, sizeof target, "%s%s%s:%u", v6 ? "[" : "", in->address, v6 ? "]" : "",
-             (unsigned)in->port);
+    weft_http_join_hostport(in->address, in->port, target, sizeof target);
     size_t tl = 0;
     tags[tl++] = ',';
     for (size_t i = 0; i < in->ntags && tl < sizeof tags - 1; i++) {

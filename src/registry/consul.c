@@ -78,22 +78,15 @@ static json_t *services_view(const reg_store *s)
 
 static json_t *catalog_entry(const reg_instance *in)
 {
-    json_t *o = node_json();
-    json_object_set_new(o, "ServiceID", json_string(in->id));
-    json_object_set_new(o, "ServiceName", json_string(in->service));
-    json_object_set_new(o, "ServiceTags", tags_json(in));
-    json_object_set_new(o, "ServiceAddress", json_string(in->address));
-    json_object_set_new(o, "ServicePort", json_integer(in->port));
-    json_object_set_new(o, "ServiceMeta", meta_json(in));
-    json_object_set_new(o, "ServiceWeights",
-                        json_pack("{s:i, s:i}", "Passing", (int)in->weight, "Warning", 1));
-    json_object_set_new(o, "ServiceEnableTagOverride", json_false());
-    json_object_set_new(o, "CreateIndex", json_integer((json_int_t)in->create_rev));
-    json_object_set_new(o, "ModifyIndex", json_integer((json_int_t)in->mod_rev));
-    /* node fields under their catalog names */
-    json_object_set_new(o, "NodeMeta", json_object());
-    json_object_del(o, "Meta");
-    return o;
+    return json_pack("{s:s, s:s, s:s, s:s, s:{}, s:{}, s:s, s:s, s:o, s:s, s:i, s:o,"
+                     " s:{s:i, s:i}, s:b, s:I, s:I}",
+                     "ID", "", "Node", REG_CONSUL_NODE, "Address", "127.0.0.1", "Datacenter",
+                     REG_CONSUL_DC, "TaggedAddresses", "NodeMeta", "ServiceID", in->id,
+                     "ServiceName", in->service, "ServiceTags", tags_json(in), "ServiceAddress",
+                     in->address, "ServicePort", (int)in->port, "ServiceMeta", meta_json(in),
+                     "ServiceWeights", "Passing", (int)in->weight, "Warning", 1,
+                     "ServiceEnableTagOverride", 0, "CreateIndex", (json_int_t)in->create_rev,
+                     "ModifyIndex", (json_int_t)in->mod_rev);
 }
 
 static json_t *health_entry(const reg_instance *in, uint64_t now_ms)

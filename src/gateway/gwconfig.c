@@ -12,6 +12,8 @@
  */
 #include "gw.h"
 
+#include "sdk/regwatch.h"
+
 #include "auth.h"
 #include "cache.h"
 
@@ -305,22 +307,10 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
             get_str(disc, "service", &cl->disc_service, err) < 0 ||
             get_str(disc, "zone", &cl->disc_zone, err) < 0)
             goto fail;
-        if (!url || strncmp(url, "http://", 7) != 0)
+        if (!url)
             FAIL(disc, "registry", "expected the registry's URL, http://HOST:PORT");
-        gw_endpoint_conf tmp = {0};
-        char hp[300];
-        snprintf(hp, sizeof hp, "%s", url + 7);
-        size_t hl = strlen(hp);
-        if (hl && hp[hl - 1] == '/')
-            hp[hl - 1] = '\0';
-        if (parse_endpoint(hp, &tmp) < 0) {
-            free(tmp.host);
-            free(tmp.id);
+        if (regwatch_parse_url(url, &cl->disc_host, &cl->disc_port) < 0)
             FAIL(weft_conf_get(disc, "registry"), NULL, "expected http://HOST:PORT");
-        }
-        cl->disc_host = tmp.host;
-        cl->disc_port = tmp.port;
-        free(tmp.id);
         if (!cl->disc_service || !cl->disc_service[0])
             FAIL(disc, "service", "missing the service name to discover");
         goto endpoints_done;

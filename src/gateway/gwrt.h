@@ -71,7 +71,7 @@ typedef struct gw_cluster_rt {
     gw_gen *gen;
     gw_epset *set;         /* current endpoints */
     struct gw_dns *dns;    /* discovery, when the cluster has dns: */
-    struct gw_disc *disc;  /* discovery, when the cluster has discovery: */
+    struct regwatch *disc; /* discovery, when the cluster has discovery: */
     weft_http_client *client; /* this cluster's keep-alive pool (its timeouts, max_idle) */
     weft_breaker breaker;
     weft_adaptive adaptive;

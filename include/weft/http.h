@@ -154,6 +154,21 @@ void weft_http_req_close_on_eof(weft_http_req *r);
  * invalid after it returns. Async handlers must cancel their work here. */
 void weft_http_req_on_abort(weft_http_req *r, void (*cb)(weft_http_req *r, void *ud), void *ud);
 
+/* Release hooks: work tied to a request (calls to other services made on
+ * its behalf) registers a hook in its own memory; when the request is
+ * released — response finished or client gone, after on_abort — each hook
+ * is unlinked and its callback runs, so that work can cancel itself instead
+ * of touching a dead request. Remove a hook whose work ended first. Any
+ * number of hooks; O(1) add and remove. */
+typedef struct weft_http_req_hook {
+    struct weft_http_req_hook *next, *prev;
+    void (*cb)(weft_http_req *r, struct weft_http_req_hook *h);
+} weft_http_req_hook;
+void weft_http_req_hook_add(weft_http_req *r, weft_http_req_hook *h);
+void weft_http_req_hook_remove(weft_http_req *r, weft_http_req_hook *h);
+/* When the request's head was complete (microseconds, weft_now_us clock). */
+uint64_t weft_http_req_start_us(const weft_http_req *r);
+
 /* ---- responses ---- */
 /* Add a response header (copied). Before respond/resp_start. */
 int weft_http_resp_header(weft_http_req *r, weft_str name, weft_str value);

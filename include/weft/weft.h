@@ -36,7 +36,9 @@
     X(WEFT_ECANCELED, -14, "canceled")                                     \
     X(WEFT_ESYS, -15, "system call failed (see errno)")                    \
     X(WEFT_EUNSUPPORTED, -16, "not supported")                             \
-    X(WEFT_EADDR, -17, "bad address")
+    X(WEFT_EADDR, -17, "bad address")                                      \
+    X(WEFT_ECIRCUIT, -18, "circuit breaker open")                          \
+    X(WEFT_ENOHOST, -19, "no healthy instance")
 
 enum weft_error {
 #define WEFT_ERR_ENUM(name, val, msg) name = val,

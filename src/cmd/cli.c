@@ -8,6 +8,8 @@
  */
 #include "cli.h"
 
+#include "weft/service.h"
+
 #include "weft/log.h"
 #include "weft/metrics.h"
 
@@ -237,49 +239,7 @@ void weft_cli_release(weft_cli *cli)
 
 /* ---- standard operational endpoints shared by every subcommand ---- */
 
-static const weft_str JSON_TYPE = {"application/json", 16};
-
-static void h_metrics(weft_http_req *r, void *ud)
-{
-    (void)ud;
-    weft_buf b;
-    weft_buf_init(&b, 64u << 20);
-    if (weft_metrics_render(weft_metrics_global(), &b) < 0) {
-        weft_buf_release(&b);
-        weft_http_respond_error(r, 500, "metrics rendering failed");
-        return;
-    }
-    weft_http_respond(r, 200, WEFT_STR("text/plain; version=0.0.4; charset=utf-8"),
-                      weft_buf_rptr(&b), weft_buf_used(&b));
-    weft_buf_release(&b);
-}
-
-static void h_health(weft_http_req *r, void *ud)
-{
-    (void)ud;
-    static const char body[] = "{\"status\":\"UP\"}";
-    weft_http_respond(r, 200, JSON_TYPE, body, sizeof body - 1);
-}
-
-static void h_ready(weft_http_req *r, void *ud)
-{
-    const atomic_bool *draining = ud;
-    if (draining && atomic_load_explicit(draining, memory_order_relaxed)) {
-        static const char body[] = "{\"ready\":false,\"reason\":\"draining\"}";
-        weft_http_respond(r, 503, JSON_TYPE, body, sizeof body - 1);
-        return;
-    }
-    static const char body[] = "{\"ready\":true}";
-    weft_http_respond(r, 200, JSON_TYPE, body, sizeof body - 1);
-}
-
 int weft_cli_std_routes(weft_http_server *s, atomic_bool *draining)
 {
-    const unsigned GET = WEFT_M(WEFT_METHOD_GET);
-    int rc = weft_http_server_route(s, GET, "/health", 0, h_health, NULL);
-    if (rc == 0)
-        rc = weft_http_server_route(s, GET, "/ready", 0, h_ready, draining);
-    if (rc == 0)
-        rc = weft_http_server_route(s, GET, "/metrics", 0, h_metrics, NULL);
-    return rc;
+    return weft_http_std_routes(s, draining);
 }

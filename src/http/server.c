@@ -150,6 +150,7 @@ struct weft_http_req {
     char *peer;
     uint64_t start_us;
     void *data;
+    weft_http_req_hook *hooks; /* released-request listeners */
 };
 
 struct conn {
@@ -559,6 +560,7 @@ static weft_http_req *req_get(wstate *w)
     r->on_end = NULL;
     r->on_abort = NULL;
     r->on_drain = NULL;
+    r->hooks = NULL;
     r->status = 0;
     r->resp_started = r->resp_done = r->resp_chunked = r->resp_head_only = false;
     r->resp_left = -1;
@@ -572,6 +574,11 @@ static weft_http_req *req_get(wstate *w)
 
 static void req_put(wstate *w, weft_http_req *r)
 {
+    while (r->hooks) { /* each hook unlinks itself before its callback */
+        weft_http_req_hook *h = r->hooks;
+        weft_http_req_hook_remove(r, h);
+        h->cb(r, h);
+    }
     weft_arena_reset(&r->arena);
     weft_buf_release(&r->body);
 #ifdef WEFT_DEBUG_ALLOC
@@ -705,6 +712,28 @@ void weft_http_req_pause_body(weft_http_req *r, bool paused)
     else
         schedule_flush(c); /* process buffered body bytes, then read again */
 }
+
+void weft_http_req_hook_add(weft_http_req *r, weft_http_req_hook *h)
+{
+    h->prev = NULL;
+    h->next = r->hooks;
+    if (r->hooks)
+        r->hooks->prev = h;
+    r->hooks = h;
+}
+
+void weft_http_req_hook_remove(weft_http_req *r, weft_http_req_hook *h)
+{
+    if (h->prev)
+        h->prev->next = h->next;
+    else if (r->hooks == h)
+        r->hooks = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    h->next = h->prev = NULL;
+}
+
+uint64_t weft_http_req_start_us(const weft_http_req *r) { return r->start_us; }
 
 void weft_http_req_on_abort(weft_http_req *r, void (*cb)(weft_http_req *, void *), void *ud)
 {

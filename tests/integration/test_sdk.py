@@ -1,0 +1,269 @@
+"""The service SDK (include/weft/service.h, client.h) through the two
+example services: catalog calls pricing by name. Real registry, real
+processes, real failures (kill -9, SIGSTOP, SIGTERM)."""
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from svcutil import (WEFT_BIN, Proc, example, get_json, http, instances, metric, registry,
+                     wait_until)
+
+
+@pytest.fixture
+def system(tmp_path):
+    procs = []
+
+    class S:
+        def reg(self, *extra):
+            p = registry(tmp_path, *extra)
+            procs.append(p)
+            return p
+
+        def svc(self, name, reg, *extra):
+            p = example(name, tmp_path, reg.port, *extra)
+            procs.append(p)
+            return p
+
+        def add(self, p):
+            procs.append(p)
+            return p
+
+    yield S()
+    errors = []
+    for p in reversed(procs):
+        if p.alive():
+            try:
+                p.stop()
+            except AssertionError as e:
+                errors.append(str(e))
+        elif not p._err.closed:
+            p._err.close()
+    assert not errors, "\n".join(errors)
+
+
+def item(port, sku="apple", headers=None, timeout=5.0):
+    st, d = get_json(port, f"/items/{sku}", headers=headers, timeout=timeout)
+    assert st == 200, d
+    return d
+
+
+def test_services_register_and_serve_the_standard_routes(system):
+    reg = system.reg()
+    p1 = system.svc("pricing", reg, "--zone", "z1", "--weight", "7")
+    cat = system.svc("catalog", reg)
+    got = wait_until(lambda: instances(reg, "pricing"), what="pricing registered")
+    (inst,) = got.values()
+    assert inst["port"] == p1.port and inst["address"] == "127.0.0.1"
+    assert inst["zone"] == "z1" and inst["weight"] == 7 and inst["version"] == "1.0.0"
+    assert inst["id"] == f"pricing-127.0.0.1-{p1.port}" and inst["status"] == "UP"
+    wait_until(lambda: instances(reg, "catalog"), what="catalog registered")
+    for port in (p1.port, cat.port):
+        assert get_json(port, "/health") == (200, {"status": "UP"})
+        assert get_json(port, "/ready") == (200, {"ready": True})
+        st, _, text = http(port, "GET", "/metrics")
+        assert st == 200 and b"weft_http_requests_total" in text
+    # bad requests get JSON errors, not crashes
+    assert get_json(cat.port, "/items/nope")[0] == 404
+    assert get_json(p1.port, "/prices/")[0] == 404
+
+
+def test_call_by_name_propagates_request_id_and_deadline(system):
+    reg = system.reg()
+    system.svc("pricing", reg)
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: instances(reg, "pricing"), what="pricing registered")
+    d = item(cat.port, "apple", headers={"X-Request-Id": "trace-42"})
+    assert d["name"] == "Apple" and "degraded" not in d
+    price = d["price"]
+    assert price["sku"] == "apple" and price["currency"] == "EUR"
+    assert price["request_id"] == "trace-42"          # the caller's id went on
+    assert 1500 < int(price["deadline_ms"]) <= 2000   # catalog's own 2 s budget
+    d = item(cat.port, "bread", headers={"X-Weft-Deadline-Ms": "800"})
+    assert 0 < int(d["price"]["deadline_ms"]) <= 800  # shortened to what the caller has left
+    # an already expired deadline fails fast, without calling pricing
+    calls = metric(cat.port, "weft_client_calls_total", service="pricing", result="ok")
+    t = time.monotonic()
+    d = item(cat.port, "bread", headers={"X-Weft-Deadline-Ms": "0"})
+    assert d["price"] is None and d["reason"] == "timed out" and time.monotonic() - t < 0.5
+    assert metric(cat.port, "weft_client_calls_total", service="pricing", result="ok") == calls
+    # fan-out: four parallel calls, one request id
+    st, d = get_json(cat.port, "/items", headers={"X-Request-Id": "fan-1"})
+    assert st == 200 and len(d["items"]) == 4
+    assert {i["price"]["request_id"] for i in d["items"]} == {"fan-1"}
+    assert metric(cat.port, "weft_client_calls_total", service="pricing", result="ok") >= 6
+
+
+def test_balances_over_instances_and_sees_new_ones_at_once(system):
+    reg = system.reg()
+    p1, p2 = system.svc("pricing", reg), system.svc("pricing", reg)
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: len(instances(reg, "pricing")) == 2, what="two pricing instances")
+    seen = {item(cat.port)["price"]["instance"] for _ in range(40)}
+    assert seen == {p1.addr, p2.addr}
+    p3 = system.svc("pricing", reg)
+    t0 = time.monotonic()
+    wait_until(lambda: any(item(cat.port)["price"]["instance"] == p3.addr for _ in range(20)),
+               timeout=3, what="the new instance used")
+    assert time.monotonic() - t0 < 2.0
+
+
+def load(port, stop, out, sku="cheese"):
+    while not stop.is_set():
+        try:
+            st, d = get_json(port, f"/items/{sku}", timeout=5)
+            out.append((st, d))
+        except OSError as e:
+            out.append((0, str(e)))
+
+
+def test_sigterm_deregisters_at_once_and_loses_no_request(system):
+    reg = system.reg()
+    p1, p2 = system.svc("pricing", reg), system.svc("pricing", reg)
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: len(instances(reg, "pricing")) == 2, what="two pricing instances")
+    item(cat.port)
+    stop, out = threading.Event(), []
+    ts = [threading.Thread(target=load, args=(cat.port, stop, out)) for _ in range(4)]
+    for t in ts:
+        t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    p1.signal(signal.SIGTERM)
+    wait_until(lambda: p1.addr not in {f"127.0.0.1:{i['port']}" for i in
+                                       instances(reg, "pricing").values()},
+               timeout=2, what="p1 deregistered")
+    gone_after = time.monotonic() - t0
+    assert p1.proc.wait(timeout=10) == 0
+    time.sleep(0.3)
+    stop.set()
+    for t in ts:
+        t.join(timeout=10)
+    assert gone_after < 0.5
+    assert len(out) > 20
+    bad = [o for o in out if o[0] != 200 or o[1].get("degraded")]
+    assert not bad, bad[:3]
+    assert item(cat.port)["price"]["instance"] == p2.addr
+
+
+def test_kill9_is_retried_elsewhere_and_leaves_within_its_ttl(system):
+    reg = system.reg()
+    p1 = system.svc("pricing", reg, "--ttl", "2000")
+    p2 = system.svc("pricing", reg, "--ttl", "2000")
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: len(instances(reg, "pricing")) == 2, what="two pricing instances")
+    for _ in range(10):
+        item(cat.port)
+    p1.kill()
+    t0 = time.monotonic()
+    answers = [item(cat.port) for _ in range(30)]
+    # every call was answered by the survivor: refused connections are retried
+    assert all(a["price"] and a["price"]["instance"] == p2.addr for a in answers), answers[:3]
+    wait_until(lambda: len(instances(reg, "pricing")) == 1, timeout=4, what="lease expiry")
+    assert time.monotonic() - t0 < 2.0 + 0.5
+    assert metric(cat.port, "weft_client_retries_total", service="pricing") >= 1
+
+
+def test_hung_instance_costs_one_try_timeout_then_another_instance(system):
+    reg = system.reg()
+    p1, p2 = system.svc("pricing", reg), system.svc("pricing", reg)
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: len(instances(reg, "pricing")) == 2, what="two pricing instances")
+    for _ in range(6):
+        item(cat.port)
+    p1.signal(signal.SIGSTOP)
+    try:
+        worst = 0.0
+        for _ in range(8):
+            t = time.monotonic()
+            d = item(cat.port)
+            worst = max(worst, time.monotonic() - t)
+            assert d["price"] and d["price"]["instance"] == p2.addr, d
+        assert worst < 1.2  # one 500 ms per-try timeout at most, never the 2 s deadline
+    finally:
+        p1.signal(signal.SIGCONT)
+
+
+def test_breaker_opens_fails_fast_and_recovers(system):
+    reg = system.reg()
+    p1 = system.svc("pricing", reg, "--ttl", "60000")
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: instances(reg, "pricing"), what="pricing registered")
+    item(cat.port)
+    p1.kill()  # its registration stays (60 s TTL): every call is refused
+    reasons = [item(cat.port)["reason"] for _ in range(30)]
+    assert reasons[0] == "connection refused"
+    assert "circuit breaker open" in reasons
+    t = time.monotonic()
+    d = item(cat.port)
+    assert d["reason"] == "circuit breaker open" and time.monotonic() - t < 0.1
+    assert metric(cat.port, "weft_client_circuit_open", service="pricing") == 1
+    assert metric(cat.port, "weft_client_calls_total", service="pricing",
+                  result="circuit_open") >= 1
+    # a healthy instance appears; after the 5 s sleep window one probe closes it
+    system.svc("pricing", reg)
+    wait_until(lambda: (item(cat.port).get("price") or {}).get("currency") == "EUR",
+               timeout=8, interval=0.2, what="circuit closed again")
+    assert metric(cat.port, "weft_client_circuit_open", service="pricing") == 0
+
+
+def test_registry_restart_services_register_again(system, tmp_path):
+    reg = system.reg()
+    port = reg.port
+    system.svc("pricing", reg, "--ttl", "1500")
+    cat = system.svc("catalog", reg, "--ttl", "1500")
+    wait_until(lambda: instances(reg, "pricing") and instances(reg, "catalog"),
+               what="both registered")
+    reg.stop()
+    # a registry without --data comes back empty on the same port
+    reg2 = system.add(Proc([WEFT_BIN, "registry", "--listen", f"127.0.0.1:{port}"], tmp_path,
+                           "registry", name="registry2"))
+    wait_until(lambda: instances(reg2, "pricing") and instances(reg2, "catalog"), timeout=5,
+               what="registrations restored by the services")
+    # and the client's watch found the new registry too
+    wait_until(lambda: item(cat.port).get("price"), timeout=5, what="calls work again")
+
+
+def test_no_registry_no_instance_and_bad_arguments(system, tmp_path):
+    reg = system.reg()
+    cat = system.svc("catalog", reg)
+    d = item(cat.port)
+    assert d["price"] is None and d["reason"] == "no healthy instance"
+    from svcutil import BIN_DIR
+    import subprocess
+    for args, msg in ((["--weight", "0"], "--weight"), (["--bogus", "1"], "unknown option"),
+                      (["--listen", "127.0.0.1:0"], "--registry is required"),
+                      (["--registry", "ftp://x", "--listen", "127.0.0.1:0"], "bad registry URL")):
+        r = subprocess.run([BIN_DIR / "weft-example-catalog", *args], capture_output=True,
+                           text=True, timeout=10)
+        assert r.returncode in (1, 2) and msg in r.stderr, (args, r.returncode, r.stderr)
+
+
+def test_gateway_in_front_routes_by_discovery(system, tmp_path):
+    reg = system.reg()
+    system.svc("pricing", reg)
+    system.svc("catalog", reg)
+    system.svc("catalog", reg)
+    wait_until(lambda: len(instances(reg, "catalog")) == 2, what="two catalog instances")
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"""
+clusters:
+  catalog:
+    discovery: {{registry: "http://127.0.0.1:{reg.port}", service: catalog}}
+routes:
+  - match: {{prefix: /catalog/}}
+    strip_prefix: /catalog
+    cluster: catalog
+""")
+    gw = system.add(Proc([WEFT_BIN, "gateway", "-c", cfg, "--listen", "127.0.0.1:0",
+                          "--admin", "127.0.0.1:0"], tmp_path, "gateway"))
+    def ok():
+        st, _, b = http(gw.port, "GET", "/catalog/items/dates")
+        return st == 200 and json.loads(b)
+    d = wait_until(ok, what="gateway serving catalog")
+    assert d["price"]["sku"] == "dates"
+    # the gateway's request id reaches pricing, two hops away
+    st, hdrs, b = http(gw.port, "GET", "/catalog/items/dates", headers={"X-Request-Id": "e2e-7"})
+    assert st == 200 and json.loads(b)["price"]["request_id"] == "e2e-7"

@@ -18,11 +18,16 @@
  *
  * A sweep every 100 ms expires leases (with self-preservation, store.c)
  * and starts the active checks that are due (see "active checks" below).
+ *
+ * The Consul (/v1/agent|catalog|health, consul.c) and Eureka (/eureka/v2/
+ * and /eureka/, eureka.c) subsets are translations routed from here onto
+ * the same handlers, so every API sees and changes one store.
  */
 #include "registry.h"
 
 #include "consul.h"
 #include "dns.h"
+#include "eureka.h"
 #include "persist.h"
 #include "store.h"
 #include "weft/log.h"
@@ -137,6 +142,23 @@ static void respond_json(weft_http_req *r, int status, json_t *o)
 static void respond_err(weft_http_req *r, int status, const char *msg)
 {
     respond_json(r, status, json_pack("{s:s, s:i}", "error", msg, "status", status));
+}
+
+/* Who is asking: answers to the native and Consul APIs are JSON; Eureka
+ * clients get Eureka's shapes (see fail()). */
+enum dialect { NATIVE = 0, EUREKA = 1 };
+
+/* An error in the caller's dialect. Eureka answers 404 with no body (its
+ * clients decode any body of a heartbeat answer as an InstanceInfo, and
+ * re-register on a plain 404) and other errors as a text message. */
+static void fail(weft_http_req *r, int dialect, int status, const char *msg)
+{
+    if (dialect == NATIVE)
+        respond_err(r, status, msg);
+    else if (status == 404)
+        weft_http_respond(r, 404, WEFT_STR_NULL, NULL, 0);
+    else
+        weft_http_respond(r, status, WEFT_STR("text/plain; charset=utf-8"), msg, strlen(msg));
 }
 
 static void set_index(weft_http_req *r, uint64_t idx)
@@ -818,7 +840,8 @@ static void commit_now(weft_loop *loop, weft_timer *t)
             respond_err(p->r, 503, "storage error: the change may not be durable");
         } else {
             set_index(p->r, p->index);
-            weft_http_respond(p->r, p->status, JSON, p->body, strlen(p->body));
+            weft_http_respond(p->r, p->status, p->body ? JSON : WEFT_STR_NULL, p->body,
+                              p->body ? strlen(p->body) : 0);
         }
         free(p->body);
         free(p);
@@ -837,20 +860,24 @@ static void schedule_commit(reg_server *rs)
 }
 
 /* Answer a mutation: at once without persistence, else after the commit
- * that makes it durable (watchers are told after it too). */
+ * that makes it durable (watchers are told after it too). o NULL: no body. */
 static void answer_change(reg_server *rs, weft_http_req *r, int status, json_t *o, bool changed)
 {
     if (!rs->persist) {
         set_index(r, reg_revision(rs->store));
-        respond_json(r, status, o);
+        if (o)
+            respond_json(r, status, o);
+        else
+            weft_http_respond(r, status, WEFT_STR_NULL, NULL, 0);
         if (changed)
             notify(rs);
         return;
     }
     pending *p = calloc(1, sizeof *p);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    bool unrendered = o && !body;
     json_decref(o);
-    if (!p || !body) {
+    if (!p || unrendered) {
         free(p);
         free(body);
         respond_err(r, 503, "out of memory");
@@ -954,33 +981,41 @@ static void h_session(reg_server *rs, weft_http_req *r, const char *svc, const c
 /* ---- handlers ---- */
 
 static void register_json(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
-                          json_t *j);
+                          json_t *j, int dialect);
 
-static void h_register(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
+/* The request body as JSON (new reference), or NULL with a message. */
+static json_t *load_body(weft_http_req *r, char *why, size_t whylen)
 {
     weft_str body = weft_http_req_body(r);
     json_error_t je;
     json_t *j = json_loadb(body.p ? body.p : "", body.n, 0, &je);
-    if (!j) {
-        char msg[200];
-        snprintf(msg, sizeof msg, "invalid JSON at line %d column %d: %s", je.line, je.column,
+    if (!j)
+        snprintf(why, whylen, "invalid JSON at line %d column %d: %s", je.line, je.column,
                  je.text);
-        respond_err(r, 400, msg);
-        return;
-    }
-    register_json(rs, r, svc, id, j);
+    return j;
 }
 
-/* Register from a parsed body (consumed). */
+static void h_register(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
+{
+    char why[200];
+    json_t *j = load_body(r, why, sizeof why);
+    if (!j) {
+        respond_err(r, 400, why);
+        return;
+    }
+    register_json(rs, r, svc, id, j, NATIVE);
+}
+
+/* Register from a parsed native body (consumed). Eureka: 204, no body. */
 static void register_json(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
-                          json_t *j)
+                          json_t *j, int dialect)
 {
     reg_input in;
     char why[200];
     const char *tagv[64];
     if (reg_input_from_json(j, &in, why, sizeof why) < 0) {
         json_decref(j);
-        respond_err(r, 400, why);
+        fail(r, dialect, 400, why);
         return;
     }
     json_t *tags = json_object_get(j, "tags");
@@ -990,35 +1025,45 @@ static void register_json(reg_server *rs, weft_http_req *r, const char *svc, con
     int64_t rc = reg_put(rs->store, svc, id, &in, now_ms(rs));
     json_decref(j);
     if (rc < 0) {
-        respond_err(r, 503, "out of memory");
+        fail(r, dialect, 503, "out of memory");
         return;
     }
     weft_metric_inc(rs->m, rs->m_regs);
     uint64_t rev = reg_revision(rs->store);
     if (rs->persist)
         reg_persist_put(rs->persist, reg_find_mut(rs->store, svc, id), now_ms(rs));
-    answer_change(rs, r, 200,
-                  json_pack("{s:I, s:b}", "revision", (json_int_t)rev, "changed", rc > 0), rc > 0);
+    if (dialect == EUREKA)
+        answer_change(rs, r, 204, NULL, rc > 0);
+    else
+        answer_change(rs, r, 200,
+                      json_pack("{s:I, s:b}", "revision", (json_int_t)rev, "changed", rc > 0),
+                      rc > 0);
 }
 
-static void deregister(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
+/* Eureka: 200, no body. */
+static void deregister(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
+                       int dialect)
 {
     int64_t rc = reg_delete(rs->store, svc, id);
     if (rc < 0) {
-        respond_err(r, 404, "no such instance");
+        fail(r, dialect, 404, "no such instance");
         return;
     }
     weft_metric_inc(rs->m, rs->m_deregs);
     if (rs->persist)
         reg_persist_del(rs->persist, svc, id);
-    answer_change(rs, r, 200, json_pack("{s:I}", "revision", (json_int_t)rc), true);
+    answer_change(rs, r, 200,
+                  dialect == EUREKA ? NULL : json_pack("{s:I}", "revision", (json_int_t)rc),
+                  true);
 }
 
-static void heartbeat(reg_server *rs, weft_http_req *r, const char *svc, const char *id)
+/* Eureka: 200, no body. */
+static void heartbeat(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
+                      int dialect)
 {
     uint64_t now = now_ms(rs);
     if (reg_heartbeat(rs->store, svc, id, now) < 0) {
-        respond_err(r, 404, "no such instance: register again");
+        fail(r, dialect, 404, "no such instance: register again");
         return;
     }
     weft_metric_inc(rs->m, rs->m_beats);
@@ -1029,8 +1074,31 @@ static void heartbeat(reg_server *rs, weft_http_req *r, const char *svc, const c
         if (reg_persist_dirty(rs->persist))
             schedule_commit(rs);
     }
-    respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)in->ttl_ms));
+    if (dialect == EUREKA)
+        weft_http_respond(r, 200, WEFT_STR_NULL, NULL, 0);
+    else
+        respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)in->ttl_ms));
     notify(rs); /* only does work if the heartbeat ended a self-preservation hold */
+}
+
+/* Set the status (native PUT .../status, Eureka's status override). */
+static void set_status(reg_server *rs, weft_http_req *r, const char *svc, const char *id, int st,
+                       int dialect)
+{
+    uint64_t now = now_ms(rs);
+    int64_t rc = reg_set_status(rs->store, svc, id, st, now);
+    if (rc < 0) {
+        fail(r, dialect, 404, "no such instance");
+        return;
+    }
+    if (rs->persist && rc > 0)
+        reg_persist_put(rs->persist, reg_find_mut(rs->store, svc, id), now);
+    answer_change(rs, r, 200,
+                  dialect == EUREKA ? NULL
+                                    : json_pack("{s:I, s:b}", "revision",
+                                                (json_int_t)reg_revision(rs->store), "changed",
+                                                rc > 0),
+                  rc > 0);
 }
 
 static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
@@ -1042,7 +1110,7 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
         if (m == WEFT_METHOD_PUT) {
             h_register(rs, r, svc, id);
         } else if (m == WEFT_METHOD_DELETE) {
-            deregister(rs, r, svc, id);
+            deregister(rs, r, svc, id, NATIVE);
         } else if (m == WEFT_METHOD_GET || m == WEFT_METHOD_HEAD) {
             const reg_instance *in = reg_find(rs->store, svc, id);
             if (!in) {
@@ -1072,7 +1140,7 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
         return;
     }
     if (strcmp(action, "heartbeat") == 0) {
-        heartbeat(rs, r, svc, id);
+        heartbeat(rs, r, svc, id, NATIVE);
         return;
     }
     if (strcmp(action, "status") == 0) {
@@ -1086,17 +1154,7 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
             respond_err(r, 400, "expected {\"status\": \"UP|DOWN|OUT_OF_SERVICE|STARTING\"}");
             return;
         }
-        int64_t rc = reg_set_status(rs->store, svc, id, st, now);
-        if (rc < 0) {
-            respond_err(r, 404, "no such instance");
-            return;
-        }
-        if (rs->persist && rc > 0)
-            reg_persist_put(rs->persist, reg_find_mut(rs->store, svc, id), now);
-        answer_change(rs, r, 200,
-                      json_pack("{s:I, s:b}", "revision", (json_int_t)reg_revision(rs->store),
-                                "changed", rc > 0),
-                      rc > 0);
+        set_status(rs, r, svc, id, st, NATIVE);
         return;
     }
     respond_err(r, 404, "unknown action");
@@ -1243,13 +1301,9 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
         return;
     }
     if (reg_call) {
-        weft_str body = weft_http_req_body(r);
-        json_error_t je;
-        json_t *j = json_loadb(body.p ? body.p : "", body.n, 0, &je), *native;
         char svc[256], id[256], why[200];
+        json_t *j = load_body(r, why, sizeof why), *native;
         if (!j) {
-            snprintf(why, sizeof why, "invalid JSON at line %d column %d: %s", je.line,
-                     je.column, je.text);
             respond_err(r, 400, why);
             return;
         }
@@ -1268,7 +1322,7 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
             if (reg_delete(rs->store, oldname, id) >= 0 && rs->persist)
                 reg_persist_del(rs->persist, oldname, id);
         }
-        register_json(rs, r, svc, id, native);
+        register_json(rs, r, svc, id, native, NATIVE);
         return;
     }
     if (agent_svc && nseg == 5 && strcmp(seg[3], "deregister") == 0) {
@@ -1279,7 +1333,7 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
         }
         char name[256];
         snprintf(name, sizeof name, "%s", svc);
-        deregister(rs, r, name, seg[4]);
+        deregister(rs, r, name, seg[4], NATIVE);
         return;
     }
     if (agent_chk && strcmp(seg[3], "pass") == 0) {
@@ -1292,7 +1346,7 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
         }
         char name[256];
         snprintf(name, sizeof name, "%s", svc);
-        heartbeat(rs, r, name, id);
+        heartbeat(rs, r, name, id, NATIVE);
         return;
     }
     if (agent_chk && (strcmp(seg[3], "fail") == 0 || strcmp(seg[3], "warn") == 0)) {
@@ -1301,6 +1355,212 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
         return;
     }
     respond_err(r, 404, "not found");
+}
+
+/* ---- Eureka-compatible subset (eureka.c builds the bodies) ----
+ *
+ * Under /eureka/v2/ (Netflix) and /eureka/ (Spring Cloud). Reads answer
+ * XML unless the Accept header mentions "json", as Eureka does; writes
+ * answer with empty bodies (204 for a registration), errors as fail()
+ * says. */
+
+static bool has_word(weft_str s, const char *w)
+{
+    size_t n = strlen(w);
+    for (size_t i = 0; s.p && i + n <= s.n; i++)
+        if (memcmp(s.p + i, w, n) == 0)
+            return true;
+    return false;
+}
+
+/* Decode %XX in place; false on a malformed escape or an encoded NUL. */
+static bool pct_decode(char *s)
+{
+    char *o = s;
+    for (char *p = s; *p; p++) {
+        if (*p != '%') {
+            *o++ = *p;
+            continue;
+        }
+        int v = 0;
+        for (int k = 1; k <= 2; k++) {
+            char c = p[k];
+            int d = c >= '0' && c <= '9' ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                           : -1;
+            if (d < 0)
+                return false;
+            v = v * 16 + d;
+        }
+        if (v == 0)
+            return false;
+        *o++ = (char)v;
+        p += 2;
+    }
+    *o = 0;
+    return true;
+}
+
+static void eureka_view(reg_server *rs, weft_http_req *r, int view, const char *name,
+                        const char *id)
+{
+    bool json = has_word(weft_http_req_header(r, WEFT_STR("Accept")), "json");
+    char *body;
+    size_t len;
+    int rc = reg_eureka_render(rs->store, view, name, id, json, now_ms(rs), &body, &len);
+    if (rc < 0) {
+        fail(r, EUREKA, rc == WEFT_ENOTFOUND ? 404 : 503,
+             rc == WEFT_ENOTFOUND ? "not found" : "out of memory");
+        return;
+    }
+    set_index(r, reg_revision(rs->store));
+    weft_http_respond(r, 200, json ? JSON : WEFT_STR("application/xml"), body, len);
+    free(body);
+}
+
+static void eureka_register(reg_server *rs, weft_http_req *r, const char *app)
+{
+    weft_str body = weft_http_req_body(r);
+    size_t i = 0;
+    while (i < body.n && (body.p[i] == ' ' || body.p[i] == '\t' || body.p[i] == '\r' ||
+                          body.p[i] == '\n'))
+        i++;
+    char svc[256], id[256], why[200];
+    json_t *j, *native;
+    if (has_word(weft_http_req_header(r, WEFT_STR("Content-Type")), "xml") ||
+        (i < body.n && body.p[i] == '<')) {
+        if (reg_eureka_xml_parse(body.p ? body.p : "", body.n, &j, why, sizeof why) < 0)
+            j = NULL;
+    } else {
+        j = load_body(r, why, sizeof why);
+    }
+    if (!j) {
+        fail(r, EUREKA, 400, why);
+        return;
+    }
+    int rc = reg_eureka_translate(rs->store, app, j, &native, svc, sizeof svc, id, sizeof id,
+                                  why, sizeof why);
+    json_decref(j);
+    if (rc < 0) {
+        fail(r, EUREKA, 400, why);
+        return;
+    }
+    register_json(rs, r, svc, id, native, EUREKA);
+}
+
+/* Heartbeat, deregistration and status of one instance. */
+static void eureka_instance(reg_server *rs, weft_http_req *r, const char *app, const char *id,
+                            bool status_call)
+{
+    int m = weft_http_req_method(r);
+    const char *found = reg_eureka_locate(rs->store, app, id);
+    if (!found) {
+        fail(r, EUREKA, 404, "no such instance");
+        return;
+    }
+    char svc[256];
+    snprintf(svc, sizeof svc, "%s", found); /* the store may free its copy */
+    if (!status_call) {
+        if (m == WEFT_METHOD_PUT)
+            heartbeat(rs, r, svc, id, EUREKA);
+        else
+            deregister(rs, r, svc, id, EUREKA);
+        return;
+    }
+    /* PUT sets an override; DELETE removes it: UP, or the value given */
+    const char *value = qparam(r, "value");
+    int st = value ? reg_eureka_status(value) : REG_UP;
+    if (st < 0 || (m == WEFT_METHOD_PUT && !value)) {
+        fail(r, EUREKA, 400, "value: expected UP, DOWN, STARTING, OUT_OF_SERVICE or UNKNOWN");
+        return;
+    }
+    if (m == WEFT_METHOD_DELETE && strcmp(value ? value : "", "UNKNOWN") == 0)
+        st = REG_UP;
+    set_status(rs, r, svc, id, st, EUREKA);
+}
+
+static void handle_eureka(weft_http_req *r, void *ud)
+{
+    reg_server *rs = ud;
+    weft_str path = weft_http_req_path(r);
+    char buf[1024];
+    if (path.n >= sizeof buf) {
+        fail(r, EUREKA, 414, "path too long");
+        return;
+    }
+    memcpy(buf, path.p, path.n);
+    buf[path.n] = '\0';
+    char *seg[8];
+    size_t nseg = 0;
+    char *save = NULL, *tok;
+    for (char *p = buf + 1; (tok = strtok_r(p, "/", &save)); p = NULL) {
+        if (nseg == 8 || !pct_decode(tok)) {
+            fail(r, EUREKA, nseg == 8 ? 404 : 400, nseg == 8 ? "not found" : "bad escape in path");
+            return;
+        }
+        seg[nseg++] = tok;
+    }
+    size_t base = nseg > 1 && strcmp(seg[1], "v2") == 0 ? 2 : 1;
+    char **a = seg + base;
+    size_t n = nseg - base;
+    int m = weft_http_req_method(r);
+    bool get = m == WEFT_METHOD_GET || m == WEFT_METHOD_HEAD;
+    const char *allow = NULL;
+    for (size_t i = 1; i < n && i < 3; i++)
+        if (!reg_name_ok(a[i])) {
+            fail(r, EUREKA, 400, "application and instance names: 1-200 characters of letters, "
+                                 "digits, '.', '_', '-', ':'");
+            return;
+        }
+    if (n >= 1 && strcmp(a[0], "apps") == 0) {
+        if (n == 1 || (n == 2 && get && strcmp(a[1], "delta") == 0)) {
+            /* no delta queue: the full registry, whose apps__hashcode a
+             * client checks before it falls back to a full fetch anyway */
+            if (get)
+                eureka_view(rs, r, REG_EUREKA_APPS, NULL, NULL);
+            else
+                allow = "GET, HEAD";
+        } else if (n == 2) {
+            if (get)
+                eureka_view(rs, r, REG_EUREKA_APP, a[1], NULL);
+            else if (m == WEFT_METHOD_POST)
+                eureka_register(rs, r, a[1]);
+            else
+                allow = "GET, HEAD, POST";
+        } else if (n == 3) {
+            if (get)
+                eureka_view(rs, r, REG_EUREKA_INSTANCE, a[1], a[2]);
+            else if (m == WEFT_METHOD_PUT || m == WEFT_METHOD_DELETE)
+                eureka_instance(rs, r, a[1], a[2], false);
+            else
+                allow = "GET, HEAD, PUT, DELETE";
+        } else if (n == 4 && strcmp(a[3], "status") == 0) {
+            if (m == WEFT_METHOD_PUT || m == WEFT_METHOD_DELETE)
+                eureka_instance(rs, r, a[1], a[2], true);
+            else
+                allow = "PUT, DELETE";
+        } else if (n == 4 && strcmp(a[3], "metadata") == 0) {
+            fail(r, EUREKA, 501, "metadata updates are not supported: register the instance "
+                                 "again with the new metadata");
+        } else {
+            fail(r, EUREKA, 404, "not found");
+        }
+    } else if (n == 2 && (strcmp(a[0], "instances") == 0 || strcmp(a[0], "vips") == 0 ||
+                          strcmp(a[0], "svips") == 0)) {
+        if (!get)
+            allow = "GET, HEAD";
+        else if (a[0][0] == 'i')
+            eureka_view(rs, r, REG_EUREKA_INSTANCE, NULL, a[1]);
+        else
+            eureka_view(rs, r, a[0][0] == 'v' ? REG_EUREKA_VIP : REG_EUREKA_SVIP, a[1], NULL);
+    } else {
+        fail(r, EUREKA, 404, "not found");
+    }
+    if (allow) {
+        weft_http_resp_header(r, WEFT_STR("Allow"), (weft_str){allow, strlen(allow)});
+        fail(r, EUREKA, 405, "method not allowed");
+    }
 }
 
 static void handle(weft_http_req *r, void *ud)
@@ -1437,7 +1697,10 @@ reg_server *reg_server_new(const reg_store_opts *o)
 
 int reg_server_routes(reg_server *rs, weft_http_server *srv)
 {
-    return weft_http_server_route(srv, 0, "/v1/", WEFT_ROUTE_PREFIX, handle, rs);
+    int rc = weft_http_server_route(srv, 0, "/v1/", WEFT_ROUTE_PREFIX, handle, rs);
+    if (rc == 0)
+        rc = weft_http_server_route(srv, 0, "/eureka/", WEFT_ROUTE_PREFIX, handle_eureka, rs);
+    return rc;
 }
 
 int reg_server_set_data_dir(reg_server *rs, const char *dir)

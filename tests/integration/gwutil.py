@@ -478,13 +478,8 @@ http {{
         return f"127.0.0.1:{self.port}"
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc:
+            weftutil.stop_process(self.proc, signal.SIGQUIT)
         self._err.close()
 
 

@@ -11,9 +11,10 @@ from test_registry_durability import Registry
 
 
 class Backend:
-    """An HTTP server whose /health answers `self.code`; counts probes."""
+    """An HTTP server whose every path answers `self.code` with `body` (by
+    default "ok" or "no"); counts requests."""
 
-    def __init__(self):
+    def __init__(self, body=None):
         self.code = 200
         self.hits = 0
         outer = self
@@ -23,11 +24,11 @@ class Backend:
 
             def do_GET(self):
                 outer.hits += 1
-                body = b"ok" if outer.code < 300 else b"no"
+                text = body if body is not None else b"ok" if outer.code < 300 else b"no"
                 self.send_response(outer.code)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(text)
 
             def log_message(self, *a):
                 pass

@@ -6,6 +6,7 @@ import consul
 
 from test_registry_checks import Backend, wait_for
 from test_registry_durability import Registry
+from weftutil import Prometheus
 
 
 def client(r):
@@ -159,19 +160,8 @@ def test_prometheus_http_sd_discovers_and_scrapes(tmp_path):
     """A real Prometheus server discovers instances through
     GET /v1/prometheus/targets (http_sd_configs), keeps the healthy ones by
     relabelling, scrapes them, and drops one that goes DOWN."""
-    import json
-    import subprocess
-    import urllib.request
-
-    from weftutil import free_port
-
     r = Registry(tmp_path / "d", tmp_path)
-    pport = free_port()
-    cfg = tmp_path / "prom.yml"
-    cfg.write_text(f"""
-global:
-  scrape_interval: 1s
-scrape_configs:
+    prom = Prometheus(tmp_path, f"""
   - job_name: weft
     http_sd_configs:
       - url: http://127.0.0.1:{r.port}/v1/prometheus/targets
@@ -185,22 +175,9 @@ scrape_configs:
       - source_labels: [__meta_weft_meta_team]
         target_label: team
 """)
-    assert subprocess.run(["promtool", "check", "config", str(cfg)],
-                          capture_output=True).returncode == 0
-    log = open(tmp_path / "prom.log", "w")
-    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{pport}"],
-                            stdout=subprocess.DEVNULL, stderr=log)
 
     def targets():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{pport}/api/v1/targets",
-                                        timeout=2) as f:
-                return [t for t in json.load(f)["data"]["activeTargets"]
-                        if t["labels"].get("job") == "weft"]
-        except OSError:
-            return None
+        return prom.targets("weft")
 
     try:
         # the registry itself (it serves /metrics) and a DOWN instance on a dead port
@@ -217,7 +194,7 @@ scrape_configs:
         assert ga["labels"]["__meta_weft_meta_team"] == "core"
         ok = wait_for(lambda: [(t["labels"]["instance"], t["health"]) for t in (targets() or [])]
                       == [(f"127.0.0.1:{r.port}", "up")], 30)
-        assert ok, (targets(), (tmp_path / "prom.log").read_text()[-2000:])
+        assert ok, (targets(), prom.log_tail())
         t = targets()[0]
         assert t["labels"]["team"] == "core" and t["labels"]["service"] == "weft-registry"
         # the instance goes DOWN: Prometheus drops the target on its next refresh
@@ -225,7 +202,5 @@ scrape_configs:
                      {"status": "DOWN"})[0] == 200
         assert wait_for(lambda: targets() == [], 30), targets()
     finally:
-        prom.terminate()
-        prom.wait(timeout=10)
-        log.close()
+        prom.stop()
         assert r.stop() == 0

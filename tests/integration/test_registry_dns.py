@@ -32,7 +32,7 @@ import pytest
 import requests
 
 from gwutil import gateway, origins, origin_of, wait_until  # noqa: F401
-from weftutil import SANITIZER_MARKERS, WEFT_BIN, free_port, sanitizer_env
+from weftutil import SANITIZER_MARKERS, WEFT_BIN, free_port, sanitizer_env, stop_process
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -822,13 +822,7 @@ backend be
         return collections.Counter(self.get() for _ in range(n))
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self._errf.close()
 
 

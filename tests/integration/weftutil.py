@@ -432,3 +432,61 @@ def expected_bytes_sha256(n):
         left -= len(blk)
     h.update(blk[:left])
     return h.hexdigest()
+
+
+class Prometheus:
+    """Debian's real Prometheus server on loopback, scraping with the given
+    `scrape_configs:` YAML (already indented under it). The config is
+    checked with promtool first; stop() ends the server within a bound."""
+
+    def __init__(self, tmp_path, scrape_configs):
+        tmp_path = Path(tmp_path)
+        self.port = free_port()
+        cfg = tmp_path / "prom.yml"
+        cfg.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n" + scrape_configs)
+        chk = subprocess.run(["promtool", "check", "config", str(cfg)], capture_output=True,
+                             text=True, timeout=30)
+        assert chk.returncode == 0, chk.stdout + chk.stderr
+        self.log_path = tmp_path / "prom.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(["prometheus", f"--config.file={cfg}",
+                                      f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}"],
+                                     stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def api(self, path):
+        """The "data" of GET /api/v1/<path>, or None while it is not serving."""
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/{path}",
+                                        timeout=2) as f:
+                return json.load(f)["data"]
+        except OSError:
+            return None
+
+    def targets(self, job):
+        """The job's active targets (ordered by instance), or None."""
+        d = self.api("targets")
+        if d is None:
+            return None
+        return sorted((t for t in d["activeTargets"] if t["labels"].get("job") == job),
+                      key=lambda t: t["labels"]["instance"])
+
+    def log_tail(self, n=3000):
+        return self.log_path.read_text()[-n:]
+
+    def stop(self):
+        stop_process(self.proc)
+        self._log.close()
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=10.0):
+    """Signal a helper process (if still running) and reap it; SIGKILL if it
+    has not exited within `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# make demo: start what Weft has so far, in the foreground, and show it working:
-# two `weft hello` instances behind `weft gateway`.
+# make demo: start a small Weft system in the foreground and show it working:
+# weft registry; two instances each of the example services catalog and
+# pricing (examples/services, built on the SDK: they register themselves and
+# catalog calls pricing by name); two `weft hello` instances; weft gateway in
+# front, finding catalog and pricing through the registry.
 # usage: scripts/demo.sh WEFT_BIN   (env: DEMO_PORT, default 8080; the admin API is on DEMO_PORT+1)
 set -euo pipefail
 weft=${1:?usage: scripts/demo.sh WEFT_BIN}
@@ -8,6 +11,8 @@ port=${DEMO_PORT:-8080}
 admin=$((port + 1))
 h1=$((port + 11))
 h2=$((port + 12))
+reg=$((port + 20))
+bindir=$(dirname "$weft")
 base="http://127.0.0.1:$port"
 dir=$(mktemp -d /tmp/weft-demo.XXXXXX)
 pids=()
@@ -25,10 +30,22 @@ admin: 127.0.0.1:$admin
 workers: 2
 access_log: true
 clusters:
+  catalog:
+    discovery: {registry: "http://127.0.0.1:$reg", service: catalog}
+  pricing:
+    discovery: {registry: "http://127.0.0.1:$reg", service: pricing}
   hello:
     endpoints: ["127.0.0.1:$h1", "127.0.0.1:$h2"]
     health_check: {path: /health, interval: 1s, timeout: 500ms}
 routes:
+  - name: catalog
+    match: {prefix: /catalog/}
+    strip_prefix: /catalog
+    cluster: catalog
+  - name: pricing
+    match: {prefix: /pricing/}
+    strip_prefix: /pricing
+    cluster: pricing
   - name: hello
     match: {prefix: /hello}
     cluster: hello
@@ -53,6 +70,13 @@ routes:
         - {name: health, cluster: hello, path: /health}
 YAML
 
+"$weft" registry --listen "127.0.0.1:$reg" --log-level warn & pids+=($!)
+for i in 1 2; do
+  "$bindir/weft-example-pricing" --listen "127.0.0.1:$((port + 30 + i))" --registry "http://127.0.0.1:$reg" \
+      --ttl 3000 --log-level warn 2>>"$dir/services.log" & pids+=($!)
+  "$bindir/weft-example-catalog" --listen "127.0.0.1:$((port + 40 + i))" --registry "http://127.0.0.1:$reg" \
+      --ttl 3000 --log-level warn 2>>"$dir/services.log" & pids+=($!)
+done
 "$weft" hello --listen "127.0.0.1:$h1" --workers 1 --log-level warn & pids+=($!)
 "$weft" hello --listen "127.0.0.1:$h2" --workers 1 --log-level warn & pids+=($!)
 "$weft" gateway -c "$dir/gateway.yaml" --log-format json 2>"$dir/gateway.log" & pids+=($!)
@@ -67,10 +91,19 @@ done
 
 cat <<MSG
 
-  Weft demo: weft gateway on $base in front of two weft hello services
-  ($h1, $h2); gateway admin API on http://127.0.0.1:$admin
+  Weft demo: weft gateway on $base, weft registry on http://127.0.0.1:$reg,
+  two instances each of the example services catalog and pricing (found by
+  the gateway and by each other through the registry), two weft hello
+  services ($h1, $h2); gateway admin API on http://127.0.0.1:$admin
 
   Try:
+    curl $base/catalog/items                 # catalog calls pricing 4x in parallel, by name
+    curl -H 'X-Request-Id: demo-1' $base/catalog/items/apple   # the id reaches pricing
+    curl http://127.0.0.1:$reg/v1/services   # what is registered
+    curl -N 'http://127.0.0.1:$reg/v1/watch?since=0'           # every change, live (Ctrl-C)
+    kill -9 \$(pgrep -f "listen 127.0.0.1:$((port + 31))")  # a pricing instance dies:
+    curl $base/catalog/items                 # ...retried on the other one; gone from the
+                                             # registry within its 3 s TTL
     curl -i $base/hello                      # cached (X-Cache), balanced over both services
     curl -i '$base/api/hello?name=weft'      # prefix strip, retries, fallback
     curl $base/both                          # aggregation of two upstream calls
@@ -86,6 +119,11 @@ cat <<MSG
 
   First requests, live:
 MSG
+for _ in $(seq 1 100); do  # the gateway learns catalog from the registry within ms
+  curl -fs "$base/catalog/items/apple" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+printf '    $ curl %s/catalog/items/apple\n    ' "$base"; curl -s "$base/catalog/items/apple"; echo
 printf '    $ curl %s/api/hello\n    ' "$base"; curl -s "$base/api/hello"; echo
 printf '    $ curl %s/both\n    ' "$base"; curl -s "$base/both"; echo; echo
 wait

@@ -267,3 +267,46 @@ routes:
     # the gateway's request id reaches pricing, two hops away
     st, hdrs, b = http(gw.port, "GET", "/catalog/items/dates", headers={"X-Request-Id": "e2e-7"})
     assert st == 200 and json.loads(b)["price"]["request_id"] == "e2e-7"
+
+
+def test_prometheus_discovers_and_scrapes_the_services(system, tmp_path):
+    """A real Prometheus finds the SDK services through the registry's
+    Eureka API and its HTTP service discovery, and scrapes their /metrics."""
+    from weftutil import Prometheus
+    reg = system.reg()
+    p1 = system.svc("pricing", reg)
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: len(instances(reg, "pricing")) + len(instances(reg, "catalog")) == 2,
+               what="both registered")
+    prom = Prometheus(tmp_path, f"""
+  - job_name: eureka
+    eureka_sd_configs:
+      - server: http://127.0.0.1:{reg.port}/eureka/v2
+        refresh_interval: 1s
+    relabel_configs:
+      - source_labels: [__meta_eureka_app_name]
+        target_label: app
+  - job_name: weft
+    http_sd_configs:
+      - url: http://127.0.0.1:{reg.port}/v1/prometheus/targets
+        refresh_interval: 1s
+""")
+    try:
+        want = sorted([p1.addr, cat.addr])
+        for job in ("eureka", "weft"):
+            def up():
+                ts = prom.targets(job) or []
+                return (sorted(t["discoveredLabels"]["__address__"] for t in ts) == want and
+                        all(t["health"] == "up" for t in ts)) and ts
+            ts = wait_until(up, timeout=60, interval=0.5, what=f"{job} targets up")
+            if job == "eureka":
+                assert sorted(t["labels"]["app"] for t in ts) == ["CATALOG", "PRICING"]
+        # the scraped series are the services' own
+        item(cat.port)
+
+        def scraped():
+            d = prom.api('query?query=weft_client_calls_total{job="weft",result="ok"}')
+            return d and d["result"] and float(d["result"][0]["value"][1]) >= 1
+        wait_until(scraped, timeout=30, interval=0.5, what="client metrics scraped")
+    finally:
+        prom.stop()

@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """weft registry: heartbeats/s and registrations/s (wrk, CPU-µs per operation
 from /proc), change-to-watcher latency with 1,000 concurrent SSE watchers,
-and resident memory per instance at 100,000 instances.
+and resident memory per instance at 100,000 instances; then, side by side
+under the same CPU cap and wrk load, weft heartbeats vs etcd lease
+keepalives (and weft with --store etcd://).
 
 usage: bench/registry.py WEFT_BIN [--secs S] [--watchers N] [--instances N]
+                         [--rounds N] [--cap PERCENT] [--only etcd]
 """
 import argparse
+import json
 import os
+import shutil
+import tempfile
+import urllib.request
 import selectors
 import socket
 import statistics
@@ -107,6 +114,96 @@ def watcher_latency(port, nwatch, rounds):
     return statistics.median(lat), lat[int(len(lat) * 0.99) - 1], lat[-1]
 
 
+def etcd_post(port, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def wrk_cpu(pids, script, port, secs, conns=32):
+    """One wrk run; CPU-µs per request summed over pids."""
+    t0 = [B.cpu_ticks(p) for p in pids]
+    res = B.run_wrk(f"http://127.0.0.1:{port}/", conns=conns, secs=secs,
+                    script=os.path.join(HERE, "lua", script))
+    t1 = [B.cpu_ticks(p) for p in pids]
+    cpu_s = sum(b - a for a, b in zip(t0, t1)) / B.CLK_TCK
+    res["cpu_us"] = cpu_s * 1e6 / res["requests"] if res["requests"] else float("nan")
+    return res
+
+
+def etcd_side_by_side(weft, secs, rounds, cap, n=1000):
+    """weft heartbeats vs etcd lease keepalives, same cap, same wrk load.
+
+    etcd is a single member (etcd-server from Debian) with a temporary data
+    directory; its keepalives go through etcd's own JSON gateway, the same
+    HTTP/1.1 + JSON path weft's etcd store uses. Each server runs in its own
+    cgroup with the same CPU quota; rounds alternate; medians."""
+    etcd_bin = shutil.which("etcd")
+    if not etcd_bin:
+        raise RuntimeError("etcd not installed: run scripts/deps.sh")
+    tmp = tempfile.mkdtemp(prefix="weft-bench-etcd-")
+    cport, pport, wport, xport = (B.free_port() for _ in range(4))
+    etcd = B.Server("etcd", [etcd_bin, "--name", "b", "--data-dir", os.path.join(tmp, "d"),
+                             "--listen-client-urls", f"http://127.0.0.1:{cport}",
+                             "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+                             "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+                             "--initial-cluster", f"b=http://127.0.0.1:{pport}",
+                             "--log-level", "error"], cport, cap_percent=cap)
+    mem = B.Server("weft-mem", [weft, "registry", "--listen", f"127.0.0.1:{wport}",
+                                "--log-level", "warn"], wport, cap_percent=cap)
+    viaetcd = B.Server("weft-etcd", [weft, "registry", "--listen", f"127.0.0.1:{xport}",
+                                     "--store", f"etcd://127.0.0.1:{cport}/bench",
+                                     "--log-level", "warn"], xport, cap_percent=cap)
+    res = {"weft": [], "etcd": [], "weft+etcd": []}
+    try:
+        etcd.start()
+        mem.start()
+        viaetcd.start()
+        register_many(wport, "bench", n, "i")
+        leases = os.path.join(tmp, "leases")
+        with open(leases, "w") as f:
+            for _ in range(n):
+                f.write(etcd_post(cport, "/v3/lease/grant", {"TTL": 600})["ID"] + "\n")
+        os.environ["WEFT_BENCH_LEASES"] = leases
+        os.environ["WEFT_BENCH_INSTANCES"] = str(n)
+        deadline = time.monotonic() + 30
+        while http(xport, "GET", "/v1/status").split(b" ")[1] != b"200":
+            if time.monotonic() > deadline:
+                raise RuntimeError("weft --store etcd:// did not load")
+            time.sleep(0.1)
+        register_many(xport, "bench", n, "i", meta=False)
+        for _ in range(rounds):
+            res["weft"].append(wrk_cpu([mem.pid], "heartbeat.lua", wport, secs))
+            res["etcd"].append(wrk_cpu([etcd.pid], "etcd_keepalive.lua", cport, secs))
+            res["weft+etcd"].append(wrk_cpu([viaetcd.pid, etcd.pid], "heartbeat.lua", xport, secs))
+    finally:
+        for srv in (viaetcd, mem, etcd):
+            srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"## Registry heartbeats vs etcd lease keepalives ({cap}% CPU cap each, "
+          f"wrk -t1 -c32 -d{secs}s, {rounds} rounds, medians)")
+    print()
+    print("| server | operations/s | p50 ms | p99 ms | CPU-µs per op | non-2xx / errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    med = {}
+    for name, label in (("weft", "weft registry heartbeat (in memory)"),
+                        ("etcd", "etcd 3.4 lease keepalive (its JSON gateway)"),
+                        ("weft+etcd", "weft registry --store etcd:// heartbeat "
+                                      "(CPU: weft + etcd)")):
+        rs = res[name]
+        med[name] = {k: B.median([r[k] for r in rs]) for k in ("rps", "p50", "p99", "cpu_us")}
+        bad = sum(r["non2xx"] + r["errors"] for r in rs)
+        m = med[name]
+        print(f"| {label} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
+              f"{m['cpu_us']:.1f} | {bad} |")
+    print()
+    print(f"ratio weft / etcd: {med['weft']['rps'] / med['etcd']['rps']:.1f}x operations/s, "
+          f"{med['etcd']['cpu_us'] / med['weft']['cpu_us']:.1f}x less CPU per operation; "
+          f"weft --store etcd:// / etcd: {med['weft+etcd']['rps'] / med['etcd']['rps']:.2f}x")
+
+
 def raise_fd_limit():
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -121,7 +218,13 @@ def main():
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--watchers", type=int, default=1000)
     ap.add_argument("--instances", type=int, default=100000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cap", type=int, default=25)
+    ap.add_argument("--only", choices=["etcd"], help="only the etcd side-by-side part")
     a = ap.parse_args()
+    if a.only == "etcd":
+        etcd_side_by_side(a.weft, a.secs, a.rounds, a.cap)
+        return
     port = B.free_port()
     srv = subprocess.Popen([a.weft, "registry", "--listen", f"127.0.0.1:{port}",
                             "--log-level", "warn"], stdout=subprocess.DEVNULL,
@@ -184,6 +287,8 @@ def main():
           f"{'MET' if p99 <= 50 else 'MISSED'} ({p99:.1f} ms); <= 300 B per instance beyond "
           f"its metadata: {'MET' if per_bare <= 300 else 'MISSED'} ({per_bare:.0f} B without "
           f"tags/meta, history included)")
+    print()
+    etcd_side_by_side(a.weft, a.secs, a.rounds, a.cap)
 
 
 if __name__ == "__main__":

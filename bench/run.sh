@@ -17,4 +17,4 @@ python3 "$here/http_hello.py" "$weft" --rounds "$rounds" --secs "$secs" --cap "$
 echo
 python3 "$here/gateway.py" "$weft" --rounds "$rounds" --secs "$secs" --cap "$cap"
 echo
-python3 "$here/registry.py" "$weft" --secs "$secs"
+python3 "$here/registry.py" "$weft" --secs "$secs" --rounds "$rounds" --cap "$cap"

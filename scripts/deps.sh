@@ -11,6 +11,8 @@ PKGS=(
   # integration tests and benchmarks
   python3 python3-pytest python3-requests python3-consul curl wrk nginx-light haproxy prometheus openssl dnsutils
   procps iproute2
+  # the registry's etcd store: tests and the keepalive benchmark run their own etcd
+  etcd-server etcd-client
 )
 
 missing=()
@@ -33,3 +35,9 @@ $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts nginx on install; the tests and benchmarks run their own.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 pkill -x nginx >/dev/null 2>&1 || true
+# Likewise etcd (if its package started one): the tests start their own
+# clusters on free loopback ports and never use a system etcd.
+if [[ " ${missing[*]} " == *" etcd-server "* ]]; then
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+  if [ -x /etc/init.d/etcd ]; then $SUDO /etc/init.d/etcd stop >/dev/null 2>&1 || true; fi
+fi

@@ -15,8 +15,8 @@
 #include <stdio.h>
 
 const char weft_help_registry[] =
-    "usage: weft registry [--listen HOST:PORT]... [--dns HOST:PORT] [--data DIR] [-c FILE]\n"
-    "                     [--log-level LEVEL] [--log-format text|json]\n"
+    "usage: weft registry [--listen HOST:PORT]... [--dns HOST:PORT] [--data DIR | --store URL]\n"
+    "                     [-c FILE] [--log-level LEVEL] [--log-format text|json]\n"
     "\n"
     "Service registry: register, deregister, heartbeat (TTL leases), status,\n"
     "list and watch (blocking queries and a server-sent event stream).\n"
@@ -27,7 +27,10 @@ const char weft_help_registry[] =
     "                       _NAME._tcp.service.weft SRV (see docs/registry.md)\n"
     "  --data DIR           keep the registry on disk (snapshot + journal, fsync'd):\n"
     "                       registrations survive restarts; without it, memory only\n"
-    "  -c FILE              YAML config (listen, log, http.*, registry.{history,\n"
+    "  --store etcd://HOST:PORT[,HOST:PORT...][/PREFIX]\n"
+    "                       keep the registry in an etcd v3 cluster instead: several\n"
+    "                       registry nodes then serve the same registry\n"
+    "  -c FILE              YAML config (listen, log, http.*, data, store, dns, registry.{history,\n"
     "                       self_preservation_threshold, self_preservation_min})\n"
     "  --log-level LEVEL    debug, info, warn, error or off\n"
     "  --log-format FMT     text or json\n"
@@ -65,7 +68,7 @@ static void w_stop(weft_loop *loop, void *arg)
 
 int weft_cmd_registry(int argc, char **argv)
 {
-    static const char *const extra[] = {"--data", "--dns", NULL};
+    static const char *const extra[] = {"--data", "--dns", "--store", NULL};
     weft_cli cli;
     int rc = weft_cli_parse(&cli, "registry", argc, argv, extra, weft_help_registry);
     if (rc != 0)
@@ -93,6 +96,23 @@ int weft_cmd_registry(int argc, char **argv)
         so.preservation_threshold = (double)pct / 100.0;
         so.preservation_min = (size_t)pmin;
     }
+    /* --data, --dns, --store, else the config file's data, dns, store keys
+     * (read before weft_cli_finish, which rejects keys nobody read) */
+    static const char *const skey[] = {"data", "dns", "store"};
+    const char *sval[] = {weft_cli_extra(&cli, "--data"), weft_cli_extra(&cli, "--dns"),
+                          weft_cli_extra(&cli, "--store")};
+    for (size_t k = 0; k < 3 && cli.conf; k++) {
+        weft_conf_err err;
+        const char *v = NULL;
+        if (weft_conf_string(weft_conf_root(cli.conf), skey[k], &v, &err) < 0) {
+            fprintf(stderr, "weft registry: %s\n", err.msg);
+            weft_cli_release(&cli);
+            return 2;
+        }
+        if (!sval[k])
+            sval[k] = v;
+    }
+    const char *data = sval[0], *dns = sval[1], *store = sval[2];
     if (weft_cli_finish(&cli) < 0) {
         weft_cli_release(&cli);
         return 2;
@@ -105,26 +125,24 @@ int weft_cmd_registry(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    const char *data = weft_cli_extra(&cli, "--data");
-    if (!data && cli.conf) {
-        weft_conf_err err;
-        if (weft_conf_string(weft_conf_root(cli.conf), "data", &data, &err) < 0) {
-            fprintf(stderr, "weft registry: %s\n", err.msg);
+    if (store && data) {
+        fprintf(stderr, "weft registry: --data and --store are exclusive: the state lives "
+                        "either on local disk or in etcd\n");
+        rc = 2;
+        goto out;
+    }
+    if (store) {
+        reg_etcd_url url;
+        char why[160];
+        if (reg_etcd_parse_url(store, &url, why, sizeof why) < 0) {
+            fprintf(stderr, "weft registry: bad store URL '%s': %s\n", store, why);
             rc = 2;
             goto out;
         }
+        reg_server_set_etcd(g_rs, &url);
     }
     if (data)
         reg_server_set_data_dir(g_rs, data);
-    const char *dns = weft_cli_extra(&cli, "--dns");
-    if (!dns && cli.conf) {
-        weft_conf_err err;
-        if (weft_conf_string(weft_conf_root(cli.conf), "dns", &dns, &err) < 0) {
-            fprintf(stderr, "weft registry: %s\n", err.msg);
-            rc = 2;
-            goto out;
-        }
-    }
     if (dns)
         reg_server_set_dns(g_rs, dns);
     reg_server_routes(g_rs, g_srv);

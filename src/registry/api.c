@@ -27,6 +27,7 @@
 
 #include "consul.h"
 #include "dns.h"
+#include "etcd.h"
 #include "eureka.h"
 #include "persist.h"
 #include "store.h"
@@ -74,6 +75,7 @@ typedef struct session {
     reg_server *rs;
     weft_http_req *r;
     char *service, *id;
+    uint64_t next_keepalive_ms; /* etcd store: when to renew the lease next */
 } session;
 
 typedef struct pending {
@@ -100,6 +102,9 @@ typedef struct probe {
 struct reg_server {
     reg_store *store;
     reg_persist *persist; /* NULL without --data */
+    reg_etcd_url etcd_url;
+    bool use_etcd;
+    reg_etcd *etcd; /* with --store etcd://: the state is in etcd, the store mirrors it */
     const char *data_dir;
     const char *dns_addr;
     reg_dns_server *dns;
@@ -554,6 +559,7 @@ static void notify(reg_server *rs)
 }
 
 static void schedule_commit(reg_server *rs);
+static void etcd_keep_sessions(reg_server *rs);
 
 /* ---- active checks ----
  *
@@ -780,6 +786,11 @@ static void sweep(weft_loop *loop, weft_timer *t)
     uint64_t before = reg_revision(rs->store);
     bool was = reg_self_preservation(rs->store);
     const reg_event *evs[256];
+    if (rs->etcd) { /* etcd expires leases; open sessions keep theirs alive */
+        etcd_keep_sessions(rs);
+        weft_timer_start(loop, t, SWEEP_MS);
+        return;
+    }
     for (session *se = rs->sessions; se; se = se->next)
         reg_heartbeat(rs->store, se->service, se->id, weft_loop_now_ms(loop)); /* the open connection is the heartbeat */
     size_t removed = reg_sweep(rs->store, weft_loop_now_ms(loop));
@@ -921,6 +932,13 @@ static void session_abort(weft_http_req *r, void *ud)
     (void)r;
     session *se = ud;
     reg_server *rs = se->rs;
+    if (rs->etcd) {
+        weft_log(WEFT_LOG_INFO, "session closed: deregistering the instance",
+                 WEFT_KV_STR("service", se->service), WEFT_KV_STR("id", se->id));
+        reg_etcd_deregister(rs->etcd, se->service, se->id, NULL, NULL);
+        session_unlink(se);
+        return;
+    }
     int64_t rc = reg_delete(rs->store, se->service, se->id);
     if (rc > 0) {
         weft_metric_inc(rs->m, rs->m_deregs);
@@ -978,6 +996,104 @@ static void h_session(reg_server *rs, weft_http_req *r, const char *svc, const c
     weft_http_resp_write(r, hello, sizeof hello - 1);
 }
 
+/* ---- the etcd store: mutations go to etcd (etcd.c), answered here ---- */
+
+enum { EOP_REGISTER = 1, EOP_DEREGISTER, EOP_HEARTBEAT, EOP_STATUS };
+
+typedef struct eop {
+    reg_server *rs;
+    weft_http_req *r; /* NULL once the client is gone */
+    int kind;
+} eop;
+
+static void eop_abort(weft_http_req *r, void *ud)
+{
+    (void)r;
+    ((eop *)ud)->r = NULL;
+}
+
+static eop *eop_new(reg_server *rs, weft_http_req *r, int kind)
+{
+    eop *o = calloc(1, sizeof *o);
+    if (!o) {
+        respond_err(r, 503, "out of memory");
+        return NULL;
+    }
+    o->rs = rs;
+    o->r = r;
+    o->kind = kind;
+    weft_http_req_on_abort(r, eop_abort, o);
+    return o;
+}
+
+static void eop_done(void *ud, int rc, uint64_t rev, bool changed, uint64_t ttl_ms)
+{
+    eop *o = ud;
+    weft_http_req *r = o->r;
+    reg_server *rs = o->rs;
+    int kind = o->kind;
+    free(o);
+    if (!r || rc == WEFT_ECANCELED)
+        return; /* the client or the server is gone */
+    weft_http_req_on_abort(r, NULL, NULL);
+    if (rc == WEFT_ENOTFOUND) {
+        respond_err(r, 404, kind == EOP_HEARTBEAT ? "no such instance: register again"
+                                                  : "no such instance");
+        return;
+    }
+    if (rc == WEFT_EAGAIN) {
+        respond_err(r, 503, "concurrent updates of this instance: try again");
+        return;
+    }
+    if (rc < 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "etcd unavailable: %s", weft_strerror(rc));
+        respond_err(r, 503, msg);
+        return;
+    }
+    if (kind != EOP_STATUS)
+        weft_metric_inc(rs->m, kind == EOP_REGISTER     ? rs->m_regs
+                               : kind == EOP_DEREGISTER ? rs->m_deregs
+                                                        : rs->m_beats);
+    if (kind == EOP_HEARTBEAT) {
+        respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)ttl_ms));
+        return;
+    }
+    set_index(r, rev);
+    respond_json(r, 200, kind == EOP_DEREGISTER
+                             ? json_pack("{s:I}", "revision", (json_int_t)rev)
+                             : json_pack("{s:I, s:b}", "revision", (json_int_t)rev, "changed",
+                                         changed));
+}
+
+static void etcd_register(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
+                          json_t *j, const reg_input *in)
+{
+    if (in->check.kind != REG_CHECK_NONE) {
+        respond_err(r, 400, "check: active checks are not supported with the etcd store "
+                            "(--store etcd://): use a ttl and heartbeats, or a session");
+        return;
+    }
+    eop *o = eop_new(rs, r, EOP_REGISTER);
+    if (o)
+        reg_etcd_register(rs->etcd, svc, id, j, in, eop_done, o);
+}
+
+/* Renew the leases of instances whose session is open, every third of
+ * their TTL. */
+static void etcd_keep_sessions(reg_server *rs)
+{
+    uint64_t now = now_ms(rs);
+    for (session *se = rs->sessions; se; se = se->next) {
+        const reg_instance *in = reg_find(rs->store, se->service, se->id);
+        if (!in || !in->lease_id || now < se->next_keepalive_ms)
+            continue;
+        uint64_t every = in->ttl_ms / 3;
+        se->next_keepalive_ms = now + (every > 500 ? every : 500);
+        reg_etcd_heartbeat(rs->etcd, se->service, se->id, NULL, NULL);
+    }
+}
+
 /* ---- handlers ---- */
 
 static void register_json(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
@@ -1022,6 +1138,11 @@ static void register_json(reg_server *rs, weft_http_req *r, const char *svc, con
     for (size_t i = 0; i < in.ntags; i++)
         tagv[i] = json_string_value(json_array_get(tags, i));
     in.tags = tagv;
+    if (rs->etcd) {
+        etcd_register(rs, r, svc, id, j, &in);
+        json_decref(j);
+        return;
+    }
     int64_t rc = reg_put(rs->store, svc, id, &in, now_ms(rs));
     json_decref(j);
     if (rc < 0) {
@@ -1044,6 +1165,12 @@ static void register_json(reg_server *rs, weft_http_req *r, const char *svc, con
 static void deregister(reg_server *rs, weft_http_req *r, const char *svc, const char *id,
                        int dialect)
 {
+    if (rs->etcd) {
+        eop *o = eop_new(rs, r, EOP_DEREGISTER);
+        if (o)
+            reg_etcd_deregister(rs->etcd, svc, id, eop_done, o);
+        return;
+    }
     int64_t rc = reg_delete(rs->store, svc, id);
     if (rc < 0) {
         fail(r, dialect, 404, "no such instance");
@@ -1062,6 +1189,12 @@ static void heartbeat(reg_server *rs, weft_http_req *r, const char *svc, const c
                       int dialect)
 {
     uint64_t now = now_ms(rs);
+    if (rs->etcd) {
+        eop *o = eop_new(rs, r, EOP_HEARTBEAT);
+        if (o)
+            reg_etcd_heartbeat(rs->etcd, svc, id, eop_done, o);
+        return;
+    }
     if (reg_heartbeat(rs->store, svc, id, now) < 0) {
         fail(r, dialect, 404, "no such instance: register again");
         return;
@@ -1086,6 +1219,12 @@ static void set_status(reg_server *rs, weft_http_req *r, const char *svc, const 
                        int dialect)
 {
     uint64_t now = now_ms(rs);
+    if (rs->etcd) { /* answered in the native format whatever the dialect */
+        eop *o = eop_new(rs, r, EOP_STATUS);
+        if (o)
+            reg_etcd_set_status(rs->etcd, svc, id, st, eop_done, o);
+        return;
+    }
     int64_t rc = reg_set_status(rs->store, svc, id, st, now);
     if (rc < 0) {
         fail(r, dialect, 404, "no such instance");
@@ -1319,7 +1458,9 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
         if (old && strcmp(old, svc) != 0) {
             char oldname[256];
             snprintf(oldname, sizeof oldname, "%s", old);
-            if (reg_delete(rs->store, oldname, id) >= 0 && rs->persist)
+            if (rs->etcd)
+                reg_etcd_deregister(rs->etcd, oldname, id, NULL, NULL);
+            else if (reg_delete(rs->store, oldname, id) >= 0 && rs->persist)
                 reg_persist_del(rs->persist, oldname, id);
         }
         register_json(rs, r, svc, id, native, NATIVE);
@@ -1586,6 +1727,10 @@ static void handle(weft_http_req *r, void *ud)
         respond_err(r, 404, "not found");
         return;
     }
+    if (rs->etcd && !reg_etcd_ready(rs->etcd)) {
+        respond_err(r, 503, "loading the registry from etcd");
+        return;
+    }
     if (nseg == 2 && (strcmp(seg[1], "watch") == 0 || strcmp(seg[1], "status") == 0 ||
                       strcmp(seg[1], "services") == 0) && !get) {
         weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET, HEAD"));
@@ -1711,6 +1856,14 @@ int reg_server_set_data_dir(reg_server *rs, const char *dir)
 
 void reg_server_set_dns(reg_server *rs, const char *hostport) { rs->dns_addr = hostport; }
 
+void reg_server_set_etcd(reg_server *rs, const reg_etcd_url *url)
+{
+    rs->etcd_url = *url;
+    rs->use_etcd = true;
+}
+
+static void etcd_changed(void *ud) { notify(ud); }
+
 int reg_server_start(reg_server *rs, weft_loop *loop)
 {
     rs->loop = loop;
@@ -1723,6 +1876,11 @@ int reg_server_start(reg_server *rs, weft_loop *loop)
                      WEFT_KV_STR("dir", rs->data_dir), WEFT_KV_STR("error", weft_strerror(rc)));
             return rc;
         }
+    }
+    if (rs->use_etcd) {
+        int rc = reg_etcd_start(&rs->etcd_url, rs->store, loop, etcd_changed, rs, &rs->etcd);
+        if (rc < 0)
+            return rc;
     }
     if (rs->dns_addr) {
         int rc = reg_dns_server_start(rs->dns_addr, rs->store, loop, &rs->dns);
@@ -1778,6 +1936,8 @@ void reg_server_stop(reg_server *rs)
     rs->dns = NULL;
     reg_persist_close(rs->persist); /* syncs what is left */
     rs->persist = NULL;
+    reg_etcd_free(rs->etcd); /* operations still waiting are canceled */
+    rs->etcd = NULL;
     while (rs->waiters)
         waiter_free(rs->waiters); /* their connections were closed by the server */
     while (rs->watchers)

@@ -45,29 +45,6 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static json_t *instance_body(const reg_instance *in)
-{
-    json_t *tags = json_array();
-    for (size_t i = 0; i < in->ntags; i++)
-        json_array_append_new(tags, json_string(in->tags[i]));
-    json_t *o = json_pack("{s:s, s:i, s:o, s:i, s:s}", "address", in->address, "port",
-                          (int)in->port, "tags", tags, "weight", (int)in->weight, "status",
-                          reg_status_name(in->status));
-    if (!o)
-        return NULL;
-    if (in->meta)
-        json_object_set(o, "meta", in->meta);
-    if (in->check) /* the definition, with the current state as its initial one */
-        json_object_set_new(o, "check", reg_check_json(in->check));
-    if (in->zone)
-        json_object_set_new(o, "zone", json_string(in->zone));
-    if (in->version)
-        json_object_set_new(o, "version", json_string(in->version));
-    if (in->ttl_ms)
-        json_object_set_new(o, "ttl", json_real((double)in->ttl_ms / 1000.0));
-    return o;
-}
-
 static int append_json(reg_persist *p, json_t *rec)
 {
     char *t = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
@@ -85,7 +62,7 @@ static json_t *put_record(const reg_instance *in, uint64_t now_ms)
 {
     json_t *o = json_pack("{s:s, s:I, s:s, s:s, s:o}", "op", "put", "rev",
                           (json_int_t)in->mod_rev, "service", in->service, "id", in->id,
-                          "instance", instance_body(in));
+                          "instance", reg_instance_body(in));
     if (o && in->ttl_ms) {
         int64_t left = (int64_t)in->expires_ms - (int64_t)now_ms;
         json_object_set_new(o, "expires_wall_ms", json_integer(wall_ms() + left));

@@ -9,6 +9,7 @@
 #ifndef WEFT_REGISTRY_REGISTRY_H
 #define WEFT_REGISTRY_REGISTRY_H
 
+#include "etcd.h"
 #include "store.h"
 #include "weft/http.h"
 #include "weft/loop.h"
@@ -20,6 +21,8 @@ int reg_server_routes(reg_server *rs, weft_http_server *srv);
 /* Keep state in DIR (snapshot + journal): replayed at start, changes
  * acknowledged only once durable. The string must outlive the server. */
 int reg_server_set_data_dir(reg_server *rs, const char *dir);
+/* Keep the state in etcd (see etcd.h): the store becomes a mirror. */
+void reg_server_set_etcd(reg_server *rs, const reg_etcd_url *url);
 /* Also answer DNS on HOST:PORT (UDP + TCP), see dns.h. */
 void reg_server_set_dns(reg_server *rs, const char *hostport);
 int reg_server_start(reg_server *rs, weft_loop *loop);

@@ -40,9 +40,11 @@ struct reg_store {
     reg_instance **table;
     size_t tcap, tcount, ttomb; /* live entries and deletion markers */
     uint64_t rev;
-    /* history ring */
+    /* history ring: events in revision order; revisions may have gaps
+     * (the etcd store numbers changes with etcd's revisions) */
     reg_event *ring;
     size_t rhead, rcount;
+    uint64_t floor; /* changes at or below this revision are not retained */
     /* self-preservation */
     bool preserving;
     uint64_t window_start_ms;
@@ -543,19 +545,21 @@ int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen)
 
 /* ---- events ---- */
 
-static uint64_t oldest_rev(const reg_store *s)
+/* Append a change at revision rev. A change at or below the floor is
+ * older than the retained history (a re-list applying a snapshot) and is
+ * not recorded; evicting the oldest event raises the floor to it. */
+static void record(reg_store *s, uint64_t rev, int kind, const char *svc, const char *id,
+                   char *json)
 {
-    if (!s->rcount)
-        return s->rev + 1;
-    size_t first = (s->rhead + s->o.history - s->rcount) % s->o.history;
-    return s->ring[first].rev;
-}
-
-static void record(reg_store *s, int kind, const char *svc, const char *id, char *json)
-{
+    if (rev <= s->floor) {
+        free(json);
+        return;
+    }
     reg_event *e = &s->ring[s->rhead];
+    if (s->rcount == s->o.history)
+        s->floor = e->rev;
     event_clear(e);
-    e->rev = s->rev;
+    e->rev = rev;
     e->kind = kind;
     e->service = strdup(svc);
     e->id = strdup(id);
@@ -569,15 +573,26 @@ int64_t reg_changes(const reg_store *s, uint64_t since, const reg_event **out, s
 {
     if (since >= s->rev)
         return 0;
-    if (since + 1 < oldest_rev(s))
+    if (since < s->floor)
         return WEFT_ETOOBIG;
-    /* every revision records exactly one event, so the ring holds
-     * consecutive revisions: seek straight to since + 1 */
+    /* the ring is in revision order. In memory mode every revision records
+     * exactly one event, so the revisions are consecutive and since + 1 is
+     * found by arithmetic; with the etcd store they have gaps: binary search */
     size_t first = (s->rhead + s->o.history - s->rcount) % s->o.history;
-    uint64_t oldest = oldest_rev(s);
-    size_t skip = since + 1 > oldest ? (size_t)(since + 1 - oldest) : 0;
+    size_t lo = 0, hi = s->rcount;
+    uint64_t oldest = s->rcount ? s->ring[first].rev : 0;
+    if (s->rcount && s->ring[(first + s->rcount - 1) % s->o.history].rev - oldest ==
+                         s->rcount - 1)
+        lo = hi = since + 1 > oldest ? (size_t)(since + 1 - oldest) : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->ring[(first + mid) % s->o.history].rev <= since)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     size_t n = 0;
-    for (size_t k = skip; k < s->rcount && n < max; k++)
+    for (size_t k = lo; k < s->rcount && n < max; k++)
         out[n++] = &s->ring[(first + k) % s->o.history];
     return (int64_t)n;
 }
@@ -654,8 +669,13 @@ json_t *reg_instance_json(const reg_instance *in, uint64_t now_ms)
         json_object_set_new(o, "zone", json_string(in->zone));
     if (in->version)
         json_object_set_new(o, "version", json_string(in->version));
-    if (in->ttl_ms) {
+    if (in->ttl_ms)
         json_object_set_new(o, "ttl_ms", json_integer((json_int_t)in->ttl_ms));
+    if (in->lease_id) { /* etcd store: etcd keeps the deadline */
+        char lease[20];
+        snprintf(lease, sizeof lease, "%llx", (unsigned long long)in->lease_id);
+        json_object_set_new(o, "lease", json_string(lease));
+    } else if (in->ttl_ms) {
         int64_t left = (int64_t)in->expires_ms - (int64_t)now_ms;
         json_object_set_new(o, "lease_remaining_ms", json_integer(left > 0 ? left : 0));
     }
@@ -663,6 +683,29 @@ json_t *reg_instance_json(const reg_instance *in, uint64_t now_ms)
         json_object_set_new(o, "expired", json_true());
     if (in->check)
         json_object_set_new(o, "check", reg_check_json(in->check));
+    return o;
+}
+
+json_t *reg_instance_body(const reg_instance *in)
+{
+    json_t *tags = json_array();
+    for (size_t i = 0; i < in->ntags; i++)
+        json_array_append_new(tags, json_string(in->tags[i]));
+    json_t *o = json_pack("{s:s, s:i, s:o, s:i, s:s}", "address", in->address, "port",
+                          (int)in->port, "tags", tags, "weight", (int)in->weight, "status",
+                          reg_status_name(in->status));
+    if (!o)
+        return NULL;
+    if (in->meta)
+        json_object_set(o, "meta", in->meta);
+    if (in->check) /* the definition, with the current state as its initial one */
+        json_object_set_new(o, "check", reg_check_json(in->check));
+    if (in->zone)
+        json_object_set_new(o, "zone", json_string(in->zone));
+    if (in->version)
+        json_object_set_new(o, "version", json_string(in->version));
+    if (in->ttl_ms)
+        json_object_set_new(o, "ttl", json_real((double)in->ttl_ms / 1000.0));
     return o;
 }
 
@@ -707,6 +750,8 @@ static bool same_input(const reg_instance *in, const reg_input *x)
     json_decref(empty);
     return meq;
 }
+
+bool reg_input_matches(const reg_instance *in, const reg_input *x) { return same_input(in, x); }
 
 static int fill(reg_instance *in, const reg_input *x)
 {
@@ -754,8 +799,12 @@ static int fill(reg_instance *in, const reg_input *x)
     return 0;
 }
 
-int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_input *x,
-                uint64_t now_ms)
+/* Register or replace at revision rev (ours: the next one; the etcd
+ * store's: etcd's). Applied changes (apply) carry etcd's create revision,
+ * lease and check state, and never expire here: etcd expires them. */
+static int64_t put_at(reg_store *s, const char *service, const char *id, const reg_input *x,
+                      uint64_t now_ms, uint64_t rev, uint64_t create_rev, uint64_t lease,
+                      bool apply)
 {
     bool found;
     /* markers count as used slots: a probe must always find an empty one */
@@ -763,11 +812,14 @@ int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_inp
         return WEFT_ENOMEM;
     size_t slot = slot_of(s, service, id, &found);
     reg_instance *in = found ? s->table[slot] : NULL;
+    uint64_t expires = apply ? UINT64_MAX : now_ms + x->ttl_ms;
     if (in) {
-        in->expires_ms = now_ms + x->ttl_ms;
+        if (apply && in->mod_rev == rev)
+            return 0; /* this change was applied already */
+        in->expires_ms = expires;
         bool was_expired = in->expired;
         in->expired = false;
-        if (same_input(in, x) && !was_expired)
+        if (!apply && same_input(in, x) && !was_expired)
             return 0; /* idempotent re-registration: lease refreshed only */
         if (in->ttl_ms && !x->ttl_ms)
             s->leased--;
@@ -811,7 +863,7 @@ int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_inp
             inst_free(in);
             return WEFT_ENOMEM;
         }
-        in->expires_ms = now_ms + x->ttl_ms;
+        in->expires_ms = expires;
         sv->inst[sv->n++] = in;
         if (s->table[slot] == TOMB)
             s->ttomb--;
@@ -819,16 +871,36 @@ int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_inp
         s->tcount++;
         if (x->ttl_ms)
             s->leased++;
-        in->create_rev = s->rev + 1;
+        in->create_rev = create_rev;
     }
-    s->rev++;
-    in->mod_rev = s->rev;
-    find_svc(s, service, NULL)->rev = s->rev;
-    record(s, REG_EV_PUT, service, id, inst_dump(in, now_ms));
-    return (int64_t)s->rev;
+    if (apply) {
+        in->lease_id = lease;
+        if (in->check) /* the state travels with the registration */
+            in->check->passing = x->check.passing;
+    }
+    if (rev > s->rev)
+        s->rev = rev;
+    in->mod_rev = rev;
+    reg_service *sv = find_svc(s, service, NULL);
+    if (rev > sv->rev)
+        sv->rev = rev;
+    record(s, rev, REG_EV_PUT, service, id, inst_dump(in, now_ms));
+    return (int64_t)rev;
 }
 
-static void remove_instance(reg_store *s, reg_instance *in)
+int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_input *x,
+                uint64_t now_ms)
+{
+    return put_at(s, service, id, x, now_ms, s->rev + 1, s->rev + 1, 0, false);
+}
+
+int64_t reg_apply_put(reg_store *s, const char *service, const char *id, const reg_input *in,
+                      uint64_t create_rev, uint64_t mod_rev, uint64_t lease, uint64_t now_ms)
+{
+    return put_at(s, service, id, in, now_ms, mod_rev, create_rev, lease, true);
+}
+
+static void remove_instance(reg_store *s, reg_instance *in, uint64_t rev)
 {
     bool f;
     size_t slot = slot_of(s, in->service, in->id, &f);
@@ -845,13 +917,14 @@ static void remove_instance(reg_store *s, reg_instance *in)
             sv->inst[i] = sv->inst[--sv->n];
             break;
         }
-    s->rev++;
-    if (sv)
-        sv->rev = s->rev;
+    if (rev > s->rev)
+        s->rev = rev;
+    if (sv && rev > sv->rev)
+        sv->rev = rev;
     json_t *d = json_pack("{s:s, s:s}", "service", in->service, "id", in->id);
     char *t = d ? json_dumps(d, JSON_COMPACT) : NULL;
     json_decref(d);
-    record(s, REG_EV_DELETE, in->service, in->id, t);
+    record(s, rev, REG_EV_DELETE, in->service, in->id, t);
     inst_free(in);
 }
 
@@ -860,8 +933,17 @@ int64_t reg_delete(reg_store *s, const char *service, const char *id)
     reg_instance *in = (reg_instance *)reg_find(s, service, id);
     if (!in)
         return WEFT_ENOTFOUND;
-    remove_instance(s, in);
+    remove_instance(s, in, s->rev + 1);
     return (int64_t)s->rev;
+}
+
+int64_t reg_apply_delete(reg_store *s, const char *service, const char *id, uint64_t rev)
+{
+    reg_instance *in = (reg_instance *)reg_find(s, service, id);
+    if (!in)
+        return WEFT_ENOTFOUND;
+    remove_instance(s, in, rev);
+    return (int64_t)rev;
 }
 
 int reg_heartbeat(reg_store *s, const char *service, const char *id, uint64_t now_ms)
@@ -876,7 +958,7 @@ int reg_heartbeat(reg_store *s, const char *service, const char *id, uint64_t no
         s->rev++;
         in->mod_rev = s->rev;
         find_svc(s, service, NULL)->rev = s->rev;
-        record(s, REG_EV_PUT, service, id, inst_dump(in, now_ms));
+        record(s, s->rev, REG_EV_PUT, service, id, inst_dump(in, now_ms));
     }
     return 0;
 }
@@ -893,7 +975,7 @@ int64_t reg_set_status(reg_store *s, const char *service, const char *id, int st
     s->rev++;
     in->mod_rev = s->rev;
     find_svc(s, service, NULL)->rev = s->rev;
-    record(s, REG_EV_PUT, service, id, inst_dump(in, now_ms));
+    record(s, s->rev, REG_EV_PUT, service, id, inst_dump(in, now_ms));
     return (int64_t)s->rev;
 }
 
@@ -909,7 +991,7 @@ int64_t reg_set_check(reg_store *s, const char *service, const char *id, bool pa
     s->rev++;
     in->mod_rev = s->rev;
     find_svc(s, service, NULL)->rev = s->rev;
-    record(s, REG_EV_PUT, service, id, inst_dump(in, now_ms));
+    record(s, s->rev, REG_EV_PUT, service, id, inst_dump(in, now_ms));
     return (int64_t)s->rev;
 }
 
@@ -952,7 +1034,7 @@ size_t reg_sweep(reg_store *s, uint64_t now_ms)
                     s->rev++;
                     in->mod_rev = s->rev;
                     s->svc[i].rev = s->rev;
-                    record(s, REG_EV_PUT, in->service, in->id, inst_dump(in, now_ms));
+                    record(s, s->rev, REG_EV_PUT, in->service, in->id, inst_dump(in, now_ms));
                 }
             }
         s->preserving = true;
@@ -964,7 +1046,7 @@ size_t reg_sweep(reg_store *s, uint64_t now_ms)
         for (size_t j = 0; j < s->svc[i].n;) {
             reg_instance *in = s->svc[i].inst[j];
             if (in->ttl_ms && (in->expired || now_ms >= in->expires_ms)) {
-                remove_instance(s, in); /* moves the last instance into slot j */
+                remove_instance(s, in, s->rev + 1); /* moves the last instance into slot j */
                 removed++;
             } else {
                 j++;
@@ -989,13 +1071,19 @@ void reg_set_expiry(reg_store *s, const char *service, const char *id, uint64_t 
 
 void reg_restore_revision(reg_store *s, uint64_t rev)
 {
-    if (rev <= s->rev)
-        return;
-    s->rev = rev;
+    if (rev > s->rev)
+        reg_history_reset(s, rev); /* the history before the restart is gone */
+}
+
+void reg_history_reset(reg_store *s, uint64_t rev)
+{
+    if (rev > s->rev)
+        s->rev = rev;
     for (size_t i = 0; i < s->nsvc; i++)
-        s->svc[i].rev = rev;
-    /* the history before the restart is gone: watchers must re-list */
+        s->svc[i].rev = s->rev;
+    /* watchers behind this point must re-list */
     for (size_t i = 0; i < s->o.history; i++)
         event_clear(&s->ring[i]);
     s->rhead = s->rcount = 0;
+    s->floor = s->rev;
 }

@@ -13,6 +13,10 @@
  * for real changes. The last `history` changes are retained in order; a
  * watcher that asks for an older revision must re-list.
  *
+ * With the etcd store (etcd.h) the store is a mirror: changes are applied
+ * with etcd's revisions (reg_apply_*), which have gaps, and etcd, not the
+ * sweep, expires leases.
+ *
  * Ownership: the store owns everything in it; pointers it hands out are
  * valid until the next call that modifies the store. Threading: one thread.
  */
@@ -71,6 +75,8 @@ typedef struct reg_instance {
     bool expired;        /* lease ran out but self-preservation kept it */
     uint64_t journaled_expires_ms; /* persistence: the lease deadline last written */
     reg_check *check; /* NULL without an active check */
+    uint64_t lease_id; /* etcd store: the etcd lease that keeps it (0: none); etcd
+                          expires it, so expires_ms is then never reached here */
 } reg_instance;
 
 enum reg_event_kind { REG_EV_PUT = 1, REG_EV_DELETE = 2 };
@@ -125,8 +131,31 @@ bool reg_name_ok(const char *s);
  * lease only), or WEFT_ENOMEM. */
 int64_t reg_put(reg_store *s, const char *service, const char *id, const reg_input *in,
                 uint64_t now_ms);
+/* Whether registering x again would change nothing visible about in (the
+ * check's definition is compared, not its state). */
+bool reg_input_matches(const reg_instance *in, const reg_input *x);
 /* Deregister. Revision, or WEFT_ENOTFOUND. */
 int64_t reg_delete(reg_store *s, const char *service, const char *id);
+
+/* Mirror of an external store (the etcd store): apply a change that
+ * happened there at revision mod_rev (which becomes the registry revision
+ * if higher; revisions may have gaps but must not go back, except below
+ * the history floor, see reg_history_reset). The instance keeps the given
+ * create revision and lease, takes the check state from in->check.passing,
+ * and never expires locally. Re-applying the same mod_rev is a no-op (0).
+ * Revision, 0, or WEFT_ENOMEM / WEFT_ENOTFOUND. */
+int64_t reg_apply_put(reg_store *s, const char *service, const char *id, const reg_input *in,
+                      uint64_t create_rev, uint64_t mod_rev, uint64_t lease, uint64_t now_ms);
+int64_t reg_apply_delete(reg_store *s, const char *service, const char *id, uint64_t rev);
+/* Forget the change history up to rev and raise the registry revision and
+ * every service's to it (at least): watchers behind it must re-list, and
+ * changes applied at or below it afterwards are not recorded (a snapshot
+ * being loaded). */
+void reg_history_reset(reg_store *s, uint64_t rev);
+/* The instance's registration fields (the reg_input_from_json input that
+ * recreates it, the check with its current state as the initial one); new
+ * reference. */
+json_t *reg_instance_body(const reg_instance *in);
 /* Renew the lease. 0, or WEFT_ENOTFOUND (the client must register again). */
 int reg_heartbeat(reg_store *s, const char *service, const char *id, uint64_t now_ms);
 /* Set the status. Revision (0 if unchanged), or WEFT_ENOTFOUND. */

@@ -1584,6 +1584,127 @@ static void test_check_input_and_state(void **state)
     reg_store_free(s);
 }
 
+/* ------------------------------------------------------------------ */
+/* mirror of an external store (the etcd store): etcd's revisions */
+
+static void test_apply_uses_external_revisions(void **state)
+{
+    (void)state;
+    reg_store *s = store_with(16);
+    reg_input in = mk_input("10.0.0.1", 80, 2000);
+    /* revisions with gaps, as etcd's are (other keys, lease grants...) */
+    assert_int_equal(reg_apply_put(s, "svc", "a", &in, 5, 5, 0x77, 0), 5);
+    assert_int_equal(reg_apply_put(s, "svc", "b", &in, 9, 9, 0, 0), 9);
+    in.port = 81;
+    assert_int_equal(reg_apply_put(s, "svc", "a", &in, 5, 12, 0x78, 0), 12);
+    assert_int_equal(reg_revision(s), 12);
+    assert_int_equal(reg_service_revision(s, "svc"), 12);
+    const reg_instance *a = reg_find(s, "svc", "a");
+    assert_int_equal(a->create_rev, 5);
+    assert_int_equal(a->mod_rev, 12);
+    assert_int_equal(a->lease_id, 0x78);
+    /* the same change again is a no-op */
+    assert_int_equal(reg_apply_put(s, "svc", "a", &in, 5, 12, 0x78, 0), 0);
+    /* etcd expires leases: never swept here, always healthy while present */
+    assert_int_equal(reg_sweep(s, 1000000), 0);
+    assert_true(reg_instance_healthy(reg_find(s, "svc", "a"), 1000000));
+    json_t *j = reg_instance_json(reg_find(s, "svc", "a"), 0);
+    assert_string_equal(json_string_value(json_object_get(j, "lease")), "78");
+    assert_null(json_object_get(j, "lease_remaining_ms"));
+    assert_int_equal(json_integer_value(json_object_get(j, "ttl_ms")), 2000);
+    json_decref(j);
+    assert_int_equal(reg_apply_delete(s, "svc", "b", 20), 20);
+    assert_int_equal(reg_apply_delete(s, "svc", "b", 21), WEFT_ENOTFOUND);
+    /* the history has the gaps: every "since" finds the next change */
+    const reg_event *ev[8];
+    assert_int_equal(reg_changes(s, 0, ev, 8), 4);
+    assert_int_equal(ev[0]->rev, 5);
+    assert_int_equal(reg_changes(s, 5, ev, 8), 3);
+    assert_int_equal(ev[0]->rev, 9);
+    assert_int_equal(reg_changes(s, 10, ev, 8), 2);
+    assert_int_equal(ev[0]->rev, 12);
+    assert_int_equal(reg_changes(s, 13, ev, 8), 1);
+    assert_int_equal(ev[0]->rev, 20);
+    assert_int_equal(ev[0]->kind, REG_EV_DELETE);
+    assert_int_equal(reg_changes(s, 20, ev, 8), 0);
+    reg_store_free(s);
+}
+
+static void test_history_with_gaps_overwritten(void **state)
+{
+    (void)state;
+    reg_store *s = store_with(16);
+    reg_input in = mk_input("10.0.0.1", 80, 0);
+    char id[16];
+    for (int i = 0; i < 40; i++) { /* revisions 10, 13, 16, ... */
+        snprintf(id, sizeof id, "i%d", i);
+        assert_int_equal(reg_apply_put(s, "svc", id, &in, 10 + 3 * (uint64_t)i,
+                                       10 + 3 * (uint64_t)i, 0, 0),
+                         10 + 3 * i);
+    }
+    /* 16 retained: revisions 82..127; the last evicted one (79) is the floor */
+    const reg_event *ev[32];
+    assert_int_equal(reg_changes(s, 78, ev, 32), WEFT_ETOOBIG);
+    assert_int_equal(reg_changes(s, 79, ev, 32), 16);
+    assert_int_equal(ev[0]->rev, 82);
+    assert_int_equal(reg_changes(s, 80, ev, 32), 16);
+    assert_int_equal(reg_changes(s, 82, ev, 32), 15);
+    assert_int_equal(ev[0]->rev, 85);
+    assert_int_equal(reg_changes(s, 126, ev, 32), 1);
+    assert_int_equal(ev[0]->rev, 127);
+    reg_store_free(s);
+}
+
+static void test_history_reset_loads_a_snapshot(void **state)
+{
+    (void)state;
+    reg_store *s = store_with(16);
+    reg_input in = mk_input("10.0.0.1", 80, 0);
+    assert_int_equal(reg_apply_put(s, "svc", "old", &in, 3, 3, 0, 0), 3);
+    /* a re-list at revision 50: history reset, snapshot applied below it */
+    reg_history_reset(s, 50);
+    assert_int_equal(reg_apply_put(s, "svc", "new", &in, 40, 44, 0, 0), 44);
+    assert_int_equal(reg_apply_delete(s, "svc", "old", 50), 50);
+    reg_history_reset(s, 50);
+    assert_int_equal(reg_revision(s), 50);
+    assert_int_equal(reg_service_revision(s, "svc"), 50);
+    assert_int_equal(reg_find(s, "svc", "new")->mod_rev, 44);
+    assert_null(reg_find(s, "svc", "old"));
+    const reg_event *ev[4];
+    /* nothing at or below the floor was recorded; behind it: re-list */
+    assert_int_equal(reg_changes(s, 50, ev, 4), 0);
+    assert_int_equal(reg_changes(s, 49, ev, 4), WEFT_ETOOBIG);
+    assert_int_equal(reg_apply_put(s, "svc", "next", &in, 60, 60, 0, 0), 60);
+    assert_int_equal(reg_changes(s, 50, ev, 4), 1);
+    assert_int_equal(ev[0]->rev, 60);
+    reg_store_free(s);
+}
+
+static void test_instance_body_round_trips(void **state)
+{
+    (void)state;
+    reg_store *s = store_with(0);
+    json_t *b = json_pack("{s:s, s:i, s:[s,s], s:{s:s}, s:s, s:s, s:i, s:s, s:s}", "address",
+                          "10.0.0.9", "port", 81, "tags", "x", "y", "meta", "k", "v", "zone", "z",
+                          "version", "1.2", "weight", 7, "status", "DOWN", "ttl", "2500ms");
+    reg_input in;
+    char why[200];
+    const char *tags[] = {"x", "y"};
+    assert_int_equal(reg_input_from_json(b, &in, why, sizeof why), 0);
+    in.tags = tags;
+    assert_int_equal(reg_put(s, "svc", "i", &in, 0), 1);
+    json_t *body = reg_instance_body(reg_find(s, "svc", "i"));
+    reg_input again;
+    assert_int_equal(reg_input_from_json(body, &again, why, sizeof why), 0);
+    again.tags = tags;
+    assert_true(reg_input_matches(reg_find(s, "svc", "i"), &again));
+    again.port = 82;
+    assert_false(reg_input_matches(reg_find(s, "svc", "i"), &again));
+    json_decref(body);
+    json_decref(b);
+    reg_store_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1631,6 +1752,10 @@ int main(void)
         cmocka_unit_test(test_preservation_custom_opts),
         cmocka_unit_test(test_scale_100k),
         cmocka_unit_test(test_churn_does_not_exhaust_table),
+        cmocka_unit_test(test_apply_uses_external_revisions),
+        cmocka_unit_test(test_history_with_gaps_overwritten),
+        cmocka_unit_test(test_history_reset_loads_a_snapshot),
+        cmocka_unit_test(test_instance_body_round_trips),
     };
     return cmocka_run_group_tests_name("registry_store", tests, NULL, NULL);
 }

@@ -56,9 +56,11 @@ int weft_cli_std_routes(weft_http_server *s, atomic_bool *draining);
 extern const char weft_help_hello[];
 extern const char weft_help_gateway[];
 extern const char weft_help_registry[];
+extern const char weft_help_log[];
 
 int weft_cmd_hello(int argc, char **argv);
 int weft_cmd_gateway(int argc, char **argv);
 int weft_cmd_registry(int argc, char **argv);
+int weft_cmd_log(int argc, char **argv);
 
 #endif

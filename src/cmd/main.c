@@ -21,8 +21,9 @@ static const subcmd cmds[] = {
     {"hello", "a small JSON service built on libweft (demo and benchmarks)", weft_cmd_hello,
      weft_help_hello},
     {"gateway", "API gateway and sidecar proxy", weft_cmd_gateway, weft_help_gateway},
-    {"registry", "service registry: leases, watches (first slice of the registry issue)",
+    {"registry", "service registry: leases, checks, watches, DNS, Consul/Eureka APIs",
      weft_cmd_registry, weft_help_registry},
+    {"log", "durable event log speaking the Kafka protocol", weft_cmd_log, weft_help_log},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,361 @@
+/*
+ * topics.c — the topic catalogue of `weft log`.
+ *
+ * On disk (DATA is --data):
+ *   DATA/NAME.topic          the topic's definition, JSON:
+ *                            {"partitions": N, "retention_ms": R, "retention_bytes": B,
+ *                             "segment_bytes": S, "fsync": "always"|"interval",
+ *                             "fsync_interval_ms": I}
+ *                            written to NAME.topic.tmp, fsync'd, renamed, directory fsync'd
+ *   DATA/NAME-P/             partition P's log (plog.c: segments and indexes)
+ * A topic exists once its .topic file does; partition directories are
+ * created before it, so a crash in between leaves only empty directories
+ * that the next CreateTopics reuses.
+ *
+ * Each partition keeps, on the loop, the produce requests waiting for their
+ * data to be durable (a FIFO in offset order: the plog's durable callback
+ * completes a prefix), the fetches parked on it, and the idempotent
+ * producers' recent batches.
+ */
+#include "elog.h"
+
+#include "weft/log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct pwait {
+    struct pwait *next;    /* in the partition's FIFO */
+    struct pwait *sibling; /* next wait of the same request */
+    kreq *q;               /* NULL: the request went away */
+    int64_t end;           /* durable once the log is durable up to here */
+};
+
+bool elog_topic_name_ok(weft_str n)
+{
+    if (n.n == 0 || n.n > 249 || (n.n == 1 && n.p[0] == '.') ||
+        (n.n == 2 && n.p[0] == '.' && n.p[1] == '.'))
+        return false;
+    for (size_t i = 0; i < n.n; i++) {
+        char c = n.p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+ktopic *elog_topic_find(elog *e, weft_str name)
+{
+    for (size_t i = 0; i < e->ntopics; i++)
+        if (weft_str_eq(weft_str_from(e->topics[i]->name), name))
+            return e->topics[i];
+    return NULL;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return weft_err_from_errno(errno);
+    int rc = fsync(fd) < 0 ? weft_err_from_errno(errno) : 0;
+    close(fd);
+    return rc;
+}
+
+static int write_def(elog *e, const ktopic *t)
+{
+    const plog_opts *l = &t->conf.log;
+    json_t *j = json_pack("{s:i, s:I, s:I, s:I, s:s, s:i}", "partitions", (int)t->npart,
+                          "retention_ms", (json_int_t)l->retention_ms, "retention_bytes",
+                          (json_int_t)l->retention_bytes, "segment_bytes",
+                          (json_int_t)l->segment_bytes, "fsync",
+                          l->fsync == PLOG_FSYNC_ALWAYS ? "always" : "interval",
+                          "fsync_interval_ms", (int)l->fsync_interval_ms);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text)
+        return WEFT_ENOMEM;
+    char tmp[4200], path[4096];
+    snprintf(path, sizeof path, "%s/%s.topic", e->data_dir, t->name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int rc = 0, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    size_t n = strlen(text);
+    if (fd < 0 || write(fd, text, n) != (ssize_t)n || fsync(fd) < 0 || rename(tmp, path) < 0)
+        rc = weft_err_from_errno(errno ? errno : EIO);
+    if (fd >= 0)
+        close(fd);
+    free(text);
+    return rc < 0 ? rc : fsync_dir(e->data_dir);
+}
+
+static void topic_free(ktopic *t)
+{
+    if (!t)
+        return;
+    for (int32_t i = 0; t->parts && i < t->npart; i++) {
+        kpart *p = &t->parts[i];
+        plog_close(p->log);
+        while (p->waits_head) {
+            struct pwait *w = p->waits_head;
+            p->waits_head = w->next;
+            free(w);
+        }
+        while (p->producers) {
+            struct pstate *ps = p->producers;
+            p->producers = ps->next;
+            free(ps);
+        }
+    }
+    free(t->parts);
+    free(t->name);
+    free(t);
+}
+
+/* Open (or create) the partition logs of t. */
+static int open_parts(elog *e, ktopic *t)
+{
+    t->parts = calloc((size_t)t->npart, sizeof *t->parts);
+    if (!t->parts)
+        return WEFT_ENOMEM;
+    for (int32_t i = 0; i < t->npart; i++) {
+        kpart *p = &t->parts[i];
+        p->t = t;
+        p->index = i;
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/%s-%d", e->data_dir, t->name, (int)i);
+        int rc = plog_open(e->loop, dir, &t->conf.log, elog_part_durable, p, &p->log);
+        if (rc < 0) {
+            weft_log(WEFT_LOG_ERROR, "cannot open a partition log", WEFT_KV_STR("dir", dir),
+                     WEFT_KV_STR("error", weft_strerror(rc)));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int add_topic(elog *e, ktopic *t)
+{
+    if (e->ntopics == e->cap_topics) {
+        size_t nc = e->cap_topics ? e->cap_topics * 2 : 16;
+        ktopic **nt = realloc(e->topics, nc * sizeof *nt);
+        if (!nt)
+            return WEFT_ENOMEM;
+        e->topics = nt;
+        e->cap_topics = nc;
+    }
+    e->topics[e->ntopics++] = t;
+    return 0;
+}
+
+int elog_topic_create(elog *e, weft_str name, int32_t partitions, const elog_topic_conf *conf,
+                      ktopic **out)
+{
+    if (!elog_topic_name_ok(name))
+        return KE_INVALID_TOPIC_EXCEPTION;
+    if (elog_topic_find(e, name))
+        return KE_TOPIC_ALREADY_EXISTS;
+    if (partitions < 1 || partitions > 10000)
+        return KE_INVALID_PARTITIONS;
+    ktopic *t = calloc(1, sizeof *t);
+    if (!t || !(t->name = strndup(name.p, name.n))) {
+        free(t);
+        return WEFT_ENOMEM;
+    }
+    t->npart = partitions;
+    t->conf = *conf;
+    t->conf.partitions = partitions;
+    int rc = open_parts(e, t);
+    if (rc == 0)
+        rc = write_def(e, t);
+    if (rc == 0)
+        rc = add_topic(e, t);
+    if (rc < 0) {
+        topic_free(t);
+        return rc;
+    }
+    weft_log(WEFT_LOG_INFO, "topic created", WEFT_KV_STR("topic", t->name),
+             WEFT_KV_INT("partitions", partitions));
+    if (out)
+        *out = t;
+    return 0;
+}
+
+static int load_one(elog *e, const char *file)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", e->data_dir, file);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    size_t nl = strlen(file) - strlen(".topic");
+    weft_str name = {file, nl};
+    if (!j || !elog_topic_name_ok(name)) {
+        weft_log(WEFT_LOG_ERROR, "unreadable topic definition; topic skipped",
+                 WEFT_KV_STR("file", path), WEFT_KV_STR("error", j ? "bad name" : je.text));
+        json_decref(j);
+        return 0;
+    }
+    ktopic *t = calloc(1, sizeof *t);
+    if (!t || !(t->name = strndup(file, nl))) {
+        free(t);
+        json_decref(j);
+        return WEFT_ENOMEM;
+    }
+    t->conf = e->o.defaults;
+    json_int_t np = json_integer_value(json_object_get(j, "partitions"));
+    json_t *v;
+    if ((v = json_object_get(j, "retention_ms")))
+        t->conf.log.retention_ms = json_integer_value(v);
+    if ((v = json_object_get(j, "retention_bytes")))
+        t->conf.log.retention_bytes = json_integer_value(v);
+    if ((v = json_object_get(j, "segment_bytes")) && json_integer_value(v) >= 1024)
+        t->conf.log.segment_bytes = (uint64_t)json_integer_value(v);
+    const char *fs = json_string_value(json_object_get(j, "fsync"));
+    if (fs)
+        t->conf.log.fsync = strcmp(fs, "interval") == 0 ? PLOG_FSYNC_INTERVAL : PLOG_FSYNC_ALWAYS;
+    if ((v = json_object_get(j, "fsync_interval_ms")) && json_integer_value(v) > 0)
+        t->conf.log.fsync_interval_ms = (uint32_t)json_integer_value(v);
+    json_decref(j);
+    if (np < 1 || np > 10000) {
+        weft_log(WEFT_LOG_ERROR, "bad partition count in topic definition; topic skipped",
+                 WEFT_KV_STR("file", path));
+        topic_free(t);
+        return 0;
+    }
+    t->npart = (int32_t)np;
+    t->conf.partitions = t->npart;
+    int rc = open_parts(e, t);
+    if (rc == 0)
+        rc = add_topic(e, t);
+    if (rc < 0)
+        topic_free(t);
+    return rc;
+}
+
+int elog_topics_load(elog *e)
+{
+    if (mkdir(e->data_dir, 0755) < 0 && errno != EEXIST) {
+        weft_log(WEFT_LOG_ERROR, "cannot create the data directory", WEFT_KV_STR("dir", e->data_dir),
+                 WEFT_KV_STR("error", strerror(errno)));
+        return weft_err_from_errno(errno);
+    }
+    DIR *d = opendir(e->data_dir);
+    if (!d) {
+        weft_log(WEFT_LOG_ERROR, "cannot read the data directory", WEFT_KV_STR("dir", e->data_dir),
+                 WEFT_KV_STR("error", strerror(errno)));
+        return weft_err_from_errno(errno);
+    }
+    struct dirent *de;
+    int rc = 0;
+    while (rc == 0 && (de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (n > 6 && strcmp(de->d_name + n - 6, ".topic") == 0)
+            rc = load_one(e, de->d_name);
+    }
+    closedir(d);
+    weft_log(WEFT_LOG_INFO, "topics loaded", WEFT_KV_UINT("topics", e->ntopics));
+    return rc;
+}
+
+void elog_topics_close(elog *e)
+{
+    for (size_t i = 0; i < e->ntopics; i++)
+        topic_free(e->topics[i]);
+    free(e->topics);
+    e->topics = NULL;
+    e->ntopics = e->cap_topics = 0;
+}
+
+int elog_topic_delete(elog *e, ktopic *t)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.topic", e->data_dir, t->name);
+    if (unlink(path) < 0)
+        return weft_err_from_errno(errno);
+    fsync_dir(e->data_dir);
+    for (size_t i = 0; i < e->ntopics; i++)
+        if (e->topics[i] == t) {
+            e->topics[i] = e->topics[--e->ntopics];
+            break;
+        }
+    /* partition data: segments are removed by deleting the directories */
+    for (int32_t i = 0; i < t->npart; i++) {
+        plog_close(t->parts[i].log);
+        t->parts[i].log = NULL;
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/%s-%d", e->data_dir, t->name, (int)i);
+        DIR *d = opendir(dir);
+        struct dirent *de;
+        while (d && (de = readdir(d))) {
+            if (de->d_name[0] == '.')
+                continue;
+            char f[4600];
+            snprintf(f, sizeof f, "%s/%s", dir, de->d_name);
+            unlink(f);
+        }
+        if (d)
+            closedir(d);
+        rmdir(dir);
+    }
+    weft_log(WEFT_LOG_INFO, "topic deleted", WEFT_KV_STR("topic", t->name));
+    topic_free(t);
+    return 0;
+}
+
+/* ---- durability waits ---- */
+
+void elog_part_durable(plog *l, int64_t durable_end, void *ud)
+{
+    (void)l;
+    kpart *p = ud;
+    while (p->waits_head && p->waits_head->end <= durable_end) {
+        struct pwait *w = p->waits_head;
+        p->waits_head = w->next;
+        if (!p->waits_head)
+            p->waits_tail = NULL;
+        kreq *q = w->q;
+        if (q) {
+            /* unlink w from its request's sibling list */
+            struct pwait **pp = (struct pwait **)&q->state;
+            while (*pp && *pp != w)
+                pp = &(*pp)->sibling;
+            if (*pp)
+                *pp = w->sibling;
+            if (--q->waits == 0)
+                kreq_complete(q);
+        }
+        free(w);
+    }
+}
+
+static void produce_cancel(kreq *q)
+{
+    for (struct pwait *w = q->state; w; w = w->sibling)
+        w->q = NULL;
+    q->state = NULL;
+}
+
+int elog_wait_durable(kpart *p, kreq *q, int64_t end)
+{
+    struct pwait *w = calloc(1, sizeof *w);
+    if (!w)
+        return WEFT_ENOMEM;
+    w->q = q;
+    w->end = end;
+    w->sibling = q->state;
+    q->state = w;
+    q->cancel = produce_cancel;
+    if (p->waits_tail)
+        p->waits_tail->next = w;
+    else
+        p->waits_head = w;
+    p->waits_tail = w;
+    q->waits++;
+    return 0;
+}

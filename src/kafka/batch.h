@@ -67,7 +67,9 @@ typedef struct kf_batch {
  * (magic 2, length >= 49), 0 if more bytes are needed (n too small for the
  * header or for the declared length), or WEFT_EPROTO if the header is
  * malformed (bad magic, negative or too small length). Does not check the
- * CRC. */
+ * CRC. Fields already in view are judged before the rest has arrived (a bad
+ * length with n >= 12, a bad magic with n >= 17), so a stream reader never
+ * waits for a batch it would reject. *out is filled only when > 0. */
 int64_t kf_batch_parse(const uint8_t *p, size_t n, kf_batch *out);
 
 /* Whether the batch's CRC matches (bytes 21..end). b from kf_batch_parse. */
@@ -81,7 +83,14 @@ bool kf_batch_crc_ok(const uint8_t *p, const kf_batch *b);
  * are walked as well: every record's framing and varints must be well
  * formed, exactly recordsCount records, offsetDeltas 0..count-1 in order,
  * and nothing left over. Compressed batches are not decompressed (stored
- * as received). Returns KF_ERR_NONE or a Kafka error code; fills *out. */
+ * as received); a codec outside 0..4 is refused (INVALID_RECORD).
+ * Returns KF_ERR_NONE or a Kafka error code, as Kafka answers Produce v3+:
+ * CORRUPT_MESSAGE (retriable) for a bad CRC, a batchLength too small for a
+ * header, or a magic outside 0..2; INVALID_RECORD (not retriable) for no
+ * complete batch, magic 0/1, bytes after the batch, and every count,
+ * control, producer and record check; MESSAGE_TOO_LARGE (checked before the
+ * CRC). The full table is at the top of batch.c. Fills *out (zeroed first,
+ * then the header once the bytes hold one; out may be NULL). */
 int kf_batch_validate(const uint8_t *p, size_t n, size_t max_bytes, kf_batch *out);
 
 /* Assign the batch's base offset and leader epoch (bytes 0-7 and 12-15,
@@ -107,8 +116,12 @@ typedef struct kf_record {
 
 /* Iterate the records of an uncompressed batch (p, with b from parse).
  * Usage: size_t pos = 0; while (kf_record_next(p, &b, &pos, &rec) == 1) ...
- * Returns 1 with *rec filled (slices point into p), 0 at the end, or
- * WEFT_EPROTO on malformed records or a compressed batch. */
+ * pos is the byte offset of the next record from the first one. Returns 1
+ * with *rec filled (slices point into p; an empty key or value has a
+ * non-NULL p) and pos advanced, 0 at the end of the batch's bytes, or
+ * WEFT_EPROTO on a malformed record or a compressed batch. The walk stops
+ * at the end of the bytes, not at recordsCount: kf_batch_validate checks
+ * that the two agree. */
 int kf_record_next(const uint8_t *p, const kf_batch *b, size_t *pos, kf_record *rec);
 /* Header i of rec (0 <= i < rec->nheaders). 0 or WEFT_EPROTO. */
 int kf_record_header(const kf_record *rec, size_t i, kf_header *out);
@@ -116,8 +129,11 @@ int kf_record_header(const kf_record *rec, size_t i, kf_header *out);
 /* Build an uncompressed batch (CreateTime, producerId -1, base offset 0 —
  * patched on append) of n records into out (appended). Record i gets
  * offsetDelta i and timestamp timestamps[i] (ms; baseTimestamp is the
- * first, maxTimestamp the largest). 0 or WEFT_ENOMEM / WEFT_ETOOBIG (out's
- * limit). */
+ * first, maxTimestamp the largest). partitionLeaderEpoch is written as 0,
+ * as kafka-python and librdkafka do. 0 or WEFT_ENOMEM / WEFT_ETOOBIG (out's
+ * limit, or a length beyond Kafka's int32 fields), or WEFT_EINVAL (n == 0,
+ * a header with a null key, or nheaders > 0 with headers NULL). Nothing
+ * is appended on error. */
 typedef struct kf_record_in {
     weft_str key, value; /* .p == NULL: null */
     const kf_header *headers;

@@ -113,17 +113,15 @@
  * One process at a time: open takes flock(LOCK_EX) on the directory and
  * fails with WEFT_EEXIST when another reg_journal holds it.
  *
- * CRC-32C is slicing-by-8 tables (computed once, under pthread_once), or
- * the SSE4.2 crc32 instruction when the CPU has it (checked at run time, so
- * the binary still runs on CPUs without it).
+ * CRC-32C is weft_crc32c (src/core/crc32c.c), shared with the Kafka log.
  */
 #include "registry/journal.h"
+#include "weft/crc32c.h"
 #include "weft/log.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,11 +129,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <nmmintrin.h>
-#define HAVE_SSE42_PATH 1
-#endif
 
 #define HDR_SIZE 16u
 #define FRAME_SIZE 8u
@@ -152,33 +145,7 @@ static const char MAGIC_JNL[8] = {'W', 'E', 'F', 'T', 'J', 'N', 'L', '1'};
 static const char MAGIC_SNP[8] = {'W', 'E', 'F', 'T', 'S', 'N', 'P', '1'};
 
 /* ------------------------------------------------------------------ */
-/* CRC-32C */
-
-static uint32_t crc_table[8][256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-static bool crc_hw;
-
-/* Exported for the unit test only (compares it with the hardware path);
- * not part of journal.h. */
-uint32_t weft_crc32c_portable(uint32_t crc, const void *data, size_t len);
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
-        crc_table[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++)
-            crc_table[t][i] =
-                (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xffu];
-#ifdef HAVE_SSE42_PATH
-    __builtin_cpu_init();
-    crc_hw = __builtin_cpu_supports("sse4.2");
-#endif
-}
+/* little-endian fields */
 
 static inline uint32_t load_le32(const unsigned char *p)
 {
@@ -202,57 +169,6 @@ static inline void store_le64(unsigned char *p, uint64_t v)
 {
     store_le32(p, (uint32_t)v);
     store_le32(p + 4, (uint32_t)(v >> 32));
-}
-
-/* Slicing-by-8 on the raw (not inverted) register. */
-static uint32_t crc_sw(uint32_t c, const unsigned char *p, size_t len)
-{
-    while (len >= 8) {
-        uint32_t lo = load_le32(p) ^ c;
-        uint32_t hi = load_le32(p + 4);
-        c = crc_table[7][lo & 0xffu] ^ crc_table[6][(lo >> 8) & 0xffu] ^
-            crc_table[5][(lo >> 16) & 0xffu] ^ crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xffu] ^
-            crc_table[2][(hi >> 8) & 0xffu] ^ crc_table[1][(hi >> 16) & 0xffu] ^
-            crc_table[0][hi >> 24];
-        p += 8;
-        len -= 8;
-    }
-    while (len--)
-        c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xffu];
-    return c;
-}
-
-#ifdef HAVE_SSE42_PATH
-__attribute__((target("sse4.2"))) static uint32_t crc_hw_run(uint32_t c, const unsigned char *p,
-                                                             size_t len)
-{
-    uint64_t c64 = c;
-    while (len >= 8) {
-        c64 = _mm_crc32_u64(c64, load_le64(p));
-        p += 8;
-        len -= 8;
-    }
-    c = (uint32_t)c64;
-    while (len--)
-        c = _mm_crc32_u8(c, *p++);
-    return c;
-}
-#endif
-
-uint32_t weft_crc32c_portable(uint32_t crc, const void *data, size_t len)
-{
-    pthread_once(&crc_once, crc_init);
-    return ~crc_sw(~crc, data, len);
-}
-
-uint32_t weft_crc32c(uint32_t crc, const void *data, size_t len)
-{
-    pthread_once(&crc_once, crc_init);
-#ifdef HAVE_SSE42_PATH
-    if (crc_hw)
-        return ~crc_hw_run(~crc, data, len);
-#endif
-    return ~crc_sw(~crc, data, len);
 }
 
 /* CRC of one frame: the stored length bytes, then the payload. */

@@ -53,7 +53,7 @@ int reg_journal_snapshot_add(reg_journal_writer *w, const char *rec, size_t len)
 /* Sync and close. */
 void reg_journal_close(reg_journal *j);
 
-/* CRC-32C (Castagnoli), also used by the event log. */
-uint32_t weft_crc32c(uint32_t crc, const void *data, size_t len);
+/* weft_crc32c, the frames' checksum, lives in weft/crc32c.h. */
+#include "weft/crc32c.h"
 
 #endif

@@ -30,10 +30,8 @@
 #include <unistd.h>
 
 #include "registry/journal.h"
+#include "weft/crc32c.h"
 #include "weft/log.h"
-
-/* journal.c's table-driven CRC, exported for this test only */
-uint32_t weft_crc32c_portable(uint32_t crc, const void *data, size_t len);
 
 #define MIB (1024u * 1024u)
 

@@ -11,7 +11,9 @@
  *
  * Threading: a plog belongs to the loop that opened it; every call is made
  * on that loop's thread, except that fdatasync runs on a flusher thread
- * owned by the plog. Completions come back through weft_loop_post.
+ * owned by the plog. Completions come back to the owner loop through a
+ * per-plog eventfd watched on it (like weft_loop_post, but unregistered by
+ * plog_close, so no completion can outlive the plog).
  *
  * Ownership: the plog owns its files. A slice holds a reference to its
  * segment so the file stays open (even if retention deletes the segment)
@@ -52,7 +54,9 @@ typedef void (*plog_durable_cb)(plog *l, int64_t durable_end, void *ud);
  * error (I/O errors on the directory). The recovery outcome is logged. */
 int plog_open(weft_loop *loop, const char *dir, const plog_opts *o, plog_durable_cb cb, void *ud,
               plog **out);
-/* Flush what is pending (synchronously), stop the flusher, close files. */
+/* Flush what is pending (synchronously), stop the flusher, close files.
+ * The durable callback is not called from here. Slices not yet released
+ * stay valid (they keep their segment's file open). */
 void plog_close(plog *l);
 
 int64_t plog_start_offset(const plog *l);   /* first offset kept (log start) */
@@ -65,7 +69,9 @@ uint64_t plog_size_bytes(const plog *l);
  * *base_offset gets the batch's first offset. The data is readable at
  * once; durability is reported through the durable callback (with
  * PLOG_FSYNC_ALWAYS a flush is requested for it; concurrent appends share
- * one flush). Rolls the segment when full. 0 or WEFT_EIO / WEFT_ETOOBIG. */
+ * one flush). Rolls the segment when full. 0 or WEFT_EIO / WEFT_ETOOBIG
+ * (n > max_batch_bytes) / WEFT_EINVAL (n is not one batch's size). After a
+ * failed fdatasync every append fails with WEFT_EIO until reopened. */
 int plog_append(plog *l, uint8_t *p, size_t n, int32_t leader_epoch, int64_t *base_offset);
 
 /* A range of whole batches in one segment file, for sendfile. */
@@ -80,8 +86,9 @@ typedef struct plog_slice {
 /* Locate batches from `offset` on: the batch containing offset and the
  * following ones of the same segment, up to max_bytes — but always at
  * least one whole batch if one exists at or after offset. offset ==
- * end_offset gives len 0. Returns 0, or WEFT_ENOTFOUND if offset is below
- * the log start or above the end (OFFSET_OUT_OF_RANGE). */
+ * end_offset gives len 0 (fd -1, nothing to release). Returns 0, or
+ * WEFT_ENOTFOUND if offset is below the log start or above the end
+ * (OFFSET_OUT_OF_RANGE), or WEFT_EIO if the file cannot be read. */
 int plog_read(plog *l, int64_t offset, size_t max_bytes, plog_slice *out);
 void plog_slice_release(plog_slice *s);
 
@@ -92,5 +99,16 @@ int64_t plog_offset_for_time(plog *l, int64_t ts);
 /* Delete whole segments beyond retention (never the active one, never data
  * above the durable offset). Returns the number of segments deleted. */
 int plog_enforce_retention(plog *l, int64_t now_wall_ms);
+
+/* Counters, for tests and metrics. */
+typedef struct plog_stats {
+    uint64_t appends;          /* batches appended since open */
+    uint64_t flushes;          /* fdatasync rounds run by the flusher */
+    size_t segments;           /* segments now on disk */
+    uint64_t truncated_bytes;  /* torn/corrupt tail bytes cut at open */
+    uint32_t index_rebuilds;   /* finished segments whose indexes were rebuilt at open */
+    uint32_t segments_dropped; /* segments deleted at open after damage before them */
+} plog_stats;
+void plog_stats_get(plog *l, plog_stats *out);
 
 #endif

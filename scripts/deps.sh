@@ -13,6 +13,9 @@ PKGS=(
   procps iproute2
   # the registry's etcd store: tests and the keepalive benchmark run their own etcd
   etcd-server etcd-client
+  # weft log: real Kafka clients for the tests, librdkafka for the SDK and the
+  # produce benchmark, Redis for the side-by-side benchmark
+  kcat python3-kafka python3-confluent-kafka librdkafka-dev redis-server
 )
 
 missing=()
@@ -35,6 +38,11 @@ $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts nginx on install; the tests and benchmarks run their own.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 pkill -x nginx >/dev/null 2>&1 || true
+# Likewise redis (the benchmark starts its own).
+if [[ " ${missing[*]} " == *" redis-server "* ]]; then
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+  $SUDO service redis-server stop >/dev/null 2>&1 || true
+fi
 # Likewise etcd (if its package started one): the tests start their own
 # clusters on free loopback ports and never use a system etcd.
 if [[ " ${missing[*]} " == *" etcd-server "* ]]; then

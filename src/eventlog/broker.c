@@ -51,6 +51,7 @@ struct kconn {
     kreq *head, *tail;
     size_t inflight;
     bool dead, reading;
+    bool busy; /* handlers running from conn_read: flushes wait until it ends */
     char peer[64];
 };
 
@@ -129,7 +130,7 @@ void kreq_complete(kreq *q)
         else
             kf_w_patch_i32(&q->w, 0, (int32_t)(total - 4));
     }
-    if (q->c && q == q->c->head)
+    if (q->c && q == q->c->head && !q->c->busy)
         conn_flush(q->c);
 }
 
@@ -235,6 +236,27 @@ static void conn_flush(kconn *c)
     conn_interest(c);
 }
 
+static int parse_frame(kconn *c, const uint8_t *p, size_t n);
+
+/* The fuzz harness's entry (tests/fuzz/fuzz_kafka_request.c): one request
+ * frame (without its size prefix) through the decoders and handlers, on a
+ * detached request; anything it parks is cancelled. */
+int elog_handle_frame(elog *e, const uint8_t *p, size_t n)
+{
+    kconn c = {.e = e};
+    snprintf(c.peer, sizeof c.peer, "fuzz");
+    int rc = parse_frame(&c, p, n);
+    while (c.head) {
+        kreq *q = c.head;
+        c.head = q->next;
+        q->c = NULL;
+        if (!q->done && q->cancel)
+            q->cancel(q);
+        kreq_free(q);
+    }
+    return rc;
+}
+
 static int parse_frame(kconn *c, const uint8_t *p, size_t n)
 {
     elog *e = c->e;
@@ -305,7 +327,9 @@ static void conn_read(kconn *c)
             }
             if (weft_buf_used(&c->in) < 4 + (size_t)size)
                 break;
+            c->busy = true;
             int rc = parse_frame(c, p + 4, size);
+            c->busy = false;
             if (rc < 0 || c->dead) {
                 if (!c->dead) {
                     weft_log(WEFT_LOG_WARN, "kafka: malformed request header; closing",

@@ -246,5 +246,8 @@ const char *elog_address(const elog *e);
 int elog_start(elog *e, weft_loop *loop);
 void elog_drain(elog *e);
 void elog_stop(elog *e);
+/* For the fuzz harness: handle one frame (no size prefix) detached from
+ * any connection. */
+int elog_handle_frame(elog *e, const uint8_t *p, size_t n);
 
 #endif

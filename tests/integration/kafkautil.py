@@ -1,0 +1,79 @@
+"""Helpers for the `weft log` tests: start the broker, speak raw Kafka
+frames for the bad-input cases, run client programs in subprocesses."""
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from svcutil import WEFT_BIN, Proc
+
+
+class Log(Proc):
+    """A running `weft log` on a free loopback port."""
+
+    def __init__(self, workdir, data=None, extra=(), name="log"):
+        self.data = Path(data or Path(workdir) / "data")
+        super().__init__([WEFT_BIN, "log", "--listen", "127.0.0.1:0", "--data", self.data,
+                          *extra], workdir, "log", name=name)
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+
+def frame(api_key, version, corr, body, client=b"raw"):
+    head = struct.pack(">hhih", api_key, version, corr, len(client)) + client
+    msg = head + body
+    return struct.pack(">i", len(msg)) + msg
+
+
+def exchange(port, payload, timeout=5.0):
+    """Send bytes, return (response bytes or b'', closed?)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(payload)
+        size = _recv_exact(s, 4)
+        if size is None:
+            return b"", True
+        (n,) = struct.unpack(">i", size)
+        body = _recv_exact(s, n)
+        return body or b"", body is None
+    finally:
+        s.close()
+
+
+def _recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        try:
+            d = s.recv(n - len(out))
+        except (ConnectionResetError, socket.timeout):
+            return None
+        if not d:
+            return None
+        out += d
+    return out
+
+
+def kstr(s):
+    b = s.encode()
+    return struct.pack(">h", len(b)) + b
+
+
+def run_py(code, timeout=60, **kw):
+    """Run a Python client program (Debian's interpreter and packages)."""
+    return subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def wait_port_closed(port, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+PY = sys.executable

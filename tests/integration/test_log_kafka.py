@@ -1,0 +1,224 @@
+"""`weft log` with unmodified Kafka clients from Debian: kcat (librdkafka
+2.0.2), python3-kafka 2.0.2 and python3-confluent-kafka — produce,
+consume, groups, admin — plus raw frames for bad input."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+
+import pytest
+
+from kafkautil import Log, exchange, frame, kstr, run_py
+from svcutil import wait_until
+
+
+@pytest.fixture
+def log(tmp_path):
+    lg = Log(tmp_path)
+    yield lg
+    if lg.alive():
+        lg.stop()
+
+
+def kcat(*args, inp=None, timeout=30):
+    r = subprocess.run(["kcat", *args], input=inp, capture_output=True, text=True,
+                       timeout=timeout)
+    return r
+
+
+def test_kcat_produce_consume_and_metadata(log):
+    r = kcat("-P", "-b", log.bootstrap, "-t", "orders", "-K:", inp="k1:one\nk2:two\nk1:three\n")
+    assert r.returncode == 0, r.stderr
+    r = kcat("-C", "-b", log.bootstrap, "-t", "orders", "-e", "-o", "beginning",
+             "-f", "%k=%s@%o\\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["k1=one@0", "k2=two@1", "k1=three@2"]
+    r = kcat("-L", "-b", log.bootstrap, "-J")
+    assert r.returncode == 0, r.stderr
+    md = json.loads(r.stdout)
+    assert md["brokers"][0]["name"].endswith(f":{log.port}")
+    topics = {t["topic"]: t for t in md["topics"]}
+    assert len(topics["orders"]["partitions"]) == 1
+    # offsets: beginning, end, and consuming from the middle
+    r = kcat("-C", "-b", log.bootstrap, "-t", "orders", "-e", "-o", "1", "-f", "%s\\n")
+    assert r.stdout.split() == ["two", "three"]
+
+
+def test_kafka_python_producer_and_group_consumer(log):
+    code = f"""
+import json
+from kafka import KafkaProducer, KafkaConsumer
+p = KafkaProducer(bootstrap_servers="{log.bootstrap}",
+                  value_serializer=lambda v: json.dumps(v).encode(), acks="all")
+futs = [p.send("events", {{"n": i}}) for i in range(50)]
+p.flush()
+offs = [f.get(timeout=10).offset for f in futs]
+assert offs == list(range(50)), offs
+c = KafkaConsumer("events", bootstrap_servers="{log.bootstrap}", group_id="g1",
+                  auto_offset_reset="earliest", enable_auto_commit=False,
+                  value_deserializer=lambda b: json.loads(b), consumer_timeout_ms=8000)
+got = []
+for m in c:
+    got.append(m.value["n"])
+    if len(got) == 30:
+        break
+c.commit()
+c.close()
+# a new consumer of the same group continues after the committed offset
+c = KafkaConsumer("events", bootstrap_servers="{log.bootstrap}", group_id="g1",
+                  auto_offset_reset="earliest", value_deserializer=lambda b: json.loads(b),
+                  consumer_timeout_ms=8000)
+for m in c:
+    got.append(m.value["n"])
+    if len(got) == 50:
+        break
+c.close()
+print(json.dumps(got))
+"""
+    r = run_py(code, timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == list(range(50))
+
+
+def test_confluent_idempotent_producer_and_admin(log):
+    code = f"""
+import json
+from confluent_kafka import Producer, Consumer
+from confluent_kafka.admin import AdminClient, NewTopic
+a = AdminClient({{"bootstrap.servers": "{log.bootstrap}"}})
+fs = a.create_topics([NewTopic("parts", num_partitions=3, replication_factor=1)])
+fs["parts"].result(10)
+try:
+    a.create_topics([NewTopic("parts", num_partitions=3, replication_factor=1)])["parts"].result(10)
+    print("NO-ERROR")
+except Exception as e:
+    print("dup:", e.args[0].code())
+try:
+    a.create_topics([NewTopic("bad", num_partitions=1, replication_factor=3)])["bad"].result(10)
+except Exception as e:
+    print("rf:", e.args[0].code())
+p = Producer({{"bootstrap.servers": "{log.bootstrap}", "enable.idempotence": True,
+              "linger.ms": 5}})
+acked = []
+def cb(err, msg):
+    assert err is None, err
+    acked.append((msg.partition(), msg.offset()))
+for i in range(300):
+    p.produce("parts", key=str(i), value=str(i), callback=cb)
+p.flush(15)
+c = Consumer({{"bootstrap.servers": "{log.bootstrap}", "group.id": "cg",
+              "auto.offset.reset": "earliest"}})
+c.subscribe(["parts"])
+vals = []
+import time
+t = time.time()
+while len(vals) < 300 and time.time() - t < 20:
+    m = c.poll(0.5)
+    if m is not None and m.error() is None:
+        vals.append(int(m.value()))
+c.close()
+print(json.dumps({{"acked": len(acked), "parts": sorted(set(p for p, _ in acked)),
+                   "vals": sorted(vals)}}))
+"""
+    r = run_py(code, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert "dup: 36" in lines  # TOPIC_ALREADY_EXISTS
+    assert "rf: 38" in lines   # INVALID_REPLICATION_FACTOR
+    d = json.loads(lines[-1])
+    assert d["acked"] == 300 and d["parts"] == [0, 1, 2]
+    assert d["vals"] == list(range(300))
+
+
+def test_fetch_long_poll_wakes_on_produce(log):
+    kcat("-P", "-b", log.bootstrap, "-t", "lp", inp="first\n")
+    code = f"""
+import time
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+c = KafkaConsumer(bootstrap_servers="{log.bootstrap}", fetch_max_wait_ms=5000)
+tp = TopicPartition("lp", 0)
+c.assign([tp]); c.seek(tp, 1)
+c.poll(timeout_ms=200)
+p = KafkaProducer(bootstrap_servers="{log.bootstrap}")
+t = time.time()
+p.send("lp", b"second"); p.flush()
+while True:
+    recs = c.poll(timeout_ms=6000)
+    if recs:
+        break
+print(round(time.time() - t, 3), [r.value for r in recs[tp]])
+"""
+    r = run_py(code, timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    secs, _, vals = r.stdout.strip().partition(" ")
+    assert "b'second'" in vals
+    assert float(secs) < 2.0  # woken by the append, not after the 5 s max wait
+
+
+# ---- bad input ----
+
+def test_garbage_frames_close_the_connection_and_the_broker_lives(log):
+    for payload in (b"\x00\x00\x00\x02ab",                      # frame too small
+                    b"\x7f\xff\xff\xff" + b"x" * 16,             # frame too large
+                    frame(999, 0, 1, b""),                       # unknown API
+                    frame(0, 99, 1, b""),                        # unsupported version
+                    frame(3, 1, 7, b"\x00\x00\x00\x05"),         # truncated metadata
+                    frame(0, 7, 1, b"\xff")):                    # truncated produce
+        body, closed = exchange(log.port, payload)
+        assert closed and body == b"", payload
+    # still serving
+    r = kcat("-L", "-b", log.bootstrap)
+    assert r.returncode == 0, r.stderr
+
+
+def test_api_versions_v3_gets_v0_error_35(log):
+    body, closed = exchange(log.port, frame(18, 3, 42, b"\x00\x00"))
+    assert not closed
+    corr, err, n = struct.unpack(">ihi", body[:10])
+    assert (corr, err, n) == (42, 35, 1)
+    assert struct.unpack(">hhh", body[10:16]) == (18, 0, 2)
+
+
+def produce_body(topic, records, acks=1):
+    return (struct.pack(">h", -1) + struct.pack(">hi", acks, 5000) + struct.pack(">i", 1) +
+            kstr(topic) + struct.pack(">i", 1) + struct.pack(">i", 0) +
+            struct.pack(">i", len(records)) + records)
+
+
+def test_corrupt_batches_are_refused_with_kafka_error_codes(log):
+    kcat("-P", "-b", log.bootstrap, "-t", "raw", inp="x\n")
+    # a valid batch from kcat, read back raw
+    good = bytearray(fetch_raw(log, "raw"))
+    assert len(good) > 61
+    bad_crc = bytearray(good)
+    bad_crc[-1] ^= 0xFF
+    truncated = good[:-3]
+    two = good + good
+    count_off = bytearray(good)
+    count_off[57:61] = struct.pack(">i", 5)  # recordsCount disagrees with the records
+    # CRC and framing damage: CORRUPT_MESSAGE (2, Kafka's CorruptRecordException);
+    # a batch whose records do not add up: INVALID_RECORD (87), as Kafka's LogValidator
+    cases = [(bytes(bad_crc), 2), (b"\x00" * 70, 2), (bytes(truncated), 87), (bytes(two), 87),
+             (bytes(count_off), 2)]  # the CRC covers the count: caught as corruption first
+    for rec, want in cases:
+        body, closed = exchange(log.port, frame(0, 7, 9, produce_body("raw", rec)))
+        assert not closed
+        # corr | topics[1] name | partitions[1] index, error
+        off = 4 + 4 + 2 + 3 + 4 + 4
+        (err,) = struct.unpack(">h", body[off:off + 2])
+        assert err == want, (rec[:8], err, want)
+    r = kcat("-C", "-b", log.bootstrap, "-t", "raw", "-e", "-f", "%s\\n")
+    assert r.stdout.split() == ["x"]  # nothing was appended
+
+
+def fetch_raw(log, topic):
+    body = (struct.pack(">iiiib", -1, 100, 1, 1 << 20, 0) + struct.pack(">i", 1) + kstr(topic) +
+            struct.pack(">i", 1) + struct.pack(">iqi", 0, 0, 1 << 20))
+    resp, closed = exchange(log.port, frame(1, 4, 3, body))
+    assert not closed
+    # corr, throttle, topics, name, parts, index, err, hw, lso, aborted(-1), records
+    off = 4 + 4 + 4 + 2 + len(topic) + 4 + 4 + 2 + 8 + 8 + 4
+    (n,) = struct.unpack(">i", resp[off:off + 4])
+    return resp[off + 4:off + 4 + n]

@@ -28,7 +28,8 @@ const char weft_help_log[] =
     "  --advertise HOST:PORT  the address Metadata gives clients (default: the listener)\n"
     "  -c FILE                YAML config: listen, data, log.{auto_create, partitions,\n"
     "                         retention_ms, retention_bytes, segment_bytes, fsync\n"
-    "                         (always|interval), fsync_interval_ms, group_initial_delay_ms}\n";
+    "                         (always|interval), fsync_interval_ms, group_initial_delay_ms,\n"
+    "                         retention_check_ms}\n";
 
 static elog *g_log;
 
@@ -64,7 +65,8 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
         return 0;
     int64_t parts = o->defaults.partitions, rms = o->defaults.log.retention_ms,
             rbytes = o->defaults.log.retention_bytes, seg = (int64_t)o->defaults.log.segment_bytes,
-            fint = o->defaults.log.fsync_interval_ms, delay = o->group_initial_delay_ms;
+            fint = o->defaults.log.fsync_interval_ms, delay = o->group_initial_delay_ms,
+            rcheck = o->retention_check_ms;
     const char *fs = NULL;
     if (weft_conf_bool(n, "auto_create", &o->auto_create, &err) < 0 ||
         weft_conf_int(n, "partitions", 1, 10000, &parts, &err) < 0 ||
@@ -73,6 +75,7 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
         weft_conf_int(n, "segment_bytes", 4096, 1LL << 40, &seg, &err) < 0 ||
         weft_conf_int(n, "fsync_interval_ms", 1, 3600000, &fint, &err) < 0 ||
         weft_conf_int(n, "group_initial_delay_ms", 0, 300000, &delay, &err) < 0 ||
+        weft_conf_int(n, "retention_check_ms", 100, 3600000, &rcheck, &err) < 0 ||
         weft_conf_string(n, "fsync", &fs, &err) < 0)
         goto bad;
     if (fs && strcmp(fs, "always") != 0 && strcmp(fs, "interval") != 0) {
@@ -87,6 +90,7 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
     if (fs)
         o->defaults.log.fsync = strcmp(fs, "always") == 0 ? PLOG_FSYNC_ALWAYS : PLOG_FSYNC_INTERVAL;
     o->group_initial_delay_ms = (uint32_t)delay;
+    o->retention_check_ms = (uint32_t)rcheck;
     return 0;
 bad:
     fprintf(stderr, "weft log: %s\n", err.msg);

@@ -72,6 +72,7 @@ void elog_opts_default(elog_opts *o)
     plog_opts_default(&o->defaults.log);
     o->max_request = 100u << 20;
     o->group_initial_delay_ms = 3000;
+    o->retention_check_ms = 30000;
 }
 
 /* ---- responses ---- */
@@ -488,7 +489,7 @@ static void retention_cb(weft_loop *loop, weft_timer *t)
     for (size_t i = 0; i < e->ntopics; i++)
         for (int32_t p = 0; p < e->topics[i]->npart; p++)
             plog_enforce_retention(e->topics[i]->parts[p].log, now);
-    weft_timer_start(loop, t, 30000);
+    weft_timer_start(loop, t, e->o.retention_check_ms);
 }
 
 int elog_start(elog *e, weft_loop *loop)
@@ -509,7 +510,7 @@ int elog_start(elog *e, weft_loop *loop)
                  WEFT_KV_STR("addr", g_listeners[i].addr));
     }
     weft_timer_init(&e->retention_timer, retention_cb, e);
-    weft_timer_start(loop, &e->retention_timer, 30000);
+    weft_timer_start(loop, &e->retention_timer, e->o.retention_check_ms);
     return 0;
 }
 

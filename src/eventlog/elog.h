@@ -104,6 +104,7 @@ typedef struct elog_opts {
     elog_topic_conf defaults;
     size_t max_request;         /* default 100 MiB (Kafka's socket.request.max.bytes) */
     uint32_t group_initial_delay_ms; /* default 3000 (group.initial.rebalance.delay.ms) */
+    uint32_t retention_check_ms;     /* default 30000 (log.retention.check.interval.ms) */
 } elog_opts;
 void elog_opts_default(elog_opts *o);
 

@@ -1,0 +1,242 @@
+"""`weft log`: consumer groups rebalancing with real consumers (a third
+joins, one is killed -9), kill -9 of the broker during an acks=all produce
+loop, torn segment tails, retention, ListOffsets by time."""
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from kafkautil import Log, run_py
+from svcutil import wait_until
+
+CONSUMER = r"""
+import json, sys
+from kafka import KafkaConsumer, ConsumerRebalanceListener
+boot, topic, group = sys.argv[1:4]
+class L(ConsumerRebalanceListener):
+    def on_partitions_revoked(self, revoked):
+        pass
+    def on_partitions_assigned(self, assigned):
+        print(json.dumps(sorted(tp.partition for tp in assigned)), flush=True)
+c = KafkaConsumer(bootstrap_servers=boot, group_id=group, session_timeout_ms=6000,
+                  heartbeat_interval_ms=500, auto_offset_reset="earliest")
+c.subscribe([topic], listener=L())
+while True:
+    c.poll(timeout_ms=200)
+"""
+
+
+class Consumer:
+    def __init__(self, boot, topic, group):
+        self.p = subprocess.Popen(["/usr/bin/python3", "-c", CONSUMER, boot, topic, group],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.assigned = None
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            try:
+                self.assigned = json.loads(line)
+            except ValueError:
+                pass
+
+    def kill(self):
+        self.p.kill()
+        self.p.wait(timeout=10)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def create_topic(boot, name, partitions, configs=None):
+    code = f"""
+from kafka.admin import KafkaAdminClient, NewTopic
+a = KafkaAdminClient(bootstrap_servers="{boot}")
+a.create_topics([NewTopic("{name}", {partitions}, 1, topic_configs={configs or {}!r})])
+a.close()
+"""
+    r = run_py(code)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def covers(consumers, n):
+    parts = [c.assigned for c in consumers]
+    if any(p is None or not p for p in parts):
+        return False
+    flat = [x for p in parts for x in p]
+    return sorted(flat) == list(range(n))
+
+
+def test_group_rebalances_when_a_consumer_joins_and_when_one_is_killed(tmp_path):
+    log = Log(tmp_path)
+    cs = []
+    try:
+        create_topic(log.bootstrap, "g6", 6)
+        a, b = Consumer(log.bootstrap, "g6", "rg"), Consumer(log.bootstrap, "g6", "rg")
+        cs += [a, b]
+        wait_until(lambda: covers([a, b], 6), timeout=40, interval=0.2, what="two-way split")
+        c = Consumer(log.bootstrap, "g6", "rg")
+        cs.append(c)
+        wait_until(lambda: covers([a, b, c], 6) and all(len(x.assigned) == 2 for x in (a, b, c)),
+                   timeout=40, interval=0.2, what="three-way split after a join")
+        t0 = time.monotonic()
+        b.kill()
+        wait_until(lambda: covers([a, c], 6), timeout=30, interval=0.2,
+                   what="the killed member's partitions reassigned")
+        took = time.monotonic() - t0
+        assert took >= 5.0  # not before its 6 s session timeout (heartbeats stop at the kill)
+        assert "group member expired" in log.text()
+    finally:
+        for x in cs:
+            x.stop()
+        log.stop()
+
+
+PRODUCER = r"""
+import sys
+from confluent_kafka import Producer
+boot = sys.argv[1]
+p = Producer({"bootstrap.servers": boot, "acks": "all", "linger.ms": 1,
+              "message.timeout.ms": 3000, "retries": 0})
+def cb(err, msg):
+    if err is None:
+        print(msg.value().decode(), msg.offset(), flush=True)
+i = 0
+while True:
+    p.produce("dur", value=str(i).encode(), callback=cb)
+    i += 1
+    p.poll(0)
+    if i % 50 == 0:
+        p.flush(1)
+"""
+
+
+def test_kill9_during_acks_all_loses_no_acknowledged_record(tmp_path):
+    log = Log(tmp_path)
+    data = log.data
+    prod = subprocess.Popen(["/usr/bin/python3", "-c", PRODUCER, log.bootstrap],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    acked = []
+
+    def read():
+        for line in prod.stdout:
+            v, off = line.split()
+            acked.append((int(v), int(off)))
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    wait_until(lambda: len(acked) > 2000, timeout=60, interval=0.1, what="acknowledged records")
+    log.signal(signal.SIGKILL)
+    log.proc.wait(timeout=10)
+    log._err.close()
+    time.sleep(0.5)
+    prod.kill()
+    prod.wait(timeout=10)
+    t.join(timeout=5)
+    got = list(acked)
+    log2 = Log(tmp_path, data=data, name="log2")
+    try:
+        code = f"""
+import json
+from kafka import KafkaConsumer, TopicPartition
+c = KafkaConsumer(bootstrap_servers="{log2.bootstrap}", consumer_timeout_ms=5000,
+                  auto_offset_reset="earliest")
+tp = TopicPartition("dur", 0)
+c.assign([tp]); c.seek_to_beginning(tp)
+out = [(int(m.value), m.offset) for m in c]
+print(json.dumps(out))
+"""
+        r = run_py(code, timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        stored = json.loads(r.stdout.strip().splitlines()[-1])
+        by_offset = {off: v for v, off in stored}
+        for v, off in got:  # every acknowledged record, at the offset it was acknowledged with
+            assert by_offset.get(off) == v, (v, off)
+        offs = [o for _, o in stored]
+        assert offs == list(range(len(offs)))  # dense, in order
+    finally:
+        log2.stop()
+
+
+def test_torn_tail_keeps_a_prefix_and_appends_continue(tmp_path):
+    log = Log(tmp_path)
+    data = log.data
+    r = subprocess.run(["kcat", "-P", "-b", log.bootstrap, "-t", "torn", "-X", "linger.ms=0",
+                        "-X", "batch.num.messages=1"], input="".join(f"m{i}\n" for i in range(200)),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    log.stop()
+    seg = data / "torn-0" / "00000000000000000000.log"
+    size = seg.stat().st_size
+    rng = random.Random(7)
+    cut = rng.randint(1, size // 2)
+    with open(seg, "r+b") as f:
+        f.truncate(size - cut)
+    log2 = Log(tmp_path, data=data, name="log2")
+    try:
+        r = subprocess.run(["kcat", "-C", "-b", log2.bootstrap, "-t", "torn", "-e", "-f",
+                            "%s %o\\n"], capture_output=True, text=True, timeout=30)
+        rows = [line.split() for line in r.stdout.splitlines()]
+        assert 0 < len(rows) < 200
+        assert rows == [[f"m{i}", str(i)] for i in range(len(rows))]  # exactly a prefix
+        n = len(rows)
+        r = subprocess.run(["kcat", "-P", "-b", log2.bootstrap, "-t", "torn"], input="after\n",
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0
+        r = subprocess.run(["kcat", "-C", "-b", log2.bootstrap, "-t", "torn", "-e", "-o", str(n),
+                            "-f", "%s %o\\n"], capture_output=True, text=True, timeout=30)
+        assert r.stdout.split() == ["after", str(n)]
+        assert "truncat" in log2.text().lower()
+    finally:
+        log2.stop()
+
+
+def test_retention_by_bytes_and_list_offsets_by_time(tmp_path):
+    cfg = tmp_path / "log.yaml"
+    cfg.write_text("log:\n  retention_check_ms: 200\n")
+    log = Log(tmp_path, extra=("-c", str(cfg)))
+    try:
+        create_topic(log.bootstrap, "ret", 1, {"segment.bytes": "4096",
+                                               "retention.bytes": "16384"})
+        t_mid = None
+        payload = "x" * 200
+        for k in range(4):
+            r = subprocess.run(["kcat", "-P", "-b", log.bootstrap, "-t", "ret", "-X",
+                                "linger.ms=0", "-X", "batch.num.messages=1"],
+                               input="".join(f"{k}-{i}-{payload}\n" for i in range(50)),
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            if k == 1:
+                time.sleep(0.05)
+                t_mid = int(time.time() * 1000)
+                time.sleep(0.05)
+        code = f"""
+from kafka import KafkaConsumer, TopicPartition
+c = KafkaConsumer(bootstrap_servers="{log.bootstrap}")
+tp = TopicPartition("ret", 0)
+print(c.beginning_offsets([tp])[tp], c.end_offsets([tp])[tp],
+      c.offsets_for_times({{tp: {t_mid}}})[tp].offset)
+"""
+        def offsets():
+            r = run_py(code)
+            assert r.returncode == 0, r.stderr[-2000:]
+            return [int(x) for x in r.stdout.split()]
+        wait_until(lambda: offsets()[0] > 0, timeout=10, interval=0.3, what="retention")
+        start, end, at_mid = offsets()
+        assert end == 200 and 0 < start < end
+        seg_bytes = sum(f.stat().st_size for f in (log.data / "ret-0").glob("*.log"))
+        assert seg_bytes <= 16384 + 4096 + 512
+        # the first record produced after t_mid is in round 2 (offset 100)
+        assert at_mid == 100 or (start > 100 and at_mid == start)
+    finally:
+        log.stop()

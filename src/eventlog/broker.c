@@ -244,7 +244,7 @@ static int parse_frame(kconn *c, const uint8_t *p, size_t n);
  * detached request; anything it parks is cancelled. */
 int elog_handle_frame(elog *e, const uint8_t *p, size_t n)
 {
-    kconn c = {.e = e};
+    kconn c = {.e = e, .busy = true}; /* never flushed: there is no socket */
     snprintf(c.peer, sizeof c.peer, "fuzz");
     int rc = parse_frame(&c, p, n);
     while (c.head) {

@@ -107,6 +107,10 @@ static char *dupn(weft_str s)
     return strndup(s.p ? s.p : "", s.p ? s.n : 0);
 }
 
+/* Names are kept as C strings: one with a NUL byte could never be found
+ * again, so it is refused. */
+static bool has_nul(weft_str s) { return s.p && memchr(s.p, '\0', s.n) != NULL; }
+
 static uint64_t now_ms(kgroups *gs) { return weft_loop_now_ms(gs->e->loop); }
 
 static kgroup *group_find(kgroups *gs, weft_str id)
@@ -122,7 +126,7 @@ static void group_timer_cb(weft_loop *loop, weft_timer *t);
 static kgroup *group_get(kgroups *gs, weft_str id)
 {
     kgroup *g = group_find(gs, id);
-    if (g)
+    if (g || has_nul(id))
         return g;
     g = calloc(1, sizeof *g);
     if (!g || !(g->id = dupn(id))) {
@@ -396,10 +400,22 @@ static void parked_cancel(kreq *q)
     q->state = NULL;
 }
 
+static void group_free(kgroups *gs, kgroup *g);
+
 static void sweep_cb(weft_loop *loop, weft_timer *t)
 {
     kgroups *gs = t->data;
     uint64_t now = weft_loop_now_ms(loop);
+    /* groups with nothing left (no member, no committed offset) are dropped */
+    for (kgroup **pp = &gs->groups; *pp;) {
+        kgroup *g = *pp;
+        if (g->state == G_EMPTY && !g->members && !g->offsets) {
+            *pp = g->next;
+            group_free(gs, g);
+        } else {
+            pp = &g->next;
+        }
+    }
     for (kgroup *g = gs->groups; g; g = g->next) {
         bool changed = false;
         for (kmember *m = g->members, *next; m; m = next) {
@@ -433,15 +449,17 @@ static koffset *offset_find(kgroup *g, weft_str topic, int32_t partition)
     return NULL;
 }
 
-static int offset_set(kgroup *g, weft_str topic, int32_t partition, int64_t offset, int32_t epoch,
-                      weft_str meta)
+static koffset *offset_set(kgroup *g, weft_str topic, int32_t partition, int64_t offset,
+                           int32_t epoch, weft_str meta)
 {
+    if (has_nul(topic))
+        return NULL;
     koffset *o = offset_find(g, topic, partition);
     if (!o) {
         o = calloc(1, sizeof *o);
         if (!o || !(o->topic = dupn(topic))) {
             free(o);
-            return WEFT_ENOMEM;
+            return NULL;
         }
         o->partition = partition;
         o->next = g->offsets;
@@ -452,7 +470,7 @@ static int offset_set(kgroup *g, weft_str topic, int32_t partition, int64_t offs
     o->metadata = md;
     o->offset = offset;
     o->leader_epoch = epoch;
-    return 0;
+    return o;
 }
 
 static int offsets_path(kgroups *gs, char *buf, size_t n, const char *suffix)
@@ -597,7 +615,7 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
     }
     kgroup *g = NULL;
     int err = KE_NONE;
-    if (!gid.n)
+    if (!gid.n || has_nul(gid))
         err = KE_INVALID_GROUP_ID;
     else if (!session_ok(session))
         err = KE_INVALID_SESSION_TIMEOUT;
@@ -852,7 +870,7 @@ static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
     }
     kgroup *g = group_find(gs, gid);
     int err = KE_NONE;
-    if (!gid.n)
+    if (!gid.n || has_nul(gid))
         err = KE_INVALID_GROUP_ID;
     else if (gen < 0 && (!g || g->state == G_EMPTY))
         err = KE_NONE; /* a simple (group-less) commit */
@@ -891,10 +909,10 @@ static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
             int perr = err;
             if (!perr && meta.n > 4096)
                 perr = 12; /* OFFSET_METADATA_TOO_LARGE */
-            if (!perr && offset_set(g, topic, part, off, epoch, meta) < 0)
-                perr = KE_COORDINATOR_NOT_AVAILABLE;
+            koffset *o = perr ? NULL : offset_set(g, topic, part, off, epoch, meta);
+            if (!perr && !o)
+                perr = has_nul(topic) ? KE_INVALID_TOPIC_EXCEPTION : KE_COORDINATOR_NOT_AVAILABLE;
             if (!perr) {
-                koffset *o = offset_find(g, topic, part);
                 int nw = write_line(gs->fd, g, o);
                 if (nw < 0)
                     perr = KE_COORDINATOR_NOT_AVAILABLE;
@@ -1080,6 +1098,36 @@ kgroups *elog_groups_new(elog *e)
     return gs;
 }
 
+static void group_free(kgroups *gs, kgroup *g)
+{
+    weft_timer_stop(gs->e->loop, &g->timer);
+    while (g->members) {
+        kmember *m = g->members;
+        g->members = m->next;
+        if (m->join) {
+            m->join->state = NULL;
+            m->join->cancel = NULL;
+        }
+        if (m->sync) {
+            m->sync->state = NULL;
+            m->sync->cancel = NULL;
+        }
+        member_free(m);
+    }
+    while (g->offsets) {
+        koffset *o = g->offsets;
+        g->offsets = o->next;
+        free(o->topic);
+        free(o->metadata);
+        free(o);
+    }
+    free(g->id);
+    free(g->protocol_type);
+    free(g->protocol);
+    free(g->leader);
+    free(g);
+}
+
 void elog_groups_free(kgroups *gs)
 {
     if (!gs)
@@ -1088,32 +1136,7 @@ void elog_groups_free(kgroups *gs)
     while (gs->groups) {
         kgroup *g = gs->groups;
         gs->groups = g->next;
-        weft_timer_stop(gs->e->loop, &g->timer);
-        while (g->members) {
-            kmember *m = g->members;
-            g->members = m->next;
-            if (m->join) {
-                m->join->state = NULL;
-                m->join->cancel = NULL;
-            }
-            if (m->sync) {
-                m->sync->state = NULL;
-                m->sync->cancel = NULL;
-            }
-            member_free(m);
-        }
-        while (g->offsets) {
-            koffset *o = g->offsets;
-            g->offsets = o->next;
-            free(o->topic);
-            free(o->metadata);
-            free(o);
-        }
-        free(g->id);
-        free(g->protocol_type);
-        free(g->protocol);
-        free(g->leader);
-        free(g);
+        group_free(gs, g);
     }
     if (gs->fd >= 0)
         close(gs->fd);

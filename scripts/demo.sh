@@ -12,6 +12,7 @@ admin=$((port + 1))
 h1=$((port + 11))
 h2=$((port + 12))
 reg=$((port + 20))
+klog=$((port + 50))
 bindir=$(dirname "$weft")
 base="http://127.0.0.1:$port"
 dir=$(mktemp -d /tmp/weft-demo.XXXXXX)
@@ -71,6 +72,7 @@ routes:
 YAML
 
 "$weft" registry --listen "127.0.0.1:$reg" --log-level warn & pids+=($!)
+"$weft" log --listen "127.0.0.1:$klog" --data "$dir/log" --log-level warn & pids+=($!)
 for i in 1 2; do
   "$bindir/weft-example-pricing" --listen "127.0.0.1:$((port + 30 + i))" --registry "http://127.0.0.1:$reg" \
       --ttl 3000 --log-level warn 2>>"$dir/services.log" & pids+=($!)
@@ -94,7 +96,8 @@ cat <<MSG
   Weft demo: weft gateway on $base, weft registry on http://127.0.0.1:$reg,
   two instances each of the example services catalog and pricing (found by
   the gateway and by each other through the registry), two weft hello
-  services ($h1, $h2); gateway admin API on http://127.0.0.1:$admin
+  services ($h1, $h2); gateway admin API on http://127.0.0.1:$admin;
+  weft log (Kafka protocol) on 127.0.0.1:$klog
 
   Try:
     curl $base/catalog/items                 # catalog calls pricing 4x in parallel, by name
@@ -113,6 +116,9 @@ cat <<MSG
     curl http://127.0.0.1:$h1/hello              # a service directly
     kill \$(pgrep -f "listen 127.0.0.1:$h1")     # then watch /admin/clusters: endpoint down
     wrk -t1 -c64 -d5s $base/api/hello
+    echo '{"order":1}' | kcat -P -b 127.0.0.1:$klog -t orders     # produce to weft log
+    kcat -C -b 127.0.0.1:$klog -t orders -e -f '%o %s\n'         # consume from the start
+    kcat -L -b 127.0.0.1:$klog                                   # topics and partitions
 
   Gateway access log (JSON lines): $dir/gateway.log
   Stop with Ctrl-C (graceful drain: in-flight requests finish, then exit).
@@ -124,6 +130,10 @@ for _ in $(seq 1 100); do  # the gateway learns catalog from the registry within
   sleep 0.1
 done
 printf '    $ curl %s/catalog/items/apple\n    ' "$base"; curl -s "$base/catalog/items/apple"; echo
+printf '    $ echo ... | kcat -P -b 127.0.0.1:%s -t demo; kcat -C ... -t demo -e\n' "$klog"
+printf 'created %s\nshipped %s\n' "$(date -u +%T)" "$(date -u +%T)" |
+  kcat -P -b "127.0.0.1:$klog" -t demo -X linger.ms=0 2>/dev/null
+kcat -C -b "127.0.0.1:$klog" -t demo -e -f '    offset %o: %s\n' 2>/dev/null
 printf '    $ curl %s/api/hello\n    ' "$base"; curl -s "$base/api/hello"; echo
 printf '    $ curl %s/both\n    ' "$base"; curl -s "$base/both"; echo; echo
 wait

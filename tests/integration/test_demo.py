@@ -26,6 +26,8 @@ def test_demo_runs_and_stops_cleanly(tmp_path):
         assert m, text
         d = json.loads(m.group(1))
         assert d["price"]["currency"] == "EUR" and d["price"]["request_id"], d
+        # the event log's produce/consume round trip
+        assert re.search(r"offset 0: created \d\d:\d\d:\d\d\n\s+offset 1: shipped", text), text
         st, _, b = http(port, "GET", "/catalog/items")
         assert st == 200 and len(json.loads(b)["items"]) == 4
         st, _, b = http(port + 20, "GET", "/v1/services")
@@ -41,7 +43,7 @@ def test_demo_runs_and_stops_cleanly(tmp_path):
             raise
     # nothing is left listening
     time.sleep(0.2)
-    for off in (0, 1, 20, 31, 32, 41, 42):
+    for off in (0, 1, 20, 31, 32, 41, 42, 50):
         try:
             http(port + off, "GET", "/health", timeout=1)
             raise AssertionError(f"port {port + off} still served after Ctrl-C")

@@ -204,18 +204,10 @@ static bool parse_u64(const char *s, uint64_t *out)
 /* "30s", "500ms", "2m", or seconds as a bare number. */
 static bool parse_wait(const char *s, uint64_t *ms)
 {
-    char *end;
-    double d = strtod(s, &end);
-    if (end == s || d < 0)
+    double secs;
+    if (!reg_duration_text(s, true, &secs))
         return false;
-    if (*end == '\0' || strcmp(end, "s") == 0)
-        *ms = (uint64_t)(d * 1000);
-    else if (strcmp(end, "ms") == 0)
-        *ms = (uint64_t)d;
-    else if (strcmp(end, "m") == 0)
-        *ms = (uint64_t)(d * 60000);
-    else
-        return false;
+    *ms = (uint64_t)(secs * 1000);
     return true;
 }
 

@@ -225,22 +225,30 @@ void reg_store_free(reg_store *s)
 /* ---- input ---- */
 
 /* Seconds as a number, or a duration string: "10s", "500ms", "1m". */
+bool reg_duration_text(const char *t, bool bare_ok, double *secs)
+{
+    char *end;
+    double d = strtod(t, &end);
+    if (end == t || !(d >= 0 && d < 1e12)) /* also refuses nan, inf */
+        return false;
+    if ((*end == '\0' && bare_ok) || strcmp(end, "s") == 0)
+        *secs = d;
+    else if (strcmp(end, "ms") == 0)
+        *secs = d / 1000;
+    else if (strcmp(end, "m") == 0)
+        *secs = d * 60;
+    else
+        return false;
+    return true;
+}
+
 static bool parse_duration(json_t *v, double min_s, double max_s, uint64_t *ms)
 {
     double secs = -1;
     if (json_is_number(v))
         secs = json_number_value(v);
-    else if (json_is_string(v)) {
-        char *end;
-        const char *t = json_string_value(v);
-        double d = strtod(t, &end);
-        if (end != t && strcmp(end, "s") == 0)
-            secs = d;
-        else if (end != t && strcmp(end, "ms") == 0)
-            secs = d / 1000;
-        else if (end != t && strcmp(end, "m") == 0)
-            secs = d * 60;
-    }
+    else if (json_is_string(v) && !reg_duration_text(json_string_value(v), false, &secs))
+        return false;
     if (!(secs >= min_s && secs <= max_s))
         return false;
     *ms = (uint64_t)(secs * 1000 + 0.5);

@@ -123,6 +123,9 @@ typedef struct reg_input {
  * in->tags is left NULL: the caller points it at an array of the strings
  * of body["tags"] (validated here) before reg_put. */
 int reg_input_from_json(json_t *body, reg_input *in, char *why, size_t whylen);
+/* A duration as text: "10s", "500ms", "2m", or (bare_ok) bare seconds
+ * ("2.5"). false for anything else (negative, nan, other units, junk). */
+bool reg_duration_text(const char *s, bool bare_ok, double *secs);
 /* Validate a service name or instance id: 1-200 chars of [A-Za-z0-9._:-]. */
 bool reg_name_ok(const char *s);
 

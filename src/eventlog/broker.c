@@ -418,16 +418,9 @@ int elog_listen(elog *e, const char *hostport)
     socklen_t len;
     if (weft_http_parse_hostport(hostport, &sa, &len) < 0)
         return WEFT_EADDR;
-    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return weft_err_from_errno(errno);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, 1024) < 0) {
-        int err = errno;
-        close(fd);
-        return weft_err_from_errno(err);
-    }
+    int fd, rc = weft_tcp_listen(&sa, len, false, &fd);
+    if (rc < 0)
+        return rc;
     klistener *l = &g_listeners[g_nlisteners++];
     l->fd = fd;
     socklen_t sl = sizeof sa;

@@ -105,11 +105,9 @@ static void tcp_ready(weft_loop *loop, weft_io *io, unsigned events)
     (void)loop;
     (void)events;
     gw_hc_ep *h = io->data;
-    int err = 0;
-    socklen_t el = sizeof err;
-    getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+    int rc = weft_tcp_connect_result(h->fd);
     tcp_close(h);
-    verdict(h, err == 0);
+    verdict(h, rc == 0);
 }
 
 static void probe(weft_loop *loop, weft_timer *t)
@@ -145,24 +143,14 @@ static void probe(weft_loop *loop, weft_timer *t)
             verdict(h, false);
         return;
     }
-    struct sockaddr_storage sa;
-    socklen_t len;
     char spec[300];
     weft_http_join_hostport(e->host, e->port, spec, sizeof spec);
-    if (weft_http_parse_hostport(spec, &sa, &len) < 0) {
+    int fd = weft_tcp_connect_start(spec);
+    if (fd < 0) {
         verdict(h, false);
         return;
     }
-    h->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (h->fd < 0) {
-        verdict(h, false);
-        return;
-    }
-    if (connect(h->fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS) {
-        tcp_close(h);
-        verdict(h, false);
-        return;
-    }
+    h->fd = fd;
     weft_io_init(&h->io, h->fd, tcp_ready, h);
     weft_io_start(loop, &h->io, WEFT_IO_WRITE);
     /* the timeout: re-enter probe() after timeout_ms, which fails it */

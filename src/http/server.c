@@ -390,23 +390,55 @@ int weft_http_server_listen(weft_http_server *s, const char *hostport)
     return 0;
 }
 
-static int open_listener(struct sockaddr_storage *sa, socklen_t len, int *out)
+int weft_tcp_listen(const struct sockaddr_storage *sa, socklen_t len, bool reuseport, int *out)
 {
     int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return weft_err_from_errno(errno);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (sa->ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)sa, len) < 0 || listen(fd, 4096) < 0) {
+    if (bind(fd, (const struct sockaddr *)sa, len) < 0 || listen(fd, 4096) < 0) {
         int e = errno;
         close(fd);
         return weft_err_from_errno(e);
     }
     *out = fd;
     return 0;
+}
+
+static int open_listener(struct sockaddr_storage *sa, socklen_t len, int *out)
+{
+    return weft_tcp_listen(sa, len, true, out);
+}
+
+int weft_tcp_connect_start(const char *hostport)
+{
+    struct sockaddr_storage sa;
+    socklen_t len;
+    if (weft_http_parse_hostport(hostport, &sa, &len) < 0)
+        return WEFT_EADDR;
+    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return weft_err_from_errno(errno);
+    if (connect(fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        return weft_err_from_errno(e);
+    }
+    return fd;
+}
+
+int weft_tcp_connect_result(int fd)
+{
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+        err = errno;
+    return err ? weft_err_from_errno(err) : 0;
 }
 
 /* SO_REUSEPORT would let a second process (same user) bind a port that is

@@ -647,11 +647,7 @@ static void probe_tcp_ready(weft_loop *loop, weft_io *io, unsigned events)
     (void)loop;
     (void)events;
     probe *p = io->data;
-    int err = 0;
-    socklen_t el = sizeof err;
-    if (getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
-        err = errno;
-    probe_verdict(p, err == 0);
+    probe_verdict(p, weft_tcp_connect_result(p->fd) == 0);
 }
 
 /* Start a probe; false if it failed before it could start. */
@@ -682,15 +678,10 @@ static bool probe_start(reg_server *rs, probe *p, const reg_instance *in)
         snprintf(spec, sizeof spec, "%s", c->target);
     else
         weft_http_join_hostport(in->address, in->port, spec, sizeof spec);
-    struct sockaddr_storage sa;
-    socklen_t len;
-    if (weft_http_parse_hostport(spec, &sa, &len) < 0)
+    int fd = weft_tcp_connect_start(spec);
+    if (fd < 0)
         return false;
-    p->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (p->fd < 0)
-        return false;
-    if (connect(p->fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS)
-        return false;
+    p->fd = fd;
     weft_io_init(&p->io, p->fd, probe_tcp_ready, p);
     return weft_io_start(rs->loop, &p->io, WEFT_IO_WRITE) == 0;
 }

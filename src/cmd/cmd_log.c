@@ -9,22 +9,27 @@
 #include "cli.h"
 
 #include "eventlog/elog.h"
+#include "eventlog/streams.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 const char weft_help_log[] =
-    "usage: weft log [--listen HOST:PORT] --data DIR [--advertise HOST:PORT] [-c FILE]\n"
-    "                [--log-level LEVEL] [--log-format text|json]\n"
+    "usage: weft log [--listen HOST:PORT] --data DIR [--advertise HOST:PORT]\n"
+    "                [--http HOST:PORT] [-c FILE] [--log-level LEVEL] [--log-format text|json]\n"
     "\n"
     "A durable event log that speaks the Kafka wire protocol (kcat, librdkafka,\n"
     "kafka-python work unmodified). See docs/eventlog.md.\n"
     "\n"
     "  --listen HOST:PORT     Kafka listener (default 127.0.0.1:9092)\n"
     "  --data DIR             where topics live (required)\n"
+    "  --http HOST:PORT       also serve the event-sourcing streams API (HTTP/JSON, SSE)\n"
+    "                         and /health, /ready, /metrics there (config: http, or\n"
+    "                         http.listen beside the http.* server options)\n"
     "  --advertise HOST:PORT  the address Metadata gives clients (default: the listener)\n"
     "  -c FILE                YAML config: listen, data, log.{auto_create, partitions,\n"
     "                         retention_ms, retention_bytes, segment_bytes, fsync\n"
@@ -32,26 +37,98 @@ const char weft_help_log[] =
     "                         retention_check_ms}\n";
 
 static elog *g_log;
+/* --http: the streams API and its server, on the log's loop */
+static elog_streams *g_streams;
+static weft_http_server *g_srv;
+static atomic_bool g_draining;
 
 static int w_start(weft_loop *loop, void *arg)
 {
     (void)arg;
     weft_metrics_attach(weft_metrics_global(), weft_loop_index(loop));
-    return elog_start(g_log, loop);
+    int rc = elog_start(g_log, loop);
+    if (rc == 0 && g_streams)
+        rc = elog_streams_start(g_streams, loop);
+    if (rc == 0 && g_srv)
+        rc = weft_http_server_start_worker(g_srv, loop);
+    return rc;
+}
+
+/* Kafka requests are done: the HTTP side drains next and stops the loop
+ * when its last connection is gone (appends in flight are answered). */
+static void kafka_drained(weft_loop *loop, void *ud)
+{
+    (void)ud;
+    weft_http_server_drain(g_srv, loop);
 }
 
 static void w_drain(weft_loop *loop, void *arg)
 {
     (void)loop;
     (void)arg;
-    elog_drain(g_log);
+    if (!g_srv) {
+        elog_drain(g_log);
+        return;
+    }
+    atomic_store(&g_draining, true);
+    elog_streams_drain(g_streams);
+    elog_drain_then(g_log, kafka_drained, NULL);
 }
 
 static void w_stop(weft_loop *loop, void *arg)
 {
-    (void)loop;
     (void)arg;
+    if (g_srv)
+        weft_http_server_stop_worker(g_srv, loop);
+    if (g_streams)
+        elog_streams_stop(g_streams);
     elog_stop(g_log);
+}
+
+/* The streams listener: --http, else the config's http (an address, or a
+ * map whose listen key is one; its other keys are the server options that
+ * weft_cli_load_common read). */
+static int read_http_conf(weft_cli *cli, const char **addr)
+{
+    const weft_conf_node *n = cli->conf ? weft_conf_get(weft_conf_root(cli->conf), "http") : NULL;
+    weft_conf_err err;
+    const char *v = NULL;
+    if (n && weft_conf_kind(n) == WEFT_CONF_SCALAR)
+        v = weft_conf_scalar(n);
+    else if (n && weft_conf_string(n, "listen", &v, &err) < 0) {
+        fprintf(stderr, "weft log: %s\n", err.msg);
+        return -1;
+    }
+    *addr = weft_cli_extra(cli, "--http") ? weft_cli_extra(cli, "--http") : v;
+    return 0;
+}
+
+/* Set up the HTTP server of the streams API on addr (before the workers). */
+static int streams_setup(weft_cli *cli, const char *addr)
+{
+    g_srv = weft_http_server_new(&cli->http);
+    g_streams = elog_streams_new(g_log);
+    if (!g_srv || !g_streams || elog_streams_routes(g_streams, g_srv) < 0 ||
+        weft_cli_std_routes(g_srv, &g_draining) < 0)
+        return 1;
+    if (weft_http_server_listen(g_srv, addr) < 0) {
+        fprintf(stderr, "weft log: --http: bad listen address '%s'\n", addr);
+        return 2;
+    }
+    if (weft_http_server_bind(g_srv, 1) < 0)
+        return 1;
+    for (size_t i = 0; i < weft_http_server_address_count(g_srv); i++)
+        weft_log(WEFT_LOG_INFO, "listening", WEFT_KV_STR("service", "streams"),
+                 WEFT_KV_STR("addr", weft_http_server_address(g_srv, i)));
+    return 0;
+}
+
+static void streams_free(void)
+{
+    weft_http_server_free(g_srv);
+    elog_streams_free(g_streams);
+    g_srv = NULL;
+    g_streams = NULL;
 }
 
 static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
@@ -99,7 +176,7 @@ bad:
 
 int weft_cmd_log(int argc, char **argv)
 {
-    static const char *const extra[] = {"--data", "--advertise", NULL};
+    static const char *const extra[] = {"--data", "--advertise", "--http", NULL};
     weft_cli cli;
     int rc = weft_cli_parse(&cli, "log", argc, argv, extra, weft_help_log);
     if (rc != 0)
@@ -117,6 +194,11 @@ int weft_cmd_log(int argc, char **argv)
     }
     if (weft_cli_extra(&cli, "--data"))
         data = weft_cli_extra(&cli, "--data");
+    const char *http_addr = NULL;
+    if (read_http_conf(&cli, &http_addr) < 0) {
+        weft_cli_release(&cli);
+        return 2;
+    }
     const char *adv = weft_cli_extra(&cli, "--advertise");
     char advhost[256] = "";
     if (adv) {
@@ -158,6 +240,12 @@ int weft_cmd_log(int argc, char **argv)
             return rc == WEFT_EADDR ? 2 : 1;
         }
     }
+    if (http_addr && (rc = streams_setup(&cli, http_addr)) != 0) {
+        streams_free();
+        elog_free(g_log);
+        weft_cli_release(&cli);
+        return rc;
+    }
     weft_rt_hooks hooks = {.start = w_start, .drain = w_drain, .stop = w_stop};
     rc = weft_rt_run(1, &hooks, (int)cli.http.drain_timeout_ms);
     if (rc < 0) {
@@ -166,6 +254,7 @@ int weft_cmd_log(int argc, char **argv)
     } else {
         weft_log(WEFT_LOG_INFO, "stopped");
     }
+    streams_free();
     elog_free(g_log);
     weft_cli_release(&cli);
     return rc;

@@ -521,11 +521,18 @@ static void drain_check(weft_loop *loop, weft_timer *t)
         weft_timer_start(loop, t, 10);
         return;
     }
-    weft_loop_stop(loop);
+    if (e->drained)
+        e->drained(loop, e->drained_ud);
+    else
+        weft_loop_stop(loop);
 }
 
-void elog_drain(elog *e)
+void elog_drain(elog *e) { elog_drain_then(e, NULL, NULL); }
+
+void elog_drain_then(elog *e, void (*done)(weft_loop *loop, void *ud), void *ud)
 {
+    e->drained = done;
+    e->drained_ud = ud;
     e->draining = true;
     for (size_t i = 0; i < g_nlisteners; i++)
         weft_io_stop(e->loop, &g_listeners[i].io);

@@ -166,6 +166,8 @@ struct elog {
     kconn *conns;
     size_t nconns;
     bool draining;
+    void (*drained)(weft_loop *loop, void *ud); /* elog_drain_then */
+    void *drained_ud;
     /* metrics */
     weft_metrics *m;
     weft_metric m_requests, m_produced_records, m_produced_bytes, m_fetched_bytes, m_conns,
@@ -220,6 +222,14 @@ void elog_topics_close(elog *e);
 int elog_topic_delete(elog *e, ktopic *t);
 /* Complete q (one of its waits) once p is durable up to end. */
 int elog_wait_durable(kpart *p, kreq *q, int64_t end);
+/* Call fn(ud) on the loop once p is durable up to end (waits complete in
+ * FIFO order; a wait is never cancelled, and is dropped without a call if
+ * the topic closes first). 0 or WEFT_ENOMEM. */
+int elog_wait_durable_fn(kpart *p, int64_t end, void (*fn)(void *ud), void *ud);
+/* Topics named __weft_* belong to the broker itself (the streams log):
+ * Kafka clients may read them by name but not produce to, create or
+ * delete them, and all-topics Metadata does not list them. */
+bool elog_topic_internal(weft_str name);
 /* A partition's durable callback -> produce requests waiting on it. */
 void elog_part_durable(plog *l, int64_t durable_end, void *ud);
 
@@ -246,6 +256,10 @@ int elog_listen(elog *e, const char *hostport); /* before start */
 const char *elog_address(const elog *e);
 int elog_start(elog *e, weft_loop *loop);
 void elog_drain(elog *e);
+/* Like elog_drain, but once Kafka requests in flight are done call
+ * done(loop, ud) instead of stopping the loop (another component on the
+ * same loop, the streams API, drains after it). */
+void elog_drain_then(elog *e, void (*done)(weft_loop *loop, void *ud), void *ud);
 void elog_stop(elog *e);
 /* For the fuzz harness: handle one frame (no size prefix) detached from
  * any connection. */

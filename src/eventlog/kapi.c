@@ -85,6 +85,10 @@ static void h_api_versions(elog *e, kreq *q)
 static ktopic *auto_create(elog *e, weft_str name, int *err)
 {
     ktopic *t = NULL;
+    if (elog_topic_internal(name)) {
+        *err = KE_INVALID_TOPIC_EXCEPTION;
+        return NULL;
+    }
     int rc = elog_topic_create(e, name, e->o.defaults.partitions, &e->o.defaults, &t);
     *err = rc > 0 ? rc : rc < 0 ? KE_LEADER_NOT_AVAILABLE : KE_NONE;
     return t;
@@ -95,7 +99,7 @@ static void meta_topic(elog *e, kf_writer *w, int16_t v, weft_str name, ktopic *
     kf_w_i16(w, (int16_t)err);
     kf_w_str(w, name);
     if (v >= 1)
-        kf_w_i8(w, 0); /* is_internal */
+        kf_w_i8(w, elog_topic_internal(name));
     if (!t) {
         kf_w_i32(w, 0);
         weft_metric_inc(e->m, e->m_errors);
@@ -146,9 +150,14 @@ static void h_metadata(elog *e, kreq *q, kf_reader *r)
     if (v >= 1)
         kf_w_i32(w, 0); /* controller */
     if (all) {
-        kf_w_i32(w, (int32_t)e->ntopics);
+        /* internal topics (__weft_*) are served by name only */
+        int32_t listed = 0;
         for (size_t i = 0; i < e->ntopics; i++)
-            meta_topic(e, w, v, weft_str_from(e->topics[i]->name), e->topics[i], KE_NONE);
+            listed += !elog_topic_internal(weft_str_from(e->topics[i]->name));
+        kf_w_i32(w, listed);
+        for (size_t i = 0; i < e->ntopics; i++)
+            if (!elog_topic_internal(weft_str_from(e->topics[i]->name)))
+                meta_topic(e, w, v, weft_str_from(e->topics[i]->name), e->topics[i], KE_NONE);
     } else {
         kf_w_i32(w, n);
         for (int32_t i = 0; i < n; i++) {
@@ -251,6 +260,8 @@ static int produce_part(elog *e, kreq *q, int acks, ktopic *t, int32_t index, we
         return KE_UNKNOWN_TOPIC_OR_PARTITION;
     if (!rec.p || rec.n == 0)
         return KE_CORRUPT_MESSAGE;
+    if (elog_topic_internal(weft_str_from(t->name)))
+        return KE_INVALID_TOPIC_EXCEPTION; /* written by the streams API only */
     kpart *p = &t->parts[index];
     kf_batch b;
     int err = kf_batch_validate((const uint8_t *)rec.p, rec.n, t->conf.log.max_batch_bytes, &b);
@@ -779,6 +790,10 @@ static void h_create_topics(elog *e, kreq *q, kf_reader *r)
             err = KE_INVALID_TOPIC_EXCEPTION;
             why = "topic names are 1-249 characters of [A-Za-z0-9._-]";
         }
+        if (!err && elog_topic_internal(name)) {
+            err = KE_INVALID_TOPIC_EXCEPTION;
+            why = "__weft_* topics are reserved";
+        }
         if (!err && elog_topic_find(e, name)) {
             err = KE_TOPIC_ALREADY_EXISTS;
             why = "topic already exists";
@@ -826,7 +841,9 @@ static void h_delete_topics(elog *e, kreq *q, kf_reader *r)
     for (int32_t i = 0; i < nt; i++) {
         ktopic *t = elog_topic_find(e, names[i]);
         int err = KE_UNKNOWN_TOPIC_OR_PARTITION;
-        if (t) {
+        if (t && elog_topic_internal(names[i])) {
+            err = KE_INVALID_TOPIC_EXCEPTION;
+        } else if (t) {
             bool busy = false;
             for (int32_t k = 0; k < t->npart; k++)
                 busy |= t->parts[k].fetchers != NULL || t->parts[k].waits_head != NULL;

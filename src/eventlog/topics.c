@@ -34,6 +34,8 @@ struct pwait {
     struct pwait *next;    /* in the partition's FIFO */
     struct pwait *sibling; /* next wait of the same request */
     kreq *q;               /* NULL: the request went away */
+    void (*fn)(void *ud);  /* set: a callback waits (streams.c), not a request */
+    void *ud;
     int64_t end;           /* durable once the log is durable up to here */
 };
 
@@ -319,6 +321,13 @@ void elog_part_durable(plog *l, int64_t durable_end, void *ud)
         p->waits_head = w->next;
         if (!p->waits_head)
             p->waits_tail = NULL;
+        if (w->fn) { /* unlinked first: the callback may append and wait again */
+            void (*fn)(void *) = w->fn;
+            void *arg = w->ud;
+            free(w);
+            fn(arg);
+            continue;
+        }
         kreq *q = w->q;
         if (q) {
             /* unlink w from its request's sibling list */
@@ -341,21 +350,44 @@ static void produce_cancel(kreq *q)
     q->state = NULL;
 }
 
-int elog_wait_durable(kpart *p, kreq *q, int64_t end)
+static struct pwait *wait_push(kpart *p, int64_t end)
 {
     struct pwait *w = calloc(1, sizeof *w);
     if (!w)
-        return WEFT_ENOMEM;
-    w->q = q;
+        return NULL;
     w->end = end;
-    w->sibling = q->state;
-    q->state = w;
-    q->cancel = produce_cancel;
     if (p->waits_tail)
         p->waits_tail->next = w;
     else
         p->waits_head = w;
     p->waits_tail = w;
+    return w;
+}
+
+int elog_wait_durable(kpart *p, kreq *q, int64_t end)
+{
+    struct pwait *w = wait_push(p, end);
+    if (!w)
+        return WEFT_ENOMEM;
+    w->q = q;
+    w->sibling = q->state;
+    q->state = w;
+    q->cancel = produce_cancel;
     q->waits++;
     return 0;
+}
+
+int elog_wait_durable_fn(kpart *p, int64_t end, void (*fn)(void *ud), void *ud)
+{
+    struct pwait *w = wait_push(p, end);
+    if (!w)
+        return WEFT_ENOMEM;
+    w->fn = fn;
+    w->ud = ud;
+    return 0;
+}
+
+bool elog_topic_internal(weft_str name)
+{
+    return name.n >= 7 && memcmp(name.p, "__weft_", 7) == 0;
 }

@@ -7,17 +7,27 @@ import sys
 import time
 from pathlib import Path
 
-from svcutil import WEFT_BIN, Proc
+from svcutil import LISTEN_RE, WEFT_BIN, Proc
 
 
 class Log(Proc):
-    """A running `weft log` on a free loopback port."""
+    """A running `weft log` on a free loopback port; with http=True also the
+    streams API (`--http`) on another one: http_port and url."""
 
-    def __init__(self, workdir, data=None, extra=(), name="log"):
+    def __init__(self, workdir, data=None, extra=(), name="log", http=False):
         self.data = Path(data or Path(workdir) / "data")
+        more = ["--http", "127.0.0.1:0"] if http else []
         super().__init__([WEFT_BIN, "log", "--listen", "127.0.0.1:0", "--data", self.data,
-                          *extra], workdir, "log", name=name)
+                          *more, *extra], workdir, "log", name=name)
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.http_port = None
+        for m in LISTEN_RE.finditer(self.text()):
+            if m.group(1) == "streams":
+                self.http_port = int(m.group(3))
+        if http and self.http_port is None:
+            self.kill()
+            raise RuntimeError(f"no streams listener:\n{self.text()}")
+        self.url = f"http://127.0.0.1:{self.http_port}" if http else None
 
 
 def frame(api_key, version, corr, body, client=b"raw"):

@@ -52,7 +52,8 @@ typedef struct weft_service_opts {
 
 void weft_service_opts_default(weft_service_opts *o);
 /* Apply the common command line: --listen, --registry, --id, --zone,
- * --advertise, --weight, --workers, --ttl MS, --log-level, --log-format,
+ * --advertise, --weight, --workers, --ttl MS, --lb ALGO (the client's
+ * balancer), --log-level, --log-format,
  * --help. Strings point into argv. 0, 1 after printing help, or < 0 after
  * printing an error to stderr. */
 int weft_service_args(weft_service_opts *o, int argc, char **argv, const char *usage);

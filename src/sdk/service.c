@@ -170,6 +170,7 @@ int weft_service_args(weft_service_opts *o, int argc, char **argv, const char *u
             fputs(usage ? usage : "", stdout);
             fputs("  --listen HOST:PORT    --registry http://HOST:PORT   --id ID\n"
                   "  --advertise IP        --zone Z   --weight N   --ttl MS   --workers N\n"
+                  "  --lb ALGO             the client's balancer (default p2c_ewma)\n"
                   "  --log-level LEVEL     --log-format text|json\n",
                   stdout);
             return 1;
@@ -200,6 +201,14 @@ int weft_service_args(weft_service_opts *o, int argc, char **argv, const char *u
             if (parse_u32(a, v, 1, MAX_WORKERS, &n) < 0)
                 return WEFT_EINVAL;
             o->workers = (int)n;
+        } else if (!strcmp(a, "--lb")) {
+            int algo = weft_lb_algo_from(v);
+            if (algo < 0) {
+                fprintf(stderr, "--lb: expected p2c_ewma, round_robin, weighted_round_robin, "
+                                "least_request, random, ring_hash or maglev\n");
+                return WEFT_EINVAL;
+            }
+            o->client.lb = algo;
         } else if (!strcmp(a, "--log-level")) {
             int lv = weft_log_level_from(v);
             if (lv < 0) {

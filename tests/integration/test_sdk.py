@@ -152,7 +152,7 @@ def test_kill9_is_retried_elsewhere_and_leaves_within_its_ttl(system):
     reg = system.reg()
     p1 = system.svc("pricing", reg, "--ttl", "2000")
     p2 = system.svc("pricing", reg, "--ttl", "2000")
-    cat = system.svc("catalog", reg)
+    cat = system.svc("catalog", reg, "--lb", "round_robin")  # so the dead one is tried
     wait_until(lambda: len(instances(reg, "pricing")) == 2, what="two pricing instances")
     for _ in range(10):
         item(cat.port)

@@ -931,10 +931,42 @@ static void schedule_flush(conn *c)
         weft_timer_start(w->loop, &w->pending_timer, 0);
 }
 
+/* A connection that died under an outside caller: released at the end of
+ * the loop iteration (run_pending). */
+static void defer_release(conn *c)
+{
+    if (c->queued)
+        return;
+    wstate *w = c->w;
+    c->queued = true;
+    c->next_pending = w->pending;
+    w->pending = c;
+    if (!weft_timer_active(&w->pending_timer))
+        weft_timer_start(w->loop, &w->pending_timer, 0);
+}
+
+/* Close on behalf of an outside caller (a response written from an
+ * upstream callback): the release, and the on_abort it runs, wait for the
+ * end of the loop iteration. */
+static void close_from_caller(conn *c)
+{
+    if (c->dead)
+        return;
+    c->dead = true;
+    weft_io_stop(c->w->loop, &c->io);
+    if (c->busy == 0)
+        defer_release(c);
+}
+
 /* Response finished from outside conn_process (async handler): flush, then
  * continue with pipelined requests. */
 static void after_async(conn *c)
 {
+    if (c->dead) {
+        if (c->busy == 0)
+            conn_release(c);
+        return;
+    }
     c->busy++;
     if (c->req && c->req->resp_done && c->req->body_done)
         finish_request(c);
@@ -1051,19 +1083,27 @@ int weft_http_resp_write(weft_http_req *r, const void *data, size_t len)
         rc = weft_buf_append(&c->out, data, len);
     }
     if (rc < 0) {
-        conn_close(c);
+        close_from_caller(c);
         return rc;
     }
     size_t queued = weft_buf_used(&c->out);
     if (c->busy == 0) {
         /* flush at the end of the iteration, or now if a lot is queued */
-        if (queued > c->w->srv->o.out_high_water / 2)
+        if (queued > c->w->srv->o.out_high_water / 2) {
+            c->busy++;
             conn_flush(c);
-        else
+            c->busy--;
+        } else {
             schedule_flush(c);
+        }
     }
-    if (c->dead)
+    if (c->dead) {
+        /* the client is gone: release the connection from the loop, not
+         * under the caller, whose on_abort must not run inside this call */
+        if (c->busy == 0)
+            defer_release(c);
         return WEFT_ECLOSED;
+    }
     return weft_buf_used(&c->out) > c->w->srv->o.out_high_water ? 1 : 0;
 }
 
@@ -1083,7 +1123,7 @@ int weft_http_resp_end(weft_http_req *r)
     if (r->resp_chunked && !r->resp_head_only) {
         int rc = weft_buf_append(&c->out, "0\r\n\r\n", 5);
         if (rc < 0) {
-            conn_close(c);
+            close_from_caller(c);
             return rc;
         }
     }

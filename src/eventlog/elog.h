@@ -236,6 +236,8 @@ void elog_part_durable(plog *l, int64_t durable_end, void *ud);
 /* ---- kapi.c ---- */
 /* Handle one request (header parsed, body in r). */
 void elog_handle(elog *e, kreq *q, kf_reader *r);
+/* Rebuild a partition's idempotent-producer state from its log (open). */
+void elog_producers_rebuild(kpart *p);
 /* Data arrived on a partition: wake parked fetches. */
 void elog_fetch_wake(kpart *p);
 

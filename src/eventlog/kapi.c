@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const struct apiver {
     int16_t key, min, max;
@@ -249,6 +250,43 @@ static void producer_record(kpart *p, const kf_batch *b, int64_t base)
     s->b[s->head].base_offset = base;
     if (s->n < ELOG_PRODUCER_BATCHES)
         s->n++;
+}
+
+/* After a restart: rebuild the idempotent producers' recent batches from
+ * the active segment (Kafka keeps snapshots; one segment is our bound), so
+ * a producer that keeps its id across a broker restart continues with its
+ * next sequence instead of failing with OUT_OF_ORDER_SEQUENCE_NUMBER, and a
+ * batch it retries is still recognised as a duplicate. */
+void elog_producers_rebuild(kpart *p)
+{
+    int64_t off = plog_active_base(p->log), end = plog_end_offset(p->log);
+    uint8_t *buf = malloc(1u << 20);
+    while (buf && off < end) {
+        plog_slice s;
+        if (plog_read(p->log, off, 1u << 20, &s) < 0 || s.len == 0)
+            break;
+        size_t n = s.len < (1u << 20) ? s.len : (1u << 20);
+        ssize_t got = pread(s.fd, buf, n, s.pos);
+        plog_slice_release(&s);
+        if (got <= 0)
+            break;
+        size_t at = 0;
+        int64_t next = off;
+        while (at < (size_t)got) {
+            kf_batch b;
+            int64_t sz = kf_batch_parse(buf + at, (size_t)got - at, &b);
+            if (sz <= 0)
+                break;
+            if (b.producer_id >= 0 && b.base_offset + b.last_offset_delta >= off)
+                producer_record(p, &b, b.base_offset);
+            next = b.base_offset + b.last_offset_delta + 1;
+            at += (size_t)sz;
+        }
+        if (next <= off)
+            break; /* one batch larger than the buffer: stop, as Kafka without a snapshot */
+        off = next;
+    }
+    free(buf);
 }
 
 /* Append one partition's records. Returns a Kafka error; *base set. */

@@ -1252,6 +1252,11 @@ int64_t plog_start_offset(const plog *l)
 {
     return l->segs[0]->base;
 }
+
+int64_t plog_active_base(const plog *l)
+{
+    return l->segs[l->nsegs - 1]->base;
+}
 int64_t plog_end_offset(const plog *l)
 {
     return l->end;

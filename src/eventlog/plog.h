@@ -60,6 +60,7 @@ int plog_open(weft_loop *loop, const char *dir, const plog_opts *o, plog_durable
 void plog_close(plog *l);
 
 int64_t plog_start_offset(const plog *l);   /* first offset kept (log start) */
+int64_t plog_active_base(const plog *l);    /* base offset of the segment being written */
 int64_t plog_end_offset(const plog *l);     /* next offset to assign (high watermark) */
 int64_t plog_durable_offset(const plog *l); /* end offset known to be on disk */
 uint64_t plog_size_bytes(const plog *l);

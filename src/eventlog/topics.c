@@ -233,6 +233,8 @@ static int load_one(elog *e, const char *file)
     t->npart = (int32_t)np;
     t->conf.partitions = t->npart;
     int rc = open_parts(e, t);
+    for (int32_t i = 0; rc == 0 && i < t->npart; i++)
+        elog_producers_rebuild(&t->parts[i]);
     if (rc == 0)
         rc = add_topic(e, t);
     if (rc < 0)

@@ -14,10 +14,10 @@ class Log(Proc):
     """A running `weft log` on a free loopback port; with http=True also the
     streams API (`--http`) on another one: http_port and url."""
 
-    def __init__(self, workdir, data=None, extra=(), name="log", http=False):
+    def __init__(self, workdir, data=None, extra=(), name="log", http=False, port=0):
         self.data = Path(data or Path(workdir) / "data")
         more = ["--http", "127.0.0.1:0"] if http else []
-        super().__init__([WEFT_BIN, "log", "--listen", "127.0.0.1:0", "--data", self.data,
+        super().__init__([WEFT_BIN, "log", "--listen", f"127.0.0.1:{port}", "--data", self.data,
                           *more, *extra], workdir, "log", name=name)
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.http_port = None

@@ -289,3 +289,73 @@ c.close()
         assert "out of range" in (r.stderr + r.stdout).lower(), r.stderr
     finally:
         log2.stop()
+
+
+IDEMPOTENT = r"""
+import sys, time
+from confluent_kafka import Producer
+boot, n = sys.argv[1], int(sys.argv[2])
+errors = []
+def cb(err, msg):
+    if err is not None:
+        errors.append(str(err))
+    else:
+        print("ack", msg.value().decode(), flush=True)
+p = Producer({"bootstrap.servers": boot, "enable.idempotence": True, "acks": "all",
+              "linger.ms": 2, "message.timeout.ms": 60000,
+              "reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 200})
+for i in range(n):
+    while True:
+        try:
+            p.produce("idem", value=str(i).encode(), callback=cb)
+            break
+        except BufferError:
+            p.poll(0.05)
+    p.poll(0)
+    time.sleep(0.0005)
+p.flush(60)
+print("errors", len(errors), errors[:3], flush=True)
+"""
+
+
+def test_idempotent_producer_survives_a_broker_restart_without_duplicates(tmp_path):
+    log = Log(tmp_path)
+    port, data = log.port, log.data
+    prod = subprocess.Popen(["/usr/bin/python3", "-c", IDEMPOTENT, log.bootstrap, "6000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    acked = []
+    tail = []
+
+    def read():
+        for line in prod.stdout:
+            if line.startswith("ack "):
+                acked.append(int(line.split()[1]))
+            else:
+                tail.append(line)
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    wait_until(lambda: len(acked) > 1000, timeout=60, interval=0.1, what="acks before the kill")
+    log.signal(signal.SIGKILL)
+    log.proc.wait(timeout=10)
+    log._err.close()
+    time.sleep(0.5)
+    log2 = Log(tmp_path, data=data, name="log2", port=port)  # same address: the producer retries
+    try:
+        prod.wait(timeout=120)
+        t.join(timeout=10)
+        assert tail and tail[-1].startswith("errors 0"), (tail, prod.stderr.read()[-2000:])
+        assert sorted(acked) == list(range(6000))
+        code = f"""
+from kafka import KafkaConsumer, TopicPartition
+c = KafkaConsumer(bootstrap_servers="{log2.bootstrap}", consumer_timeout_ms=5000,
+                  auto_offset_reset="earliest")
+tp = TopicPartition("idem", 0)
+c.assign([tp]); c.seek_to_beginning(tp)
+print(",".join(m.value.decode() for m in c))
+"""
+        r = run_py(code, timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        vals = [int(v) for v in r.stdout.strip().split(",")]
+        assert vals == list(range(6000))  # every record once, in order: no duplicate, no gap
+    finally:
+        log2.stop()

@@ -136,9 +136,7 @@ def test_kill9_during_acks_all_loses_no_acknowledged_record(tmp_path):
     t = threading.Thread(target=read, daemon=True)
     t.start()
     wait_until(lambda: len(acked) > 2000, timeout=60, interval=0.1, what="acknowledged records")
-    log.signal(signal.SIGKILL)
-    log.proc.wait(timeout=10)
-    log._err.close()
+    log.kill()  # SIGKILL
     time.sleep(0.5)
     prod.kill()
     prod.wait(timeout=10)
@@ -335,9 +333,7 @@ def test_idempotent_producer_survives_a_broker_restart_without_duplicates(tmp_pa
     t = threading.Thread(target=read, daemon=True)
     t.start()
     wait_until(lambda: len(acked) > 1000, timeout=60, interval=0.1, what="acks before the kill")
-    log.signal(signal.SIGKILL)
-    log.proc.wait(timeout=10)
-    log._err.close()
+    log.kill()  # SIGKILL
     time.sleep(0.5)
     log2 = Log(tmp_path, data=data, name="log2", port=port)  # same address: the producer retries
     try:

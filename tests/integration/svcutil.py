@@ -141,3 +141,38 @@ def metric(port, name, **labels):
         if ln.startswith(name + "{" if labels else name) and (not labels or want in ln):
             total += float(ln.rsplit(" ", 1)[1])
     return total
+
+
+class Registry(Proc):
+    """A running `weft registry` (extra flags such as --data DIR), served
+    once /health answers."""
+
+    def __init__(self, workdir, *extra, port=0):
+        super().__init__([WEFT_BIN, "registry", "--listen", f"127.0.0.1:{port}", *extra],
+                         workdir, "registry")
+        wait_until(lambda: self._healthy(), timeout=10, what="registry serving")
+
+    def _healthy(self):
+        try:
+            return http(self.port, "GET", "/health", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def req(self, method, path, body=None):
+        """(status, parsed JSON body or None)."""
+        st, _, b = http(self.port, method, path, body=body)
+        try:
+            return st, (json.loads(b) if b else None)
+        except ValueError:
+            return st, None
+
+    def put(self, service, iid, body):
+        return self.req("PUT", f"/v1/services/{service}/instances/{iid}", body)[0]
+
+    def delete(self, service, iid):
+        return self.req("DELETE", f"/v1/services/{service}/instances/{iid}")[0]
+
+    def instances(self, service):
+        st, d = self.req("GET", f"/v1/services/{service}")
+        assert st == 200, d
+        return d

@@ -1,61 +1,14 @@
 """Gateway clusters discovered from weft registry: changes within 100 ms,
 TTL expiry, weights, zone preference, stale on error, recovery."""
 import collections
-import json
-import os
-import signal
-import socket
-import subprocess
 import time
 
-import pytest
-
 from gwutil import WEFT_BIN, gateway, metric, origin_of, origins, wait_until  # noqa: F401
+from svcutil import Registry
 
 
-class Reg:
-    def __init__(self, tmp_path, port=0):
-        self.log = tmp_path / f"reg-{time.monotonic_ns()}.log"
-        self.err = open(self.log, "w")
-        self.proc = subprocess.Popen([WEFT_BIN, "registry", "--listen", f"127.0.0.1:{port}",
-                                      "--log-level", "info"], stdout=subprocess.DEVNULL,
-                                     stderr=self.err)
-        self.port = None
-        deadline = time.monotonic() + 10
-        while self.port is None and time.monotonic() < deadline:
-            for line in open(self.log):
-                if "msg=listening" in line and "service=registry" in line:
-                    self.port = int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
-            time.sleep(0.02)
-        assert self.port
-
-    def put(self, svc, iid, body):
-        return self._req("PUT", f"/v1/services/{svc}/instances/{iid}", body)
-
-    def delete(self, svc, iid):
-        return self._req("DELETE", f"/v1/services/{svc}/instances/{iid}")
-
-    def _req(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else b""
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: r\r\nContent-Length: {len(data)}\r\n"
-                  f"Connection: close\r\n\r\n".encode() + data)
-        resp = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            resp += d
-        s.close()
-        return int(resp.split(b" ")[1])
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=10)
-        self.err.close()
-        text = open(self.log).read()
-        assert "Sanitizer" not in text and "runtime error" not in text, text[-3000:]
-        return rc
+def Reg(tmp_path, port=0):  # noqa: N802
+    return Registry(tmp_path, "--log-level", "info", port=port)
 
 
 def cfg(reg, extra=""):
@@ -136,8 +89,8 @@ def test_weights_and_zone_preference(gateway, origins, tmp_path):  # noqa: F811
         cnt = spread(g, 40)
         assert cnt[a.name] == 10 and cnt[b.name] == 30 and cnt[c.name] == 0, cnt
         # no healthy instance left in z1: fall back to every zone
-        reg._req("PUT", "/v1/services/svc/instances/a/status", {"status": "DOWN"})
-        reg._req("PUT", "/v1/services/svc/instances/b/status", {"status": "DOWN"})
+        reg.req("PUT", "/v1/services/svc/instances/a/status", {"status": "DOWN"})
+        reg.req("PUT", "/v1/services/svc/instances/b/status", {"status": "DOWN"})
         wait_until(lambda: eps(g) == [c.addr], timeout=2, what="fallback to other zones")
     finally:
         assert reg.stop() == 0

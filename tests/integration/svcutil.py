@@ -176,3 +176,5 @@ class Registry(Proc):
         st, d = self.req("GET", f"/v1/services/{service}")
         assert st == 200, d
         return d
+
+    kill9 = Proc.kill  # SIGKILL, the spelling the registry tests use

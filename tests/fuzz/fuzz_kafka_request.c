@@ -16,10 +16,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static elog *g_e;
 static weft_loop *g_loop;
+static char g_dir[64];
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* The scratch directory goes when the fuzzer exits (libFuzzer calls exit). */
+static void cleanup(void)
+{
+    if (g_dir[0])
+        nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 static const int16_t keys[] = {0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22};
 
@@ -31,6 +49,8 @@ static void setup(void)
              access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     if (!mkdtemp(dir))
         abort();
+    snprintf(g_dir, sizeof g_dir, "%s", dir);
+    atexit(cleanup);
     elog_opts o;
     elog_opts_default(&o);
     o.data_dir = dir;

@@ -12,6 +12,7 @@ usage: bench/gateway.py WEFT_BIN [--rounds N] [--secs S] [--cap PCT]
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -176,6 +177,7 @@ def main():
             origin.wait(timeout=5)
         except subprocess.TimeoutExpired:
             origin.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     def med(k, key):
         return B.median([x[key] for x in res[k]])

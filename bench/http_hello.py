@@ -9,6 +9,7 @@ usage: bench/http_hello.py WEFT_BIN [--rounds N] [--secs S] [--cap PCT]
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,7 @@ def main():
     finally:
         weft.stop()
         nginx.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     def med(name, key):
         return B.median([x[key] for x in results[name]])

@@ -222,3 +222,35 @@ def fetch_raw(log, topic):
     off = 4 + 4 + 4 + 2 + len(topic) + 4 + 4 + 2 + 8 + 8 + 4
     (n,) = struct.unpack(">i", resp[off:off + 4])
     return resp[off + 4:off + 4 + n]
+
+
+def test_auto_create_off_refuses_unknown_topics(tmp_path):
+    cfg = tmp_path / "log.yaml"
+    cfg.write_text("log:\n  auto_create: false\n  partitions: 3\n")
+    lg = Log(tmp_path, extra=("-c", str(cfg)))
+    try:
+        # Metadata names the topic as unknown (error 3) instead of creating it
+        body = struct.pack(">i", 1) + kstr("nope") + b"\x01"
+        resp, closed = exchange(lg.port, frame(3, 4, 5, body))
+        assert not closed
+        assert b"nope" in resp
+        at = resp.index(b"\x00\x04nope")
+        (err,) = struct.unpack(">h", resp[at - 2:at])
+        assert err == 3
+        # a producer gets UNKNOWN_TOPIC_OR_PARTITION, nothing is created
+        r = kcat("-P", "-b", lg.bootstrap, "-t", "nope", "-X", "message.timeout.ms=3000",
+                 inp="x\n", timeout=30)
+        assert r.returncode != 0
+        assert not any(p.name.startswith("nope") for p in lg.data.iterdir())
+        # CreateTopics still works; partitions -1 takes the configured default
+        body = (struct.pack(">i", 1) + kstr("made") + struct.pack(">ih", -1, -1) +
+                struct.pack(">ii", 0, 0) + struct.pack(">i", 5000) + b"\x00")
+        resp, closed = exchange(lg.port, frame(19, 2, 6, body))
+        assert not closed
+        at = resp.index(b"\x00\x04made") + 6
+        assert struct.unpack(">h", resp[at:at + 2])[0] == 0
+        r = kcat("-L", "-b", lg.bootstrap, "-t", "made", "-J")
+        assert r.returncode == 0, r.stderr
+        assert len(json.loads(r.stdout)["topics"][0]["partitions"]) == 3
+    finally:
+        lg.stop()

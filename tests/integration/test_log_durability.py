@@ -2,14 +2,10 @@
 joins, one is killed -9), kill -9 of the broker during an acks=all produce
 loop, torn segment tails, retention, ListOffsets by time."""
 import json
-import os
 import random
-import signal
 import subprocess
 import threading
 import time
-
-import pytest
 
 from kafkautil import Log, run_py
 from svcutil import wait_until

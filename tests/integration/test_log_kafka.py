@@ -2,16 +2,12 @@
 2.0.2), python3-kafka 2.0.2 and python3-confluent-kafka — produce,
 consume, groups, admin — plus raw frames for bad input."""
 import json
-import os
-import signal
 import struct
 import subprocess
-import time
 
 import pytest
 
 from kafkautil import Log, exchange, frame, kstr, run_py
-from svcutil import wait_until
 
 
 @pytest.fixture
@@ -112,7 +108,6 @@ c = Consumer({{"bootstrap.servers": "{log.bootstrap}", "group.id": "cg",
               "auto.offset.reset": "earliest"}})
 c.subscribe(["parts"])
 vals = []
-import time
 t = time.time()
 while len(vals) < 300 and time.time() - t < 20:
     m = c.poll(0.5)
@@ -135,7 +130,6 @@ print(json.dumps({{"acked": len(acked), "parts": sorted(set(p for p, _ in acked)
 def test_fetch_long_poll_wakes_on_produce(log):
     kcat("-P", "-b", log.bootstrap, "-t", "lp", inp="first\n")
     code = f"""
-import time
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 c = KafkaConsumer(bootstrap_servers="{log.bootstrap}", fetch_max_wait_ms=5000)
 tp = TopicPartition("lp", 0)

@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 
+
 from kafkautil import Log, run_py
 from svcutil import wait_until
 

@@ -108,6 +108,7 @@ c = Consumer({{"bootstrap.servers": "{log.bootstrap}", "group.id": "cg",
               "auto.offset.reset": "earliest"}})
 c.subscribe(["parts"])
 vals = []
+import time
 t = time.time()
 while len(vals) < 300 and time.time() - t < 20:
     m = c.poll(0.5)
@@ -130,6 +131,7 @@ print(json.dumps({{"acked": len(acked), "parts": sorted(set(p for p, _ in acked)
 def test_fetch_long_poll_wakes_on_produce(log):
     kcat("-P", "-b", log.bootstrap, "-t", "lp", inp="first\n")
     code = f"""
+import time
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 c = KafkaConsumer(bootstrap_servers="{log.bootstrap}", fetch_max_wait_ms=5000)
 tp = TopicPartition("lp", 0)

@@ -125,8 +125,8 @@ cat <<MSG
 
   First requests, live:
 MSG
-for _ in $(seq 1 100); do  # the gateway learns catalog from the registry within ms
-  curl -fs "$base/catalog/items/apple" >/dev/null 2>&1 && break
+for _ in $(seq 1 100); do  # until the gateway knows catalog and catalog knows pricing
+  curl -fs "$base/catalog/items/apple" 2>/dev/null | grep -q currency && break
   sleep 0.1
 done
 printf '    $ curl %s/catalog/items/apple\n    ' "$base"; curl -s "$base/catalog/items/apple"; echo

@@ -287,12 +287,7 @@ static int parse_frame(kconn *c, const uint8_t *p, size_t n)
     c->tail = q;
     c->inflight++;
     weft_metric_inc(e->m, e->m_requests);
-    if (key == KA_OFFSET_COMMIT || key == KA_OFFSET_FETCH || key == KA_FIND_COORDINATOR ||
-        key == KA_JOIN_GROUP || key == KA_HEARTBEAT || key == KA_LEAVE_GROUP ||
-        key == KA_SYNC_GROUP || key == KA_DESCRIBE_GROUPS || key == KA_LIST_GROUPS)
-        elog_handle_group(e, q, &r);
-    else
-        elog_handle(e, q, &r);
+    elog_handle(e, q, &r);
     return 0;
 }
 

@@ -234,8 +234,12 @@ bool elog_topic_internal(weft_str name);
 void elog_part_durable(plog *l, int64_t durable_end, void *ud);
 
 /* ---- kapi.c ---- */
-/* Handle one request (header parsed, body in r). */
+/* Handle one request (header parsed, body in r): checks the API version,
+ * then dispatches (group APIs to group.c). */
 void elog_handle(elog *e, kreq *q, kf_reader *r);
+/* A request that cannot be answered: logged, and the connection closes
+ * (Kafka's behaviour for undecodable requests). */
+void elog_fail_request(elog *e, kreq *q, const char *why);
 /* Rebuild a partition's idempotent-producer state from its log (open). */
 void elog_producers_rebuild(kpart *p);
 /* Data arrived on a partition: wake parked fetches. */

@@ -220,6 +220,16 @@ static void simple_answer(kreq *q, int err, int16_t throttle_from)
     kreq_complete(q);
 }
 
+/* Take a parked JoinGroup/SyncGroup out of its slot so it can be answered. */
+static kreq *unpark(kreq **slot)
+{
+    kreq *q = *slot;
+    *slot = NULL;
+    q->cancel = NULL;
+    q->state = NULL;
+    return q;
+}
+
 /* ---- the state machine ---- */
 
 static void complete_join(kgroup *g);
@@ -240,10 +250,7 @@ static void prepare_rebalance(kgroup *g)
     /* members waiting in SyncGroup of the old generation must rejoin */
     for (kmember *m = g->members; m; m = m->next)
         if (m->sync) {
-            kreq *q = m->sync;
-            m->sync = NULL;
-            q->cancel = NULL;
-            q->state = NULL;
+            kreq *q = unpark(&m->sync);
             answer_sync(q, KE_REBALANCE_IN_PROGRESS, NULL, 0);
         }
     bool was_empty = g->state == G_EMPTY;
@@ -278,17 +285,11 @@ static void remove_member(kgroup *g, kmember *m, int err_for_parked)
         *pp = m->next;
     g->nmembers--;
     if (m->join) {
-        kreq *q = m->join;
-        m->join = NULL;
-        q->cancel = NULL;
-        q->state = NULL;
+        kreq *q = unpark(&m->join);
         answer_join(g, NULL, q, err_for_parked);
     }
     if (m->sync) {
-        kreq *q = m->sync;
-        m->sync = NULL;
-        q->cancel = NULL;
-        q->state = NULL;
+        kreq *q = unpark(&m->sync);
         answer_sync(q, err_for_parked, NULL, 0);
     }
     if (g->leader && !strcmp(g->leader, m->id)) {
@@ -360,10 +361,7 @@ static void complete_join(kgroup *g)
         m->assignment = NULL;
         m->assign_len = 0;
         m->last_seen_ms = now;
-        kreq *q = m->join;
-        m->join = NULL;
-        q->cancel = NULL;
-        q->state = NULL;
+        kreq *q = unpark(&m->join);
         answer_join(g, m, q, g->protocol ? KE_NONE : KE_INCONSISTENT_GROUP_PROTOCOL);
     }
     weft_log(WEFT_LOG_INFO, "group joined", WEFT_KV_STR("group", g->id),
@@ -570,8 +568,7 @@ static void h_find_coordinator(elog *e, kreq *q, kf_reader *r)
     weft_str key = kf_str(r);
     int8_t type = v >= 1 ? kf_i8(r) : 0;
     if (!kf_ok(r)) {
-        q->failed = true;
-        kreq_complete(q);
+        elog_fail_request(e, q, "malformed group request");
         return;
     }
     int err = type != 0 ? KE_COORDINATOR_NOT_AVAILABLE : !key.n ? KE_INVALID_GROUP_ID : KE_NONE;
@@ -609,8 +606,7 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
         }
     }
     if (!kf_ok(r)) {
-        q->failed = true;
-        kreq_complete(q);
+        elog_fail_request(gs->e, q, "malformed group request");
         return;
     }
     kgroup *g = NULL;
@@ -642,8 +638,7 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
                  (unsigned long long)++gs->member_seq);
         if (!m || !(m->id = strdup(id))) {
             free(m);
-            q->failed = true;
-            kreq_complete(q);
+            elog_fail_request(gs->e, q, "out of memory");
             return;
         }
         m->next = g->members;
@@ -681,10 +676,7 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
     if (!g->protocol_type)
         g->protocol_type = dupn(ptype);
     if (m->join) { /* a retried join replaces the parked one */
-        kreq *old = m->join;
-        m->join = NULL;
-        old->cancel = NULL;
-        old->state = NULL;
+        kreq *old = unpark(&m->join);
         answer_join(g, m, old, KE_REBALANCE_IN_PROGRESS);
     }
     /* a follower rejoining a stable group unchanged gets the current generation */
@@ -732,8 +724,7 @@ static void h_sync(kgroups *gs, kreq *q, kf_reader *r)
         kf_bytes(r);
     }
     if (!kf_ok(r)) {
-        q->failed = true;
-        kreq_complete(q);
+        elog_fail_request(gs->e, q, "malformed group request");
         return;
     }
     kgroup *g;
@@ -753,10 +744,7 @@ static void h_sync(kgroups *gs, kreq *q, kf_reader *r)
     }
     /* CompletingRebalance */
     if (m->sync) {
-        kreq *old = m->sync;
-        m->sync = NULL;
-        old->cancel = NULL;
-        old->state = NULL;
+        kreq *old = unpark(&m->sync);
         answer_sync(old, KE_REBALANCE_IN_PROGRESS, NULL, 0);
     }
     m->sync = q;
@@ -778,10 +766,7 @@ static void h_sync(kgroups *gs, kreq *q, kf_reader *r)
     g->state = G_STABLE;
     for (kmember *o = g->members; o; o = o->next)
         if (o->sync) {
-            kreq *sq = o->sync;
-            o->sync = NULL;
-            sq->cancel = NULL;
-            sq->state = NULL;
+            kreq *sq = unpark(&o->sync);
             answer_sync(sq, KE_NONE, o->assignment, o->assign_len);
         }
     weft_log(WEFT_LOG_INFO, "group stable", WEFT_KV_STR("group", g->id),
@@ -797,8 +782,7 @@ static void h_heartbeat(kgroups *gs, kreq *q, kf_reader *r)
     if (v >= 3)
         kf_str(r);
     if (!kf_ok(r)) {
-        q->failed = true;
-        kreq_complete(q);
+        elog_fail_request(gs->e, q, "malformed group request");
         return;
     }
     kgroup *g;
@@ -815,8 +799,7 @@ static void h_leave(kgroups *gs, kreq *q, kf_reader *r)
 {
     weft_str gid = kf_str(r), mid = kf_str(r);
     if (!kf_ok(r)) {
-        q->failed = true;
-        kreq_complete(q);
+        elog_fail_request(gs->e, q, "malformed group request");
         return;
     }
     kgroup *g = group_find(gs, gid);
@@ -864,8 +847,7 @@ static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
         }
     }
     if (!kf_ok(r)) {
-        q->failed = true;
-        kreq_complete(q);
+        elog_fail_request(gs->e, q, "malformed group request");
         return;
     }
     kgroup *g = group_find(gs, gid);
@@ -955,8 +937,7 @@ static void h_offset_fetch(kgroups *gs, kreq *q, kf_reader *r)
             kf_i32(r);
     }
     if (!kf_ok(r)) {
-        q->failed = true;
-        kreq_complete(q);
+        elog_fail_request(gs->e, q, "malformed group request");
         return;
     }
     kgroup *g = group_find(gs, gid);
@@ -1014,8 +995,7 @@ static void h_describe_groups(kgroups *gs, kreq *q, kf_reader *r)
     for (int32_t i = 0; i < n; i++)
         kf_str(r);
     if (!kf_ok(r)) {
-        q->failed = true;
-        kreq_complete(q);
+        elog_fail_request(gs->e, q, "malformed group request");
         return;
     }
     kf_writer *w = kreq_writer(q);
@@ -1046,18 +1026,9 @@ static void h_describe_groups(kgroups *gs, kreq *q, kf_reader *r)
     kreq_complete(q);
 }
 
-bool elog_version_ok(int16_t key, int16_t ver);
-
 void elog_handle_group(elog *e, kreq *q, kf_reader *r)
 {
-    kgroups *gs = e->groups;
-    if (!elog_version_ok(q->api_key, q->api_version)) {
-        weft_log(WEFT_LOG_WARN, "kafka: unsupported group API version; closing",
-                 WEFT_KV_INT("api_key", q->api_key), WEFT_KV_INT("api_version", q->api_version));
-        q->failed = true;
-        kreq_complete(q);
-        return;
-    }
+    kgroups *gs = e->groups; /* the version was checked by elog_handle */
     switch (q->api_key) {
     case KA_FIND_COORDINATOR: h_find_coordinator(e, q, r); break;
     case KA_JOIN_GROUP: h_join(gs, q, r); break;
@@ -1068,7 +1039,7 @@ void elog_handle_group(elog *e, kreq *q, kf_reader *r)
     case KA_OFFSET_FETCH: h_offset_fetch(gs, q, r); break;
     case KA_LIST_GROUPS: h_list_groups(gs, q); break;
     case KA_DESCRIBE_GROUPS: h_describe_groups(gs, q, r); break;
-    default: q->failed = true; kreq_complete(q); break;
+    default: elog_fail_request(e, q, "unsupported API"); break;
     }
 }
 

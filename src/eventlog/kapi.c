@@ -36,8 +36,7 @@ static const struct apiver {
     {KA_DELETE_TOPICS, 0, 1},    {KA_INIT_PRODUCER_ID, 0, 1},
 };
 
-bool elog_version_ok(int16_t key, int16_t ver);
-bool elog_version_ok(int16_t key, int16_t ver)
+static bool version_ok(int16_t key, int16_t ver)
 {
     for (size_t i = 0; i < WEFT_ARRAY_LEN(apis); i++)
         if (apis[i].key == key)
@@ -45,7 +44,7 @@ bool elog_version_ok(int16_t key, int16_t ver)
     return false;
 }
 
-static void fail_request(elog *e, kreq *q, const char *why)
+void elog_fail_request(elog *e, kreq *q, const char *why)
 {
     weft_log(WEFT_LOG_WARN, "kafka: closing the connection", WEFT_KV_STR("reason", why),
              WEFT_KV_INT("api_key", q->api_key), WEFT_KV_INT("api_version", q->api_version));
@@ -124,7 +123,7 @@ static void h_metadata(elog *e, kreq *q, kf_reader *r)
     int32_t n = kf_array(r, 2, v >= 1);
     weft_str names[1024];
     if (n > (int32_t)WEFT_ARRAY_LEN(names)) {
-        fail_request(e, q, "metadata for more than 1024 topics");
+        elog_fail_request(e, q, "metadata for more than 1024 topics");
         return;
     }
     for (int32_t i = 0; i < n; i++)
@@ -133,7 +132,7 @@ static void h_metadata(elog *e, kreq *q, kf_reader *r)
     if (v >= 4)
         allow = allow && kf_i8(r) != 0;
     if (!kf_ok(r)) {
-        fail_request(e, q, "malformed metadata request");
+        elog_fail_request(e, q, "malformed metadata request");
         return;
     }
     bool all = n < 0 || (v == 0 && n == 0);
@@ -336,7 +335,7 @@ static void h_produce(elog *e, kreq *q, kf_reader *r)
 {
     int16_t v = q->api_version;
     if (!produce_well_formed(*r, v)) {
-        fail_request(e, q, "malformed produce request");
+        elog_fail_request(e, q, "malformed produce request");
         return;
     }
     weft_str txn = v >= 3 ? kf_str(r) : WEFT_STR_NULL;
@@ -575,7 +574,7 @@ static void h_fetch(elog *e, kreq *q, kf_reader *r)
     int16_t v = q->api_version;
     fetch_state *f = calloc(1, sizeof *f);
     if (!f) {
-        fail_request(e, q, "out of memory");
+        elog_fail_request(e, q, "out of memory");
         return;
     }
     f->e = e;
@@ -632,7 +631,7 @@ static void h_fetch(elog *e, kreq *q, kf_reader *r)
         kf_str(r); /* rack */
     if (!kf_ok(r) || !f->names || !f->topic_nparts) {
         fetch_state_free(f);
-        fail_request(e, q, "malformed fetch request");
+        elog_fail_request(e, q, "malformed fetch request");
         return;
     }
     q->state = f;
@@ -710,7 +709,7 @@ static void h_list_offsets(elog *e, kreq *q, kf_reader *r)
         }
     }
     if (!kf_ok(r)) {
-        fail_request(e, q, "malformed list offsets request");
+        elog_fail_request(e, q, "malformed list offsets request");
         return;
     }
     kreq_complete(q);
@@ -783,7 +782,7 @@ static void h_create_topics(elog *e, kreq *q, kf_reader *r)
     kf_i32(r);
     bool validate_only = v >= 1 && kf_i8(r) != 0;
     if (!kf_ok(r)) {
-        fail_request(e, q, "malformed create topics request");
+        elog_fail_request(e, q, "malformed create topics request");
         return;
     }
     /* pass 2: act */
@@ -862,14 +861,14 @@ static void h_delete_topics(elog *e, kreq *q, kf_reader *r)
     int32_t nt = kf_array(r, 2, false);
     weft_str names[1024];
     if (nt > (int32_t)WEFT_ARRAY_LEN(names)) {
-        fail_request(e, q, "too many topics");
+        elog_fail_request(e, q, "too many topics");
         return;
     }
     for (int32_t i = 0; i < nt; i++)
         names[i] = kf_str(r);
     kf_i32(r);
     if (!kf_ok(r)) {
-        fail_request(e, q, "malformed delete topics request");
+        elog_fail_request(e, q, "malformed delete topics request");
         return;
     }
     kf_writer *w = kreq_writer(q);
@@ -900,7 +899,7 @@ static void h_init_producer_id(elog *e, kreq *q, kf_reader *r)
     weft_str txn = kf_str(r);
     kf_i32(r);
     if (!kf_ok(r)) {
-        fail_request(e, q, "malformed init producer id request");
+        elog_fail_request(e, q, "malformed init producer id request");
         return;
     }
     kf_writer *w = kreq_writer(q);
@@ -923,8 +922,8 @@ void elog_handle(elog *e, kreq *q, kf_reader *r)
         h_api_versions(e, q);
         return;
     }
-    if (!elog_version_ok(q->api_key, q->api_version)) {
-        fail_request(e, q, "unsupported API or version");
+    if (!version_ok(q->api_key, q->api_version)) {
+        elog_fail_request(e, q, "unsupported API or version");
         return;
     }
     switch (q->api_key) {
@@ -935,6 +934,15 @@ void elog_handle(elog *e, kreq *q, kf_reader *r)
     case KA_CREATE_TOPICS: h_create_topics(e, q, r); break;
     case KA_DELETE_TOPICS: h_delete_topics(e, q, r); break;
     case KA_INIT_PRODUCER_ID: h_init_producer_id(e, q, r); break;
-    default: fail_request(e, q, "unsupported API"); break;
+    case KA_OFFSET_COMMIT:
+    case KA_OFFSET_FETCH:
+    case KA_FIND_COORDINATOR:
+    case KA_JOIN_GROUP:
+    case KA_HEARTBEAT:
+    case KA_LEAVE_GROUP:
+    case KA_SYNC_GROUP:
+    case KA_DESCRIBE_GROUPS:
+    case KA_LIST_GROUPS: elog_handle_group(e, q, r); break;
+    default: elog_fail_request(e, q, "unsupported API"); break;
     }
 }

@@ -34,7 +34,7 @@ const char weft_help_log[] =
     "  -c FILE                YAML config: listen, data, log.{auto_create, partitions,\n"
     "                         retention_ms, retention_bytes, segment_bytes, fsync\n"
     "                         (always|interval), fsync_interval_ms, group_initial_delay_ms,\n"
-    "                         retention_check_ms}\n";
+    "                         retention_check_ms, preallocate_bytes}\n";
 
 static elog *g_log;
 /* --http: the streams API and its server, on the log's loop */
@@ -143,7 +143,7 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
     int64_t parts = o->defaults.partitions, rms = o->defaults.log.retention_ms,
             rbytes = o->defaults.log.retention_bytes, seg = (int64_t)o->defaults.log.segment_bytes,
             fint = o->defaults.log.fsync_interval_ms, delay = o->group_initial_delay_ms,
-            rcheck = o->retention_check_ms;
+            rcheck = o->retention_check_ms, pre = (int64_t)o->defaults.log.preallocate_bytes;
     const char *fs = NULL;
     if (weft_conf_bool(n, "auto_create", &o->auto_create, &err) < 0 ||
         weft_conf_int(n, "partitions", 1, 10000, &parts, &err) < 0 ||
@@ -153,6 +153,7 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
         weft_conf_int(n, "fsync_interval_ms", 1, 3600000, &fint, &err) < 0 ||
         weft_conf_int(n, "group_initial_delay_ms", 0, 300000, &delay, &err) < 0 ||
         weft_conf_int(n, "retention_check_ms", 100, 3600000, &rcheck, &err) < 0 ||
+        weft_conf_int(n, "preallocate_bytes", 0, 1LL << 30, &pre, &err) < 0 ||
         weft_conf_string(n, "fsync", &fs, &err) < 0)
         goto bad;
     if (fs && strcmp(fs, "always") != 0 && strcmp(fs, "interval") != 0) {
@@ -164,6 +165,7 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
     o->defaults.log.retention_bytes = rbytes;
     o->defaults.log.segment_bytes = (uint64_t)seg;
     o->defaults.log.fsync_interval_ms = (uint32_t)fint;
+    o->defaults.log.preallocate_bytes = (uint64_t)pre;
     if (fs)
         o->defaults.log.fsync = strcmp(fs, "always") == 0 ? PLOG_FSYNC_ALWAYS : PLOG_FSYNC_INTERVAL;
     o->group_initial_delay_ms = (uint32_t)delay;

@@ -22,6 +22,20 @@
  * posted just before plog_close would either run on a freed plog or leak.
  * The loop then advances durable_offset and calls the durable callback.
  *
+ * Preallocation. The active .log is extended with fallocate(2) ahead of
+ * the appends, preallocate_bytes at a time (default 4 MiB, never past
+ * segment_bytes unless one batch is larger), and written with pwrite at
+ * the logical end. An append into space that is already allocated and
+ * inside the file's size needs no size change, and usually no block
+ * allocation, so its fdatasync has no metadata to commit: on ext4 a small
+ * fsync'd append costs ~170 µs instead of ~250 µs (the same test as `dd
+ * oflag=dsync`, 200-byte writes). A segment is cut back to its logical
+ * size when it is rolled and when the plog is closed; after a crash the
+ * active segment (or, if the crash came between a roll and its flush, the
+ * one before) ends in zeros, which recovery removes without calling it
+ * damage (see Recovery). A file system without fallocate just turns it
+ * off for that plog.
+ *
  * Segment lifetime. A segment is reference counted on the owner loop only:
  * the plog holds one reference while it lists the segment, each slice holds
  * one (retention may unlink the files while a sendfile is pending), and a
@@ -43,7 +57,9 @@
  *     CRC does not cover them. Offsets are contiguous: each batch's
  *     baseOffset is the previous batch's baseOffset + lastOffsetDelta + 1,
  *     and the first batch's baseOffset is the number in the file name. No
- *     header, no padding.
+ *     header, no padding. The file may be longer than its batches (up to
+ *     preallocate_bytes, while the segment is active or after a crash):
+ *     everything after the last batch is then zero bytes.
  *
  *   00000000000000001234.index — sparse offset index, 8-byte entries:
  *     0..3  u32 big-endian: baseOffset of a batch minus the segment's base
@@ -83,7 +99,10 @@
  * (kf_batch_parse), pass its CRC (kf_batch_crc_ok) and continue the offsets
  * of the one before; the file is cut (ftruncate + fsync) at the first batch
  * that does not, the number of bytes dropped is logged, and its indexes are
- * rewritten from the scan. A crash only tears the last segment, or the one
+ * rewritten from the scan. If everything from that point to the end of the
+ * file is zero bytes, it is preallocated space, not damage: it is cut
+ * without a warning and does not count as truncated (a batch never starts
+ * with a zero length, so zeros cannot hide one). A crash only tears the last segment, or the one
  * before it if the crash came between a roll and the fsync of the finished
  * segment — in that case nothing past the tear was ever reported durable.
  * So when a segment (other than the last) is cut, or does not end exactly
@@ -165,18 +184,16 @@ static inline void put_be64(uint8_t *p, uint64_t v)
     put_be32(p + 4, (uint32_t)v);
 }
 
-enum xfer_kind { XFER_APPEND, XFER_WRITE_AT, XFER_READ_AT };
+enum xfer_kind { XFER_WRITE_AT, XFER_READ_AT };
 
-/* Move all n bytes, retrying short transfers and EINTR: XFER_APPEND is
- * write(2) (the fd is O_APPEND), the others pwrite/pread at off. 0, -1 if
- * a read meets the end of the file, or an errno value. */
+/* Move all n bytes at off, retrying short transfers and EINTR. 0, -1 if a
+ * read meets the end of the file, or an errno value. */
 static int xfer(int fd, enum xfer_kind kind, void *buf, size_t n, uint64_t off)
 {
     uint8_t *p = buf;
     while (n) {
-        ssize_t r = kind == XFER_APPEND     ? write(fd, p, n)
-                    : kind == XFER_WRITE_AT ? pwrite(fd, p, n, (off_t)off)
-                                            : pread(fd, p, n, (off_t)off);
+        ssize_t r = kind == XFER_WRITE_AT ? pwrite(fd, p, n, (off_t)off)
+                                          : pread(fd, p, n, (off_t)off);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
@@ -314,6 +331,7 @@ typedef struct seg {
     int64_t end;           /* offset after the last batch (== base when empty) */
     int64_t last_base;     /* base offset of the last batch; -1 when empty */
     uint64_t size;         /* bytes of whole batches in the .log */
+    uint64_t alloc;        /* length of the .log file (> size: preallocated) */
     uint64_t last_idx_pos; /* position of the batch of the last index entry */
     uint32_t idx_n, tim_n; /* entries in .index / .timeindex */
     int64_t max_ts;        /* largest maxTimestamp; INT64_MIN when empty */
@@ -358,7 +376,7 @@ static int seg_open(int dirfd, const char *dir, int64_t base, bool create, seg *
     s->refs = 1;
     s->idx_fd = s->tim_fd = -1;
     seg_reset(s);
-    int lflags = O_RDWR | O_APPEND | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
+    int lflags = O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
     int iflags = O_RDWR | O_CREAT | O_CLOEXEC | (create ? O_TRUNC : 0);
     seg_name(name, base, "log");
     s->log_fd = openat(dirfd, name, lflags, 0644);
@@ -391,6 +409,37 @@ static void seg_unlink(int dirfd, int64_t base)
         seg_name(name, base, ext[i]);
         unlinkat(dirfd, name, 0);
     }
+}
+
+/* Cut the preallocated space off s's .log (a finished or closing
+ * segment). An errno value or 0; a segment left long is still correct. */
+static int seg_trim(seg *s)
+{
+    if (s->alloc <= s->size)
+        return 0;
+    int e = truncate_fd(s->log_fd, s->size);
+    if (!e)
+        s->alloc = s->size;
+    return e;
+}
+
+/* Whether bytes [from, to) of fd are all zero (preallocated, never
+ * written). 1, 0, or a WEFT_E* error. */
+static int zero_tail(int fd, uint64_t from, uint64_t to)
+{
+    uint64_t buf[1024];
+    while (from < to) {
+        size_t n = to - from < sizeof buf ? (size_t)(to - from) : sizeof buf;
+        int e = pread_all(fd, buf, n, from);
+        if (e)
+            return e < 0 ? 0 : errno_rc(e);
+        const uint8_t *b = (const uint8_t *)buf;
+        for (size_t i = 0; i < n; i++)
+            if (b[i])
+                return 0;
+        from += n;
+    }
+    return 1;
 }
 
 /* Write entry e (esize bytes) after the *count entries of an index file. */
@@ -555,6 +604,7 @@ void plog_opts_default(plog_opts *o)
         .fsync = PLOG_FSYNC_ALWAYS,
         .fsync_interval_ms = 1000,
         .max_batch_bytes = (1u << 20) + 12,
+        .preallocate_bytes = 4u << 20,
     };
 }
 
@@ -986,8 +1036,16 @@ static int seg_recover(plog *l, seg *s, bool last, rdr *r)
     }
     const char *damage;
     int rc = seg_scan(l, s, (uint64_t)fsize, r, &damage);
-    if (!rc && damage)
-        rc = seg_cut(l, s, (uint64_t)fsize, damage);
+    if (!rc && damage) {
+        rc = zero_tail(s->log_fd, s->size, (uint64_t)fsize);
+        if (rc == 1) { /* preallocated, never written: not damage */
+            int e = truncate_fd(s->log_fd, s->size);
+            rc = e ? log_io(l->dir, "truncate", s->base, e) : 0;
+        } else if (rc == 0) {
+            rc = seg_cut(l, s, (uint64_t)fsize, damage);
+        }
+    }
+    s->alloc = s->size;
     if (!rc && !last && (rc = seg_finish(s)) != 0)
         rc = log_io(l->dir, "write time index", s->base, rc);
     return rc;
@@ -1239,6 +1297,9 @@ void plog_close(plog *l)
         weft_io_stop(l->loop, &l->evio);
         collect_flushed(l);
     }
+    int e = seg_trim(active_seg(l)); /* a clean log has no zero tail */
+    if (e)
+        log_io(l->dir, "truncate preallocated space", active_seg(l)->base, e);
     if (l->durable < l->end)
         weft_log(WEFT_LOG_ERROR, "plog: closed with appends not on disk",
                  WEFT_KV_STR("dir", l->dir), WEFT_KV_INT("durable_offset", l->durable),
@@ -1292,6 +1353,8 @@ static int roll(plog *l)
     int e = seg_finish(old);
     if (e)
         return log_io(l->dir, "write time index", old->base, e);
+    if ((e = seg_trim(old)) != 0) /* recovery would cut the zeros: go on */
+        log_io(l->dir, "truncate preallocated space", old->base, e);
     if ((rc = seg_open(l->dirfd, l->dir, l->end, true, &s)) != 0)
         return rc;
     old->refs++;
@@ -1304,10 +1367,36 @@ static int roll(plog *l)
     return 0;
 }
 
+/* Extend the active segment's file so that the append of n bytes at
+ * s->size lands in allocated space (see Preallocation at the top). A
+ * failure is not an error: the write that follows extends the file
+ * itself, and reports ENOSPC if that is what it was. */
+static void preallocate(plog *l, seg *s, size_t n)
+{
+    uint64_t step = l->o.preallocate_bytes, need = s->size + n;
+    if (!step)
+        return;
+    uint64_t to = (need + step - 1) / step * step;
+    if (to > l->o.segment_bytes)
+        to = need > l->o.segment_bytes ? need : l->o.segment_bytes;
+    int r;
+    do
+        r = fallocate(s->log_fd, 0, (off_t)s->alloc, (off_t)(to - s->alloc));
+    while (r < 0 && errno == EINTR);
+    if (r == 0) {
+        s->alloc = to;
+    } else if (errno == EOPNOTSUPP || errno == ENOSYS) {
+        l->o.preallocate_bytes = 0;
+        weft_log(WEFT_LOG_INFO, "plog: file system cannot preallocate; appends extend the file",
+                 WEFT_KV_STR("dir", l->dir));
+    }
+}
+
 /* Put s back as it was before a failed append (sizes in *was). */
 static int undo_append(plog *l, seg *s, const seg *was)
 {
     int e = truncate_fd(s->log_fd, was->size);
+    s->alloc = was->size;
     if (!e)
         e = truncate_fd(s->idx_fd, (uint64_t)was->idx_n * IDX_ENTRY);
     if (!e)
@@ -1347,11 +1436,15 @@ int plog_append(plog *l, uint8_t *p, size_t n, int32_t leader_epoch, int64_t *ba
     }
     kf_batch_patch(p, l->end, leader_epoch);
     seg was = *s;
-    int e = xfer(s->log_fd, XFER_APPEND, p, n, 0);
+    if (s->size + n > s->alloc)
+        preallocate(l, s, n);
+    int e = xfer(s->log_fd, XFER_WRITE_AT, p, n, s->size);
     if (e) {
         log_io(l->dir, "write", s->base, e);
         return undo_append(l, s, &was);
     }
+    if (s->size + n > s->alloc)
+        s->alloc = s->size + n;
     bhdr h = {.base = l->end, .last = l->end + delta, .size = n, .max_ts = (int64_t)be64(p + 35)};
     if ((e = seg_add_batch(s, &h, l->o.index_interval_bytes)) != 0) {
         log_io(l->dir, "write index", s->base, e);

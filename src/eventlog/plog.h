@@ -40,6 +40,9 @@ typedef struct plog_opts {
     int fsync;                     /* PLOG_FSYNC_ALWAYS (default) or _INTERVAL */
     uint32_t fsync_interval_ms;    /* for _INTERVAL; default 1000 */
     size_t max_batch_bytes;        /* default 1 MiB + 12 */
+    uint64_t preallocate_bytes;    /* extend the active .log by this much ahead
+                                      of appends (fallocate); 0 = off;
+                                      default 4 MiB */
 } plog_opts;
 void plog_opts_default(plog_opts *o);
 

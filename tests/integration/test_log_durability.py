@@ -134,6 +134,8 @@ def test_kill9_during_acks_all_loses_no_acknowledged_record(tmp_path):
     t.start()
     wait_until(lambda: len(acked) > 2000, timeout=60, interval=0.1, what="acknowledged records")
     log.kill()  # SIGKILL
+    # the active segment was preallocated: what a crash leaves is zeros after the data
+    assert (data / "dur-0" / "00000000000000000000.log").stat().st_size == 4 << 20
     time.sleep(0.5)
     prod.kill()
     prod.wait(timeout=10)
@@ -194,6 +196,45 @@ def test_torn_tail_keeps_a_prefix_and_appends_continue(tmp_path):
         assert "truncat" in log2.text().lower()
     finally:
         log2.stop()
+
+
+def test_segments_preallocated_while_active_and_cut_to_the_data_on_shutdown(tmp_path):
+    def produce(log, n):
+        r = subprocess.run(["kcat", "-P", "-b", log.bootstrap, "-t", "pre"],
+                           input="".join(f"r{i}\n" for i in range(n)), capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+    def consume(log):
+        r = subprocess.run(["kcat", "-C", "-b", log.bootstrap, "-t", "pre", "-e", "-f", "%s\n"],
+                           capture_output=True, text=True, timeout=30)
+        return r.stdout.split()
+
+    log = Log(tmp_path)
+    seg = log.data / "pre-0" / "00000000000000000000.log"
+    try:
+        produce(log, 300)
+        assert seg.stat().st_size == 4 << 20  # the default preallocate_bytes
+    finally:
+        log.stop()
+    size = seg.stat().st_size
+    assert 300 * 10 < size < 64 << 10  # cut back to the batches on a clean stop
+    log2 = Log(tmp_path, data=log.data, name="log2")
+    try:
+        assert consume(log2) == [f"r{i}" for i in range(300)]
+        assert "tail truncated" not in log2.text() and "truncated_bytes=0" in log2.text()
+    finally:
+        log2.stop()
+    cfg = tmp_path / "nopre.yaml"
+    cfg.write_text("log:\n  preallocate_bytes: 0\n")
+    log3 = Log(tmp_path, data=log.data, name="log3", extra=("-c", str(cfg)))
+    try:
+        produce(log3, 10)
+        grown = seg.stat().st_size
+        assert size < grown < size + 4096  # no preallocation: the file is the data
+        assert len(consume(log3)) == 310
+    finally:
+        log3.stop()
 
 
 def test_retention_by_bytes_and_list_offsets_by_time(tmp_path):

@@ -6,7 +6,9 @@
  * offset_for_time against a brute-force model, retention by bytes and by
  * time, group commit (many appends per fdatasync), the interval flusher,
  * slices that outlive their segment and their plog, and kill -9 during
- * appends (every offset reported durable survives).
+ * appends (every offset reported durable survives), and preallocated
+ * segment files (grown ahead, cut on roll and close, zero tails after a
+ * crash removed without being called damage).
  *
  * Each test gets a mkdtemp directory; log lines go to a tmpfile so tests
  * can check that recovery reported what it dropped. The test keeps a model
@@ -348,6 +350,16 @@ static off_t size_of(const char *path)
     return st.st_size;
 }
 
+/* Sum of the model's batch sizes in the segment starting at base. */
+static uint64_t model_seg_bytes(const tctx *c, int64_t base, int64_t next)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < c->nm; i++)
+        if (c->m[i].base >= base && (next < 0 || c->m[i].base < next))
+            n += c->m[i].size;
+    return n;
+}
+
 static uint8_t *read_file(const char *path, size_t *n)
 {
     *n = (size_t)size_of(path);
@@ -423,6 +435,10 @@ static void test_round_trip_across_rolls(void **state)
         off_t sz = size_of(seg_path(c, bases[i], "log"));
         assert_int_equal(bases[i], c->m[model_at(c, bases[i])].base);
         assert_true(sz <= 4096);
+        if (i + 1 == nb) /* active: preallocated up to the segment size */
+            sz = (off_t)model_seg_bytes(c, bases[i], -1);
+        else
+            assert_int_equal(sz, model_seg_bytes(c, bases[i], bases[i + 1]));
         total += (uint64_t)sz;
     }
     assert_int_equal(total, plog_size_bytes(c->l));
@@ -456,6 +472,7 @@ static void test_append_rejects_bad_sizes(void **state)
 static void test_failed_write_is_undone(void **state)
 {
     tctx *c = *state;
+    c->o.preallocate_bytes = 0; /* the file must end where the data does */
     open_filled(c, 1 << 20, 0, 5);
     off_t before = size_of(seg_path(c, 0, "log"));
     struct rlimit old, lim;
@@ -552,6 +569,74 @@ static void test_torn_tail_random_cuts(void **state)
     check_all(c, 0);
 }
 
+static void extend_with_zeros(const char *path, off_t by)
+{
+    assert_int_equal(truncate(path, size_of(path) + by), 0);
+}
+
+/* Preallocation: the active file runs ahead of the data in steps, rolled
+ * segments and a closed log are cut to their exact length, and a zero tail
+ * (a crash while preallocated) is removed without being called damage,
+ * in the last segment and in the one before it; zeros followed by
+ * anything else are damage. */
+static void test_preallocated_tail(void **state)
+{
+    tctx *c = *state;
+    c->o.preallocate_bytes = 4096;
+    open_filled(c, 8192, 0, 200);
+    int64_t bases[64];
+    size_t nb = list_bases(c, bases, 64);
+    assert_true(nb >= 3);
+    char active[160], prev[160]; /* seg_path's buffers rotate */
+    snprintf(active, sizeof active, "%s", seg_path(c, bases[nb - 1], "log"));
+    snprintf(prev, sizeof prev, "%s", seg_path(c, bases[nb - 2], "log"));
+    uint64_t data = model_seg_bytes(c, bases[nb - 1], -1);
+    off_t fsz = size_of(active);
+    assert_true((uint64_t)fsz >= data && (uint64_t)fsz - data < 4096);
+    assert_int_equal(fsz % 4096, 0);
+    for (size_t i = 0; i + 1 < nb; i++) /* rolled: exact */
+        assert_int_equal(size_of(seg_path(c, bases[i], "log")),
+                         model_seg_bytes(c, bases[i], bases[i + 1]));
+    close_log(c);
+    assert_int_equal(size_of(active), data);
+
+    /* a crash image: zeros after the data of the last two segments */
+    extend_with_zeros(active, 5000);
+    extend_with_zeros(prev, 16 << 10);
+    open_log(c);
+    plog_stats st = stats(c);
+    assert_int_equal(st.truncated_bytes, 0);
+    assert_int_equal(st.segments_dropped, 0);
+    assert_false(logged(c, "bytes_dropped="));
+    assert_int_equal(plog_end_offset(c->l), c->m[c->nm - 1].last + 1);
+    assert_int_equal(size_of(active), data);
+    assert_int_equal(size_of(prev), model_seg_bytes(c, bases[nb - 2], bases[nb - 1]));
+    check_all(c, 0);
+    append_many(c, 5);
+    check_all(c, 0);
+    close_log(c);
+
+    /* zeros, then a stray byte: damage, cut from the end of the data */
+    nb = list_bases(c, bases, 64);
+    snprintf(active, sizeof active, "%s", seg_path(c, bases[nb - 1], "log"));
+    data = model_seg_bytes(c, bases[nb - 1], -1);
+    extend_with_zeros(active, 3000);
+    patch_file(active, (off_t)data + 2999, "x", 1);
+    open_log(c);
+    assert_int_equal(stats(c).truncated_bytes, 3000);
+    assert_true(logged(c, "bytes_dropped=3000"));
+    check_all(c, 0);
+    close_log(c);
+
+    /* off: the file is exactly the data while the log is open */
+    c->o.preallocate_bytes = 0;
+    open_log(c);
+    append_many(c, 3);
+    nb = list_bases(c, bases, 64);
+    assert_int_equal(size_of(seg_path(c, bases[nb - 1], "log")),
+                     model_seg_bytes(c, bases[nb - 1], -1));
+}
+
 /* A flipped byte inside a batch of the last segment: that batch fails its
  * CRC and it and everything after it are cut. */
 static void test_crc_damage_cuts_from_bad_batch(void **state)
@@ -584,12 +669,15 @@ static void test_crc_damage_cuts_from_bad_batch(void **state)
     assert_int_equal(plog_end_offset(c->l), c->m[9].last + 1);
     assert_int_equal(size_of(seg_path(c, 0, "log")), pos);
     check_all(c, 0);
-    /* a zero-filled tail (size extended, data never written) */
+    /* a zero-filled tail (size extended, data never written) is what
+     * preallocation leaves after a crash: cut, but not counted as damage
+     * (test_preallocated_tail) */
     close_log(c);
     assert_int_equal(truncate(seg_path(c, 0, "log"), pos + 4096), 0);
     open_log(c);
     assert_int_equal(plog_end_offset(c->l), c->m[9].last + 1);
-    assert_int_equal(stats(c).truncated_bytes, 4096);
+    assert_int_equal(stats(c).truncated_bytes, 0);
+    assert_int_equal(size_of(seg_path(c, 0, "log")), pos);
     append_one(c);
     check_all(c, 0);
 }
@@ -1029,6 +1117,7 @@ int main(void)
         T(test_failed_write_is_undone),
         T(test_reopen_keeps_everything),
         T(test_torn_tail_random_cuts),
+        T(test_preallocated_tail),
         T(test_crc_damage_cuts_from_bad_batch),
         T(test_damaged_indexes_rebuilt),
         T(test_damage_before_last_segment),

@@ -57,6 +57,20 @@ bool weft_retry_budget_withdraw(weft_retry_budget *b, uint64_t now_ms);
 /* Retries currently available (may be fractional). */
 double weft_retry_budget_balance(weft_retry_budget *b, uint64_t now_ms);
 
+/* The admission step every retry goes through (gateway and SDK client),
+ * once the caller knows the failure is retriable and attempts are left:
+ * draw the full-jitter backoff for retry number `retry` (>= 1) into
+ * *backoff_ms; refuse with WEFT_RETRY_DEADLINE if the retry would not
+ * finish before the deadline (now + backoff + expect_ms >= deadline_ms,
+ * expect_ms being the caller's latency estimate, 0 if none); otherwise
+ * spend one retry from budget b (NULL: no budget), WEFT_RETRY_BUDGET if it
+ * is exhausted. WEFT_RETRY_GO means: start it after *backoff_ms. */
+enum weft_retry_verdict { WEFT_RETRY_GO = 0, WEFT_RETRY_DEADLINE, WEFT_RETRY_BUDGET };
+enum weft_retry_verdict weft_retry_admit(weft_rng *r, weft_retry_budget *b, uint32_t retry,
+                                         uint64_t base_ms, uint64_t cap_ms, uint64_t now_ms,
+                                         uint64_t expect_ms, uint64_t deadline_ms,
+                                         uint64_t *backoff_ms);
+
 /* ---- circuit breaker (Hystrix-style rolling window, resilience4j-style half-open) ---- */
 enum weft_breaker_state { WEFT_BREAKER_CLOSED = 0, WEFT_BREAKER_OPEN, WEFT_BREAKER_HALF_OPEN };
 

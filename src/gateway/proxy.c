@@ -502,17 +502,16 @@ static bool maybe_retry(gw_req *g, unsigned cond)
         return false; /* a streamed body cannot be sent again */
     if (!rc->all_methods && !idempotent(weft_http_req_method(g->r)))
         return false;
-    uint64_t now_ms = weft_now_us() / 1000;
-    uint32_t backoff = (uint32_t)weft_backoff_full_jitter(&g->w->rng, g->retries + 1,
-                                                          rc->backoff_base_ms, rc->backoff_max_ms);
     /* Expected duration of the retry: the best latency estimate we have. */
-    uint64_t expect_ms = (uint64_t)(g->last_ewma_us / 1000.0);
-    if (now_ms + backoff + expect_ms >= g->deadline_ms)
-        return false;
-    if (rc->budget_enabled && !weft_retry_budget_withdraw(&g->rrt->budget, now_ms)) {
+    uint64_t backoff, expect_ms = (uint64_t)(g->last_ewma_us / 1000.0);
+    enum weft_retry_verdict v = weft_retry_admit(
+        &g->w->rng, rc->budget_enabled ? &g->rrt->budget : NULL, g->retries + 1,
+        rc->backoff_base_ms, rc->backoff_max_ms, weft_now_us() / 1000, expect_ms, g->deadline_ms,
+        &backoff);
+    if (v == WEFT_RETRY_BUDGET)
         weft_metric_inc(g->w->rt->m, g->rrt->m_budget_exhausted);
+    if (v != WEFT_RETRY_GO)
         return false;
-    }
     g->retries++;
     weft_metric_inc(g->w->rt->m, g->rrt->m_retries);
     weft_timer_start(g->w->loop, &g->timer, backoff);
@@ -769,7 +768,9 @@ void gw_start_attempt(gw_req *g)
     gw_epset_ref(set);
     if (g->ntried < 16)
         g->tried[g->ntried++] = ep;
-    snprintf(g->upstream, sizeof g->upstream, "%s", set->eps[ep].id);
+    size_t idn = strnlen(set->eps[ep].id, sizeof g->upstream - 1);
+    memcpy(g->upstream, set->eps[ep].id, idn);
+    g->upstream[idn] = '\0';
     weft_lb_on_start(set->lb, ep);
     cl->inflight++;
     g->inflight_taken = true;

@@ -24,6 +24,10 @@
  * reserve is what makes "10 retries per second" hold with no traffic at
  * all: with the defaults, 100 retries per 10 s window. Counters are 32-bit
  * and saturate. A zero ttl means the default 10 s.
+ *
+ * weft_retry_admit puts the two together in the one order both the gateway
+ * and the SDK client use: backoff first, then the deadline (a retry that
+ * cannot finish in time is not started and spends nothing), then the budget.
  */
 #include "weft/resilience.h"
 
@@ -99,6 +103,19 @@ double weft_retry_budget_balance(weft_retry_budget *b, uint64_t now_ms)
     }
     double reserve = (double)b->min_per_sec * ((double)b->ttl_ms / 1000.0);
     return b->percent * (double)dep + reserve - (double)wd;
+}
+
+enum weft_retry_verdict weft_retry_admit(weft_rng *r, weft_retry_budget *b, uint32_t retry,
+                                         uint64_t base_ms, uint64_t cap_ms, uint64_t now_ms,
+                                         uint64_t expect_ms, uint64_t deadline_ms,
+                                         uint64_t *backoff_ms)
+{
+    *backoff_ms = weft_backoff_full_jitter(r, retry, base_ms, cap_ms);
+    if (now_ms + *backoff_ms + expect_ms >= deadline_ms)
+        return WEFT_RETRY_DEADLINE; /* checked first: a doomed retry costs no budget */
+    if (b && !weft_retry_budget_withdraw(b, now_ms))
+        return WEFT_RETRY_BUDGET;
+    return WEFT_RETRY_GO;
 }
 
 bool weft_retry_budget_withdraw(weft_retry_budget *b, uint64_t now_ms)

@@ -315,15 +315,14 @@ static bool maybe_retry(weft_call *k, bool sent)
     weft_client *c = s->c;
     if (k->attempts >= c->o.attempts || k->ntried >= MAX_TRIED || (sent && !k->idempotent))
         return false;
-    uint64_t now_ms = weft_loop_now_ms(c->loop);
-    uint64_t backoff = weft_backoff_full_jitter(&c->rng, k->attempts, c->o.backoff_base_ms,
-                                                c->o.backoff_max_ms);
-    if (now_ms + backoff >= k->deadline_ms)
-        return false;
-    if (!weft_retry_budget_withdraw(&s->budget, now_ms)) {
+    uint64_t backoff;
+    enum weft_retry_verdict v =
+        weft_retry_admit(&c->rng, &s->budget, k->attempts, c->o.backoff_base_ms,
+                         c->o.backoff_max_ms, weft_loop_now_ms(c->loop), 0, k->deadline_ms, &backoff);
+    if (v == WEFT_RETRY_BUDGET)
         weft_metric_inc(c->m, s->m_budget);
+    if (v != WEFT_RETRY_GO)
         return false;
-    }
     weft_metric_inc(c->m, s->m_retries);
     weft_timer_start(c->loop, &k->timer, backoff);
     return true;

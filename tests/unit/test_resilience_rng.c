@@ -285,6 +285,37 @@ static void test_budget_with_deposits(void **state)
     assert_true(weft_retry_budget_withdraw(&b, 2000));
 }
 
+/* Admission: the deadline is checked before the budget (a doomed retry
+ * spends nothing), the budget is optional, the backoff is the jittered one. */
+static void test_retry_admit(void **state)
+{
+    (void)state;
+    weft_rng r;
+    weft_rng_seed(&r, 42);
+    weft_retry_budget b;
+    weft_retry_budget_init(&b, 0.0, 1, 1000); /* exactly one retry in the window */
+    uint64_t backoff = 0;
+    /* deadline too close for even the smallest backoff plus the estimate */
+    assert_int_equal(weft_retry_admit(&r, &b, 1, 10, 100, 1000, 50, 1050, &backoff),
+                     WEFT_RETRY_DEADLINE);
+    assert_true(backoff < 10);
+    assert_near(weft_retry_budget_balance(&b, 1000), 1.0, 1e-9); /* nothing spent */
+    assert_int_equal(weft_retry_admit(&r, &b, 3, 10, 100, 1000, 50, 5000, &backoff),
+                     WEFT_RETRY_GO);
+    assert_true(backoff < 40);
+    assert_int_equal(weft_retry_admit(&r, &b, 1, 10, 100, 1000, 0, 5000, &backoff),
+                     WEFT_RETRY_BUDGET);
+    /* no budget: only the deadline can refuse */
+    int go = 0;
+    for (int i = 0; i < 100; i++) {
+        enum weft_retry_verdict v = weft_retry_admit(&r, NULL, 2, 10, 100, 1000, 0, 1021, &backoff);
+        assert_true(backoff < 20);
+        assert_int_equal(v, backoff + 1000 >= 1021 ? WEFT_RETRY_DEADLINE : WEFT_RETRY_GO);
+        go += v == WEFT_RETRY_GO;
+    }
+    assert_int_equal(go, 100); /* every backoff < 20 fits before 1021 */
+}
+
 static void test_budget_deposits_expire(void **state)
 {
     (void)state;
@@ -362,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_budget_with_deposits),
         cmocka_unit_test(test_budget_deposits_expire),
         cmocka_unit_test(test_budget_rolling_window),
+        cmocka_unit_test(test_retry_admit),
         cmocka_unit_test(test_budget_big_time_jump),
         cmocka_unit_test(test_budget_defaults_and_bad_args),
     };

@@ -2,10 +2,10 @@
 
 `weft` is a factory: weft(*extra_args, config=YAML_TEXT, workers=N) starts
 `weft hello` on 127.0.0.1:0 (unless the args or config choose the address),
-waits (bounded) for the listening line and a served /health, and returns a
-weftutil.Weft with .port/.url/.proc/.pid/.stderr. At teardown every process
-still running gets SIGTERM; each must exit 0 within the bound and its stderr
-must hold no AddressSanitizer / UBSan / LeakSanitizer report.
+waits (bounded) for the listening line (logfmt or JSON) and a served
+/health, and returns a weftutil.Weft with .port/.url/.proc/.pid/.stderr. At
+teardown every process still running gets SIGTERM; each must exit 0 within
+the bound and its stderr must hold no sanitizer report (svcutil.stop_all).
 """
 import os
 import sys
@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import weftutil  # noqa: E402
+from svcutil import stop_all  # noqa: E402
 
 
 def pytest_configure(config):
@@ -37,7 +38,7 @@ class _Factory:
         return p
 
     def __call__(self, *args, config=None, workers=2, listen="127.0.0.1:0",
-                 expect_listen_line=True, port=None, json_log=False, extra_env=None):
+                 expect_listen_line=True, port=None, extra_env=None):
         argv = []
         if config is not None:
             argv += ["-c", self.write_config(config)]
@@ -47,21 +48,12 @@ class _Factory:
             argv += ["--workers", str(workers)]
         argv += list(args)
         w = weftutil.Weft(argv, self.tmpdir, expect_listen_line=expect_listen_line, port=port,
-                          json_log=json_log, extra_env=extra_env)
+                          extra_env=extra_env)
         self.started.append(w)
         return w
 
     def teardown(self):
-        errors = []
-        for w in self.started:
-            try:
-                w.check_clean_exit(timeout=20.0)
-            except AssertionError as e:  # report every process, not just the first
-                errors.append(str(e))
-            finally:
-                w.kill()
-        if errors:
-            pytest.fail("\n\n".join(errors), pytrace=False)
+        stop_all(self.started)
 
 
 @pytest.fixture

@@ -33,25 +33,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import weftutil  # noqa: E402
-from weftutil import (SANITIZER_MARKERS, WEFT_BIN, Reader, parse_metrics,  # noqa: E402
-                      sanitizer_env)
+from svcutil import REPO, WEFT_BIN, Proc, stop_all, wait_until  # noqa: E402,F401
+from weftutil import Reader, parse_metrics  # noqa: E402
 
-REPO = weftutil.REPO
-START_TIMEOUT = 15.0
 HEALTH_PATH = "/health"
-
-
-def wait_until(pred, timeout=5.0, interval=0.02, what="condition"):
-    """Poll pred() until it returns a truthy value (returned) or time runs out
-    (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last={last!r})")
 
 
 # ====================================================================== origin
@@ -604,75 +589,30 @@ def metric(m, name, default=0.0, **labels):
 
 # ====================================================================== gateway
 
-def listen_addrs(stderr_text):
-    """{service: (host, port)} from text or JSON 'listening' lines."""
-    out = {}
-    for line in stderr_text.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                o = json.loads(line)
-            except ValueError:
-                continue
-            if o.get("msg") == "listening" and "service" in o:
-                h, p = o["addr"].rsplit(":", 1)
-                out[o["service"]] = (h, int(p))
-        elif "msg=listening" in line:
-            svc = re.search(r"\bservice=(\S+)", line)
-            addr = re.search(r"\baddr=(\S+):(\d+)", line)
-            if svc and addr:
-                out[svc.group(1)] = (addr.group(1), int(addr.group(2)))
-    return out
+class Gateway(Proc):
+    """A running `weft gateway -c FILE --listen 127.0.0.1:0 --admin 127.0.0.1:0`
+    (see svcutil.Proc), started once the admin listener serves /health."""
 
-
-class Gateway:
-    """A running `weft gateway -c FILE --listen 127.0.0.1:0 --admin 127.0.0.1:0`."""
+    start_timeout = 15.0
+    stop_timeout = 20.0
 
     def __init__(self, config_text, workdir, workers=1, log_format=None, extra_args=()):
-        self.workdir = Path(workdir)
-        self.config_path = self.workdir / f"gateway-{id(self)}.yaml"
+        self.config_path = Path(workdir) / f"gateway-{id(self)}.yaml"
         self.write_config(config_text)
-        argv = [WEFT_BIN, "gateway", "-c", str(self.config_path), "--listen", "127.0.0.1:0",
+        argv = [WEFT_BIN, "gateway", "-c", self.config_path, "--listen", "127.0.0.1:0",
                 "--admin", "127.0.0.1:0"]
         if workers is not None:
             argv += ["--workers", str(workers)]
         if log_format:
             argv += ["--log-format", log_format]
-        argv += list(extra_args)
-        self.stderr_path = self.workdir / f"gateway-stderr-{id(self)}.log"
-        self._errf = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._errf, env=sanitizer_env())
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + START_TIMEOUT
-        addrs = {}
-        while time.monotonic() < deadline:
-            addrs = listen_addrs(self.stderr)
-            if "gateway" in addrs and "gateway-admin" in addrs:
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weft gateway exited early ({self.proc.returncode}):\n"
-                                   f"{self.stderr}")
-            time.sleep(0.02)
-        else:
-            self.kill()
-            raise RuntimeError(f"no listening lines within {START_TIMEOUT}s:\n{self.stderr}")
-        self.port = addrs["gateway"][1]
-        self.admin_port = addrs["gateway-admin"][1]
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weft gateway exited early ({self.proc.returncode}):\n"
-                                   f"{self.stderr}")
-            try:
-                if self.admin_get("/health", timeout=1.0).status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.02)
-        else:
-            self.kill()
-            raise RuntimeError(f"admin /health not served within {START_TIMEOUT}s:\n"
-                               f"{self.stderr}")
+        super().__init__([*argv, *extra_args], workdir, "gateway", also=("gateway-admin",))
+
+    @property
+    def admin_port(self):
+        return self.port_of("gateway-admin")
+
+    def ready(self):
+        return self.admin_get("/health", timeout=1.0).status == 200
 
     # -- config ----------------------------------------------------------
     def write_config(self, text):
@@ -728,13 +668,6 @@ class Gateway:
         raise AssertionError(f"no endpoint {addr} in cluster {cluster}")
 
     # -- process ---------------------------------------------------------
-    @property
-    def stderr(self):
-        try:
-            return self.stderr_path.read_bytes().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
     def json_lines(self, msg=None):
         out = []
         for line in self.stderr.splitlines():
@@ -747,42 +680,6 @@ class Gateway:
             if msg is None or o.get("msg") == msg:
                 out.append(o)
         return out
-
-    def send_signal(self, sig):
-        if self.proc.poll() is None:
-            os.kill(self.pid, sig)
-
-    def stop(self, timeout=20.0):
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"weft gateway did not exit within {timeout}s of SIGTERM:\n"
-                                 f"{self.stderr[-4000:]}")
-        self._errf.close()
-        return rc
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self._errf.close()
-
-    def sanitizer_report(self):
-        err = self.stderr
-        return err if any(m in err for m in SANITIZER_MARKERS) else None
-
-    def check_clean_exit(self):
-        rc = self.stop()
-        rep = self.sanitizer_report()
-        assert rep is None, f"sanitizer report in weft gateway stderr:\n{rep[-6000:]}"
-        assert rc == 0, f"weft gateway exited with {rc}:\n{self.stderr[-4000:]}"
 
 
 class _GatewayFactory:
@@ -797,16 +694,7 @@ class _GatewayFactory:
         return g
 
     def teardown(self):
-        errors = []
-        for g in self.started:
-            try:
-                g.check_clean_exit()
-            except AssertionError as e:
-                errors.append(str(e))
-            finally:
-                g.kill()
-        if errors:
-            pytest.fail("\n\n".join(errors), pytrace=False)
+        stop_all(self.started)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from svcutil import LISTEN_RE, WEFT_BIN, Proc
+from svcutil import WEFT_BIN, Proc
 
 
 class Log(Proc):
@@ -18,15 +18,10 @@ class Log(Proc):
         self.data = Path(data or Path(workdir) / "data")
         more = ["--http", "127.0.0.1:0"] if http else []
         super().__init__([WEFT_BIN, "log", "--listen", f"127.0.0.1:{port}", "--data", self.data,
-                          *more, *extra], workdir, "log", name=name)
+                          *more, *extra], workdir, "log", name=name,
+                         also=("streams",) if http else ())
         self.bootstrap = f"127.0.0.1:{self.port}"
-        self.http_port = None
-        for m in LISTEN_RE.finditer(self.text()):
-            if m.group(1) == "streams":
-                self.http_port = int(m.group(3))
-        if http and self.http_port is None:
-            self.kill()
-            raise RuntimeError(f"no streams listener:\n{self.text()}")
+        self.http_port = self.port_of("streams") if http else None
         self.url = f"http://127.0.0.1:{self.http_port}" if http else None
 
 

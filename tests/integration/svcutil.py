@@ -1,23 +1,70 @@
 """Start, talk to and stop the real processes of a Weft system: weft
 registry, the example services built on the SDK (examples/services), weft
-gateway. Every wait is bounded; stop() fails the test on a sanitizer report
-or an unclean exit."""
+gateway, weft hello, weft log. Proc is the one launcher the other helpers
+(weftutil.Weft, gwutil.Gateway, kafkautil.Log, Registry) build on. Every
+wait is bounded; stop() fails the test on a sanitizer report or an unclean
+exit."""
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from signal import SIGTERM
 
-from gwutil import wait_until  # noqa: F401  (re-exported for the tests)
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 WEFT_BIN = os.environ.get("WEFT_BIN", str(REPO / "build" / "asan" / "weft"))
 BIN_DIR = Path(WEFT_BIN).resolve().parent
 
 LISTEN_RE = re.compile(r"msg=listening (?:.*?)service=(\S+) (?:.*?)addr=(\S+):(\d+)")
+# in a process's stderr, any of these fails stop(): every sanitizer's report
+# ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ...) and UBSan's
+SANITIZER_MARKERS = ("Sanitizer", "runtime error:")
+
+
+def sanitizer_env():
+    env = dict(os.environ)
+    # abort_on_error=0 keeps the report on stderr and a non-zero exit code;
+    # detect_leaks stays on so a leak fails the exit-code check.
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+    return env
+
+
+def wait_until(pred, timeout=5.0, interval=0.02, what="condition"):
+    """Poll pred() until it returns a truthy value (returned) or time runs out
+    (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last={last!r})")
+
+
+def listening(text):
+    """(service, host, port) of every complete `listening` line (logfmt or
+    JSON) in a log, in order."""
+    out = []
+    for line in text[:text.rfind("\n") + 1].splitlines():
+        if line.startswith("{"):
+            try:
+                o = json.loads(line)
+            except ValueError:
+                continue
+            if o.get("msg") == "listening":
+                h, p = o["addr"].rsplit(":", 1)
+                out.append((o.get("service"), h, int(p)))
+        else:
+            m = LISTEN_RE.search(line)
+            if m:
+                out.append((m.group(1), m.group(2), int(m.group(3))))
+    return out
 
 
 def http(port, method, path, body=None, headers=None, timeout=5.0):
@@ -60,61 +107,137 @@ def get_json(port, path, headers=None, timeout=5.0):
     return st, (json.loads(b) if b else None)
 
 
-class Proc:
-    """A process that logs `msg=listening service=NAME addr=HOST:PORT`."""
+class Exited(RuntimeError):
+    """The process ended by itself before it was serving."""
 
-    def __init__(self, argv, workdir, service, name=None):
+
+class Proc:
+    """A running process that logs `msg=listening service=NAME addr=HOST:PORT`
+    (logfmt or JSON) for each listener, stderr in a file under workdir.
+
+    Started means: a listening line for `service` and for every name in
+    `also` (none needed when service is None: pass port), then ready(), all
+    within start_timeout seconds; else the process is killed and the error
+    (Exited if it ended by itself) carries its stderr. host, port, addr and
+    url are those of the first `service` line, port_of() any other's."""
+
+    start_timeout = 10.0
+    stop_timeout = 15.0
+
+    def __init__(self, argv, workdir, service, name=None, also=(), env=None, port=None):
         self.argv = [str(a) for a in argv]
         self.service = service
-        self.log = Path(workdir) / f"{name or service}-{time.monotonic_ns()}.log"
-        self._err = open(self.log, "wb")
-        env = dict(os.environ)
-        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        self.stderr_path = Path(workdir) / f"{name or service}-{time.monotonic_ns()}.log"
+        self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self._err, env=env)
+                                     stdout=subprocess.DEVNULL, stderr=self._err,
+                                     env={**sanitizer_env(), **(env or {})})
         self.pid = self.proc.pid
-        self.port = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self.port is None:
-            for m in LISTEN_RE.finditer(self.text()):
-                if m.group(1) == service:
-                    self.port = int(m.group(3))
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[0]} exited early ({self.proc.returncode}):\n"
+        self.listening = []
+        deadline = time.monotonic() + self.start_timeout
+        want = {service, *also} - {None}
+
+        def listed():
+            self.listening = listening(self.text())
+            return want <= {s for s, _, _ in self.listening}
+        self._until(deadline, listed, "listening")
+        self.host, self.port = ("127.0.0.1", port) if service is None else next(
+            (h, p) for s, h, p in self.listening if s == service)
+        assert self.port, "port unknown"
+        self.addr = f"{self.host}:{self.port}"
+        self.url = f"http://{self.addr}"
+        self._until(deadline, self.ready, "serving")
+
+    def _until(self, deadline, cond, what):
+        while True:
+            try:
+                if cond():
+                    return
+            except OSError:  # not accepting yet (requests' errors are OSErrors too)
+                pass
+            if not self.alive():
+                self.kill()
+                raise Exited(f"{self.argv[0]} exited early ({self.proc.returncode}):\n"
+                             f"{self.text()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.argv} not {what} within {self.start_timeout}s:\n"
                                    f"{self.text()}")
             time.sleep(0.02)
-        if self.port is None:
-            self.kill()
-            raise RuntimeError(f"{self.argv} did not start:\n{self.text()}")
-        self.addr = f"127.0.0.1:{self.port}"
+
+    def ready(self):
+        """Serving (checked once the listening lines are in): override."""
+        return True
+
+    def port_of(self, service):
+        return next(p for s, _, p in self.listening if s == service)
 
     def text(self):
-        return self.log.read_text(errors="replace")
+        try:
+            return self.stderr_path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    stderr = property(text)
 
     def alive(self):
         return self.proc.poll() is None
 
     def signal(self, sig):
-        self.proc.send_signal(sig)
+        self.proc.send_signal(sig)  # a no-op once it has exited
+
+    send_signal = signal
+
+    def wait(self, timeout):
+        """The exit code, or None if still running after timeout seconds."""
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._err.close()
+        return rc
 
     def kill(self):
         if self.alive():
             self.proc.kill()
-        self.proc.wait(timeout=10)
+        self.wait(10)
         self._err.close()
 
-    def stop(self, timeout=15):
-        """SIGTERM, expect exit 0 and no sanitizer report."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=timeout)
-        self._err.close()
+    def sanitizer_report(self):
         text = self.text()
-        for marker in ("Sanitizer", "runtime error:"):
-            assert marker not in text, f"{self.argv[0]}: {marker}\n{text[-4000:]}"
-        assert rc == 0, f"{self.argv} exited {rc}:\n{text[-3000:]}"
+        return text if any(m in text for m in SANITIZER_MARKERS) else None
+
+    def stop(self, timeout=None, sig=SIGTERM):
+        """Signal (if still running) and wait: the exit code, which must be 0,
+        with no sanitizer report in stderr. Killed, and the test failed, if
+        it has not exited within timeout (default stop_timeout) seconds."""
+        timeout = timeout or self.stop_timeout
+        what = f"{Path(self.argv[0]).name} ({self.service or self.argv[1]})"
+        self.signal(sig)
+        rc = self.wait(timeout)
+        if rc is None:
+            self.kill()
+            raise AssertionError(f"{what} did not exit within {timeout}s of {sig!r}:\n"
+                                 f"{self.text()[-4000:]}")
+        rep = self.sanitizer_report()
+        assert rep is None, f"sanitizer report in {what} stderr:\n{rep[-6000:]}"
+        assert rc == 0, f"{what} exited with {rc}:\n{self.text()[-4000:]}"
         return rc
+
+
+def stop_all(procs, timeout=None):
+    """Fixture teardown: stop every process (each must exit 0 without a
+    sanitizer report, see Proc.stop) and fail once, naming all that did not."""
+    errors = []
+    for p in procs:
+        try:
+            p.stop(timeout)
+        except AssertionError as e:  # report every process, not just the first
+            errors.append(str(e))
+        finally:
+            p.kill()
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
 
 
 def registry(workdir, *extra):
@@ -144,19 +267,21 @@ def metric(port, name, **labels):
 
 
 class Registry(Proc):
-    """A running `weft registry` (extra flags such as --data DIR), served
-    once /health answers."""
+    """A running `weft registry` (extra flags such as --data DIR; config:
+    YAML text for -c), served once /health answers."""
 
-    def __init__(self, workdir, *extra, port=0):
+    start_timeout = 20.0
+
+    def __init__(self, workdir, *extra, port=0, config=None, **kw):
+        if config is not None:
+            cfg = Path(workdir) / f"registry-{time.monotonic_ns()}.yaml"
+            cfg.write_text(config)
+            extra = ("-c", cfg, *extra)
         super().__init__([WEFT_BIN, "registry", "--listen", f"127.0.0.1:{port}", *extra],
-                         workdir, "registry")
-        wait_until(lambda: self._healthy(), timeout=10, what="registry serving")
+                         workdir, "registry", **kw)
 
-    def _healthy(self):
-        try:
-            return http(self.port, "GET", "/health", timeout=1)[0] == 200
-        except OSError:
-            return False
+    def ready(self):
+        return http(self.port, "GET", "/health", timeout=1)[0] == 200
 
     def req(self, method, path, body=None):
         """(status, parsed JSON body or None)."""

@@ -163,7 +163,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_json_log_format(weft):
-    w = weft("--log-format", "json", json_log=True)
+    w = weft("--log-format", "json")
     first = w.stderr.splitlines()[0]
     o = json.loads(first)
     assert o["msg"] == "listening"

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ import requests
 
 from kafkautil import Log
 from svcutil import wait_until
+from weftutil import SSE
 
 
 @pytest.fixture
@@ -267,111 +267,50 @@ def test_category_and_all_in_global_order(log):
 # ---- subscriptions ----
 
 
-class SSE:
-    """A raw-socket server-sent-event client (chunked body)."""
-
-    def __init__(self, port, path, headers=None, rcvbuf=None):
-        self.s = socket.socket()
-        if rcvbuf:
-            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.s.connect(("127.0.0.1", port))
-        self.s.settimeout(10)
-        h = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n{h}\r\n".encode())
-        self.raw = b""
-        while b"\r\n\r\n" not in self.raw:
-            self._recv()
-        head, _, self.raw = self.raw.partition(b"\r\n\r\n")
-        self.status = int(head.split()[1])
-        self.head = head.decode("latin-1").lower()
-        self.text = ""
-
-    def _recv(self):
-        d = self.s.recv(65536)
-        if not d:
-            raise EOFError
-        self.raw += d
-
-    def _dechunk(self):
-        while True:
-            size, sep, rest = self.raw.partition(b"\r\n")
-            if not sep:
-                return
-            n = int(size, 16)
-            if n == 0:
-                raise EOFError
-            if len(rest) < n + 2:
-                return
-            self.text += rest[:n].decode()
-            self.raw = rest[n + 2:]
-
-    def events(self, n, timeout=10):
-        """The next n events: [(id, data dict)]; comments are skipped."""
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            self._dechunk()
-            while "\n\n" in self.text and len(out) < n:
-                block, _, self.text = self.text.partition("\n\n")
-                fields = dict(ln.split(": ", 1) for ln in block.split("\n")
-                              if ln and not ln.startswith(":"))
-                if "data" in fields:
-                    out.append((int(fields["id"]), json.loads(fields["data"])))
-            if len(out) < n:
-                self.s.settimeout(max(0.05, deadline - time.monotonic()))
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(out)} of {n} events")
-                self._recv()
-        return out
-
-    def close(self):
-        self.s.close()
-
-
 def test_subscribe_catch_up_then_live_and_resume(log):
     for i in range(5):
         append(log, "order-1", [ev(f"o{i}")])
     append(log, "cart-1", [ev("c0"), ev("c1"), ev("c2")])
     sub = SSE(log.http_port, "/subscribe/all?from=0")
     assert sub.status == 200 and "text/event-stream" in sub.head
-    got = sub.events(8)
+    got = sub.pairs(8)
     assert [i for i, _ in got] == list(range(8))
     assert [d["position"] for _, d in got] == list(range(8))
     assert [d["id"] for _, d in got][-3:] == ["c0", "c1", "c2"]
     # live
     append(log, "order-1", [ev("o5"), ev("o6")])
-    got = sub.events(2)
+    got = sub.pairs(2)
     assert [i for i, _ in got] == [8, 9] and got[1][1]["id"] == "o6"
     sub.close()
     # events while disconnected, then resume with Last-Event-ID (wins over from)
     append(log, "cart-1", [ev("c3")])
     sub = SSE(log.http_port, "/subscribe/all?from=0", headers={"Last-Event-ID": "9"})
     append(log, "order-1", [ev("o7")])
-    got = sub.events(2)
+    got = sub.pairs(2)
     assert [i for i, _ in got] == [10, 11]
     assert [d["id"] for _, d in got] == ["c3", "o7"]
     sub.close()
 
     # a category: ids are positions
     sub = SSE(log.http_port, "/subscribe/categories/cart?from=6")
-    got = sub.events(2)
+    got = sub.pairs(2)
     assert [i for i, _ in got] == [6, 7]
     assert [d["id"] for _, d in got] == ["c1", "c2"]
     append(log, "cart-2", [ev("x")])
     append(log, "order-9", [ev("y")])
     append(log, "cart-1", [ev("c4")])
-    got = sub.events(3)
+    got = sub.pairs(3)
     assert [d["id"] for _, d in got] == ["c3", "x", "c4"]
     sub.close()
 
     # a stream: ids are versions; a stream that does not exist yet
     sub = SSE(log.http_port, "/subscribe/streams/order-1?from=6")
-    got = sub.events(2)
+    got = sub.pairs(2)
     assert [(i, d["version"], d["id"]) for i, d in got] == [(6, 6, "o6"), (7, 7, "o7")]
     sub.close()
     sub = SSE(log.http_port, "/subscribe/streams/later-1")
     append(log, "later-1", [ev("l0"), ev("l1")])
-    assert [i for i, _ in sub.events(2)] == [0, 1]
+    assert [i for i, _ in sub.pairs(2)] == [0, 1]
     assert metric_value(log, "weft_log_streams_subscribers") == 1
     sub.close()
     wait_until(lambda: metric_value(log, "weft_log_streams_subscribers") == 0, timeout=5)
@@ -404,7 +343,7 @@ def test_slow_subscriber_is_paced_by_its_socket(log):
     assert rss_kb(log.pid) - stalled < 4096, "memory still growing with a stalled subscriber"
     assert stalled - base < 24 * 1024, f"grew {stalled - base} kB for a 48 MB backlog"
     # then it reads everything, in order, without a gap
-    got = sub.events(total, timeout=120)
+    got = sub.pairs(total, timeout=120)
     assert [i for i, _ in got] == list(range(total))
     sub.close()
 
@@ -413,10 +352,10 @@ def test_drain_ends_subscriptions(tmp_path):
     lg = Log(tmp_path, http=True)
     append(lg, "a-1", [ev("1")])
     sub = SSE(lg.http_port, "/subscribe/all")
-    assert sub.events(1)[0][0] == 0
+    assert sub.pairs(1)[0][0] == 0
     lg.stop()
     with pytest.raises((EOFError, OSError)):
-        sub.events(1, timeout=3)
+        sub.pairs(1, timeout=3)
 
 
 # ---- the Kafka view ----

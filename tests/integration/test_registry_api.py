@@ -12,120 +12,24 @@ Every wait is bounded: sockets carry timeouts, polls have deadlines.
 """
 import http.client
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from weftutil import (SANITIZER_MARKERS, WEFT_BIN, Reader, Response, connect,
-                      parse_metrics, request_bytes, sanitizer_env)
+from svcutil import Registry, stop_all, wait_until
+from weftutil import LINGER_RST, SSE, Reader, connect, parse_metrics, request_bytes
 
-START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 HTTP_TIMEOUT = 5.0
-LISTEN_RE = re.compile(r"msg=listening service=registry addr=127\.0\.0\.1:(\d+)")
-LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}
 
 
 # ------------------------------------------------------------------ process
-
-class Registry:
-    """A running `weft registry --listen 127.0.0.1:0` process."""
-
-    def __init__(self, workdir, config=None, extra_args=()):
-        self.workdir = Path(workdir)
-        argv = [WEFT_BIN, "registry", "--listen", "127.0.0.1:0"]
-        if config is not None:
-            cfg = self.workdir / f"registry-{id(self)}.yaml"
-            cfg.write_text(config)
-            argv += ["-c", str(cfg)]
-        argv += list(extra_args)
-        self.stderr_path = self.workdir / f"registry-stderr-{id(self)}.log"
-        self._errf = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._errf, env=sanitizer_env())
-        self.pid = self.proc.pid
-        self.port = None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            m = LISTEN_RE.search(self.stderr)
-            if m:
-                self.port = int(m.group(1))
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weft registry exited early ({self.proc.returncode}):\n"
-                                   f"{self.stderr}")
-            time.sleep(0.02)
-        else:
-            self.kill()
-            raise RuntimeError(f"no listening line within {START_TIMEOUT}s:\n{self.stderr}")
-        # the listening line precedes the worker start: wait until served
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weft registry exited early:\n{self.stderr}")
-            time.sleep(0.02)
-        else:
-            self.kill()
-            raise RuntimeError(f"registry not serving within {START_TIMEOUT}s:\n{self.stderr}")
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def stderr(self):
-        try:
-            return self.stderr_path.read_bytes().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def sanitizer_report(self):
-        err = self.stderr
-        return err if any(m in err for m in SANITIZER_MARKERS) else None
-
-    def signal(self, sig):
-        if self.proc.poll() is None:
-            os.kill(self.pid, sig)
-
-    def wait(self, timeout):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self._errf.close()
-
-    def check_clean_exit(self):
-        """SIGTERM (if still running); exit 0 within 5 s; no sanitizer report."""
-        self.signal(signal.SIGTERM)
-        rc = self.wait(STOP_TIMEOUT)
-        if rc is None:
-            self.kill()
-            raise AssertionError(f"weft registry did not exit within {STOP_TIMEOUT}s of "
-                                 f"SIGTERM:\n{self.stderr[-4000:]}")
-        rep = self.sanitizer_report()
-        assert rep is None, f"sanitizer report in weft registry stderr:\n{rep[-6000:]}"
-        assert rc == 0, f"weft registry exited with {rc}:\n{self.stderr[-4000:]}"
-
 
 @pytest.fixture
 def registry(tmp_path):
@@ -134,21 +38,12 @@ def registry(tmp_path):
     started = []
 
     def start(config=None, extra_args=()):
-        r = Registry(tmp_path, config=config, extra_args=extra_args)
+        r = Registry(tmp_path, *extra_args, config=config)
         started.append(r)
         return r
 
     yield start
-    errors = []
-    for r in started:
-        try:
-            r.check_clean_exit()
-        except AssertionError as e:
-            errors.append(str(e))
-        finally:
-            r.kill()
-    if errors:
-        pytest.fail("\n\n".join(errors), pytrace=False)
+    stop_all(started, STOP_TIMEOUT)
 
 
 @pytest.fixture
@@ -181,17 +76,6 @@ def status_json(reg):
     r = api(reg, "GET", "/v1/status")
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def wait_until(pred, timeout, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_waiters(reg, n, timeout=3.0):
@@ -253,117 +137,6 @@ def pipelined(port, reqs, timeout=10.0):
 def put_bytes(svc, iid, body):
     return request_bytes("PUT", inst_path(svc, iid), [("Content-Type", "application/json")],
                          json.dumps(body).encode())
-
-
-class SSE:
-    """A raw-socket server-sent-event client for GET /v1/watch."""
-
-    def __init__(self, port, target, timeout=10.0, rcvbuf=None):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        s.settimeout(timeout)
-        s.connect(("127.0.0.1", port))
-        self.sock = s
-        s.sendall(request_bytes("GET", target))
-        self.rd = Reader(s)
-        version, status, reason, headers, raw = self.rd.read_head()
-        self.resp = Response(version, status, reason, headers, b"", raw)
-        self.status = status
-        self.text = bytearray()
-        self.comments = []
-        self.ended = False  # terminal chunk seen
-        self.chunked = (self.resp.header("Transfer-Encoding") or "").lower() == "chunked"
-        if status != 200:
-            cl = self.resp.header("Content-Length")
-            self.resp.body = self.rd.read_exact(int(cl)) if cl else self.rd.read_to_eof()
-            self.ended = True
-
-    def settimeout(self, t):
-        self.sock.settimeout(t)
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def reset(self):
-        """Close with an RST (SO_LINGER 0): the server sees the error at once."""
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-            self.sock.close()
-        except OSError:
-            pass
-
-    def _more(self):
-        if self.ended:
-            return False
-        if self.chunked:
-            line = self.rd.read_until(b"\r\n")
-            size = int(line.split(b";")[0].strip(), 16)
-            if size == 0:
-                while self.rd.read_until(b"\r\n") != b"\r\n":
-                    pass
-                self.ended = True
-                return False
-            self.text += self.rd.read_exact(size)
-            assert self.rd.read_exact(2) == b"\r\n"
-            return True
-        if not self.rd.buf and not self.rd._fill():
-            self.ended = True
-            return False
-        self.text += self.rd.buf
-        self.rd.buf.clear()
-        return True
-
-    def next_block(self):
-        while True:
-            i = self.text.find(b"\n\n")
-            if i >= 0:
-                blk = bytes(self.text[:i])
-                del self.text[:i + 2]
-                return blk.decode()
-            if not self._more():
-                assert not self.text, f"stream ended inside an event: {bytes(self.text)[:200]!r}"
-                return None
-
-    def next_event(self):
-        """The next event as a dict (id, event, data, json), or None at end."""
-        while True:
-            blk = self.next_block()
-            if blk is None:
-                return None
-            ev = {}
-            for line in blk.split("\n"):
-                if line.startswith(":"):
-                    self.comments.append(line)
-                    continue
-                k, _, v = line.partition(":")
-                v = v[1:] if v.startswith(" ") else v
-                if k == "data" and "data" in ev:
-                    ev["data"] += "\n" + v
-                else:
-                    ev[k] = v
-            if not ev:
-                continue  # comment-only block (greeting, ping)
-            if "id" in ev:
-                ev["id"] = int(ev["id"])
-            if "data" in ev:
-                ev["json"] = json.loads(ev["data"])
-            return ev
-
-    def events(self, n):
-        out = []
-        for _ in range(n):
-            ev = self.next_event()
-            assert ev is not None, f"stream ended after {len(out)} of {n} events"
-            out.append(ev)
-        return out
-
-    def read_greeting(self):
-        blk = self.next_block()
-        assert blk == ": weft registry watch", blk
 
 
 # ------------------------------------------------------------------ register / get / list

@@ -18,10 +18,8 @@ without a sanitizer report.
 """
 import collections
 import ipaddress
-import os
 import random
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -32,12 +30,10 @@ import pytest
 import requests
 
 from gwutil import gateway, origins, origin_of, wait_until  # noqa: F401
-from weftutil import SANITIZER_MARKERS, WEFT_BIN, free_port, sanitizer_env, stop_process
+from svcutil import Exited, Registry
+from weftutil import free_port, stop_process
 
-START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
-HTTP_RE = re.compile(r"msg=listening service=registry addr=127\.0\.0\.1:(\d+)")
-DNS_RE = re.compile(r"msg=listening service=registry-dns addr=127\.0\.0\.1:(\d+)")
 
 ZONE = "service.weft"
 T_A, T_NS, T_SOA, T_MX, T_TXT, T_AAAA, T_SRV, T_OPT = 1, 2, 6, 15, 16, 28, 33, 41
@@ -288,76 +284,37 @@ def addr_set(d, section="ANSWER", rtype=None):
 
 # ====================================================================== registry
 
-class DnsRegistry:
-    """A running `weft registry --listen 127.0.0.1:0 --dns 127.0.0.1:PORT`."""
+class DnsRegistry(Registry):
+    """A running `weft registry --listen 127.0.0.1:0 --dns 127.0.0.1:PORT`,
+    started once both interfaces answer. put/delete/set_status here take the
+    DNS tests' shorthand (service "web", checked for 200)."""
 
-    def __init__(self, workdir):
-        self.workdir = Path(workdir)
-        last = ""
+    start_timeout = 15.0
+
+    def __init__(self, workdir, dns_port):
+        self.dns_port = dns_port
+        super().__init__(workdir, "--dns", f"127.0.0.1:{dns_port}", also=("registry-dns",))
+
+    @classmethod
+    def start(cls, workdir):
+        """On a free port, trying another if it was taken in between."""
         for _attempt in range(5):
-            self.dns_port = free_udp_tcp_port()
-            if self._start():
-                return
-            last = self.stderr
-            self.kill()
-        raise RuntimeError(f"weft registry with --dns did not start:\n{last}")
-
-    def _start(self):
-        argv = [WEFT_BIN, "registry", "--listen", "127.0.0.1:0", "--dns",
-                f"127.0.0.1:{self.dns_port}"]
-        self.stderr_path = self.workdir / f"registry-dns-{time.monotonic_ns()}.log"
-        self._errf = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._errf, env=sanitizer_env())
-        self.pid = self.proc.pid
-        self.port = None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            err = self.stderr
-            h, d = HTTP_RE.search(err), DNS_RE.search(err)
-            if h and d:
-                self.port = int(h.group(1))
-                assert int(d.group(1)) == self.dns_port, err
-                break
-            if self.proc.poll() is not None:
-                return False  # e.g. the port was taken in between: try another
-            time.sleep(0.02)
-        else:
-            self.kill()
-            raise RuntimeError(f"no listening lines within {START_TIMEOUT}s:\n{self.stderr}")
-        # the listening lines precede the worker start: wait until both serve
-        while time.monotonic() < deadline:
             try:
-                if requests.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                return False
-            time.sleep(0.02)
-        else:
-            self.kill()
-            raise RuntimeError(f"HTTP not serving within {START_TIMEOUT}s:\n{self.stderr}")
-        while time.monotonic() < deadline:
-            if udp_exchange(self.dns_port, build_query(f"ready.{ZONE}", T_A), 0.2):
-                return True
-            if self.proc.poll() is not None:
-                return False
-        self.kill()
-        raise RuntimeError(f"DNS not answering within {START_TIMEOUT}s:\n{self.stderr}")
+                return cls(workdir, free_udp_tcp_port())
+            except Exited as e:
+                last = e
+        raise RuntimeError(f"weft registry with --dns did not start: {last}")
 
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def stderr(self):
-        try:
-            return self.stderr_path.read_bytes().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+    def ready(self):
+        assert self.port_of("registry-dns") == self.dns_port, self.text()
+        return super().ready() and udp_exchange(self.dns_port,
+                                                build_query(f"ready.{ZONE}", T_A), 0.2)
 
     # -- API -------------------------------------------------------------
+    def _ok(self, method, path, body=None):
+        st, d = self.req(method, f"/v1/services/{path}", body)
+        assert st == 200, (st, d)
+
     def put(self, iid, address, port=8080, service="web", tags=(), weight=None, ttl=None):
         body = {"address": address, "port": port}
         if tags:
@@ -366,53 +323,20 @@ class DnsRegistry:
             body["weight"] = weight
         if ttl is not None:
             body["ttl"] = ttl
-        r = requests.put(f"{self.url}/v1/services/{service}/instances/{iid}", json=body,
-                         timeout=5)
-        assert r.status_code == 200, (r.status_code, r.text)
+        self._ok("PUT", f"{service}/instances/{iid}", body)
 
     def delete(self, iid, service="web"):
-        r = requests.delete(f"{self.url}/v1/services/{service}/instances/{iid}", timeout=5)
-        assert r.status_code == 200, (r.status_code, r.text)
+        self._ok("DELETE", f"{service}/instances/{iid}")
 
     def set_status(self, iid, status, service="web"):
-        r = requests.put(f"{self.url}/v1/services/{service}/instances/{iid}/status",
-                         json={"status": status}, timeout=5)
-        assert r.status_code == 200, (r.status_code, r.text)
-
-    # -- process ---------------------------------------------------------
-    def alive(self):
-        return self.proc.poll() is None
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self._errf.close()
-
-    def check_clean_exit(self):
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"weft registry did not exit within {STOP_TIMEOUT}s of "
-                                 f"SIGTERM:\n{self.stderr[-4000:]}")
-        self._errf.close()
-        err = self.stderr
-        assert not any(m in err for m in SANITIZER_MARKERS), \
-            f"sanitizer report in weft registry stderr:\n{err[-6000:]}"
-        assert rc == 0, f"weft registry exited with {rc}:\n{err[-4000:]}"
+        self._ok("PUT", f"{service}/instances/{iid}/status", {"status": status})
 
 
 @pytest.fixture
 def reg(tmp_path):
-    r = DnsRegistry(tmp_path)
+    r = DnsRegistry.start(tmp_path)
     yield r
-    r.check_clean_exit()
+    r.stop(STOP_TIMEOUT)
 
 
 def web3(reg):

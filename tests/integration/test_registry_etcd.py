@@ -23,8 +23,8 @@ import urllib.request
 import pytest
 import requests
 
-from gwutil import wait_until
-from weftutil import SANITIZER_MARKERS, WEFT_BIN, free_port, sanitizer_env
+from svcutil import WEFT_BIN, Registry, wait_until
+from weftutil import free_port, sanitizer_env
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -105,36 +105,23 @@ class Etcd:
                     p.wait(timeout=5)
 
 
-class Node:
-    """A `weft registry --store etcd://...` process."""
+class Node(Registry):
+    """A `weft registry --store etcd://...` process, started once the first
+    listing from etcd is in. req answers (status, JSON, headers) on a
+    keep-alive session."""
+
+    start_timeout = 25.0
+    stop_timeout = 20.0
 
     def __init__(self, tmp_path, store=None, config=None):
-        self.errpath = tmp_path / f"registry-{time.monotonic_ns()}.log"
-        self.err = open(self.errpath, "w")
-        argv = [WEFT_BIN, "registry", "--listen", "127.0.0.1:0"]
-        if store:
-            argv += ["--store", store]
-        if config:
-            cp = tmp_path / f"registry-{time.monotonic_ns()}.yaml"
-            cp.write_text(config)
-            argv += ["-c", str(cp)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.err,
-                                     env=sanitizer_env())
-
-        def listening():
-            for line in open(self.errpath):
-                if "msg=listening" in line and "service=registry" in line:
-                    return int(line.split("addr=")[1].split()[0].rsplit(":", 1)[1])
-            assert self.proc.poll() is None, open(self.errpath).read()
-            return None
-        self.port = wait_until(listening, 10, what="the registry to listen")
-        self.base = f"http://127.0.0.1:{self.port}"
         self.http = requests.Session()
-        # ready once the first listing from etcd is in
-        wait_until(lambda: self.get("/v1/status")[0] == 200, 15, what="the etcd listing")
+        super().__init__(tmp_path, *(["--store", store] if store else []), config=config)
+
+    def ready(self):
+        return self.get("/v1/status")[0] == 200
 
     def req(self, method, path, body=None, timeout=20):
-        r = self.http.request(method, self.base + path,
+        r = self.http.request(method, self.url + path,
                               data=json.dumps(body) if body is not None else None,
                               timeout=timeout)
         return r.status_code, (r.json() if r.content else None), r.headers
@@ -148,17 +135,9 @@ class Node:
         assert st == 200, d
         return {x["id"] for x in d["instances"]}
 
-    def log(self):
-        return open(self.errpath).read()
-
-    def stop(self):
+    def stop(self, timeout=None):
         self.http.close()
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=20)
-        self.err.close()
-        text = self.log()
-        assert not any(m in text for m in SANITIZER_MARKERS), text[-4000:]
-        return rc
+        return super().stop(timeout)
 
 
 def inst(i, ttl=None):
@@ -371,7 +350,7 @@ def test_compacted_watch_relists(cluster, tmp_path):
             b.proc.send_signal(signal.SIGCONT)
         want = {"old3", "old4", "new0", "new1", "new2", "new3"}
         wait_until(lambda: b.ids("rl") == want, 10, what="B re-listed")
-        assert "re-listing" in b.log()
+        assert "re-listing" in b.text()
         read_sse_until(sse, b"event: relist", 5)
         sse.close()
     finally:
@@ -408,7 +387,7 @@ def test_etcd_member_killed_during_heartbeat_load(tmp_path):
                 i = (t + k * threads) % ninst
                 try:
                     t0 = time.monotonic()
-                    r = s.put(f"{node.base}/v1/services/hb/instances/h{i}/heartbeat", timeout=30)
+                    r = s.put(f"{node.url}/v1/services/hb/instances/h{i}/heartbeat", timeout=30)
                     slowest[0] = max(slowest[0], time.monotonic() - t0)
                     if r.status_code != 200:
                         bad.append((t, k, r.status_code, r.text))
@@ -437,7 +416,7 @@ def test_etcd_member_killed_during_heartbeat_load(tmp_path):
         # watch moved to a live member)
         assert b.req("PUT", "/v1/services/hb/instances/after", inst(99, ttl="5s"))[0] == 200
         wait_until(lambda: "after" in a.ids("hb"), 3, what="the new registration on A")
-        assert "etcd endpoint failed" in a.log() + b.log()
+        assert "etcd endpoint failed" in a.text() + b.text()
     finally:
         for n in nodes:
             if n.proc.poll() is None:

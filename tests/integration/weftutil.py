@@ -1,11 +1,10 @@
 """Shared helpers for the weft integration tests: starting the real binary,
-raw-socket HTTP/1.1 exchange and Prometheus text parsing.
+raw-socket HTTP/1.1 exchange, server-sent events and Prometheus text parsing.
 
 Everything here is bounded in time: sockets carry timeouts and every wait
 has a deadline.
 """
 import json
-import os
 import re
 import signal
 import socket
@@ -13,24 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-WEFT_BIN = os.environ.get("WEFT_BIN", str(REPO / "build" / "asan" / "weft"))
-
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
-                     "WARNING: ThreadSanitizer")
-
-LISTEN_RE_TEXT = re.compile(r"msg=listening .*?addr=(\S+):(\d+)")
-
-DEFAULT_TIMEOUT = 10.0
-
-
-def sanitizer_env():
-    env = dict(os.environ)
-    # abort_on_error=0 keeps the report on stderr and a non-zero exit code;
-    # detect_leaks stays on so a leak fails the exit-code check.
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
-    return env
+from svcutil import WEFT_BIN, Proc, sanitizer_env
 
 
 def run_weft(*args, timeout=20, env=None):
@@ -47,82 +29,23 @@ def free_port():
     return port
 
 
-class Weft:
-    """A running `weft hello` process."""
+class Weft(Proc):
+    """A running `weft hello` process (see svcutil.Proc); addresses: every
+    listener's (host, port)."""
 
-    def __init__(self, args, workdir, expect_listen_line=True, port=None, json_log=False,
-                 extra_env=None):
-        self.args = list(args)
-        self.workdir = Path(workdir)
-        self.stderr_path = self.workdir / f"weft-stderr-{os.getpid()}-{id(self)}.log"
-        self._errf = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([WEFT_BIN, "hello", *self.args], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self._errf,
-                                     env={**sanitizer_env(), **(extra_env or {})})
-        self.pid = self.proc.pid
-        self.host = "127.0.0.1"
-        self.port = port
-        self.returncode = None
-        self.addresses = []
-        deadline = time.monotonic() + DEFAULT_TIMEOUT
-        if expect_listen_line:
-            while time.monotonic() < deadline:
-                self.addresses = self._listen_addrs(json_log)
-                if self.addresses:
-                    break
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"weft exited early ({self.proc.returncode}):\n"
-                                       f"{self.stderr}")
-                time.sleep(0.02)
-            else:
-                self.kill()
-                raise RuntimeError(f"no listening line within {DEFAULT_TIMEOUT}s:\n{self.stderr}")
-            self.host, self.port = self.addresses[0]
-        assert self.port, "port unknown"
+    stop_timeout = 20.0
+
+    def __init__(self, args, workdir, expect_listen_line=True, port=None, extra_env=None):
+        super().__init__([WEFT_BIN, "hello", *args], workdir,
+                         "hello" if expect_listen_line else None, name="weft", env=extra_env,
+                         port=port)
+        self.addresses = [(h, p) for s, h, p in self.listening if s == "hello"]
+
+    def ready(self):
         # The listening line is logged before the workers (and the signal
         # mask) are set up: wait until a request is actually served so a
         # signal sent by a test is handled by the runtime, not by default.
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weft exited early ({self.proc.returncode}):\n{self.stderr}")
-            try:
-                st, _, _ = simple_request(self.port, "GET", "/health", timeout=1.0)
-                if st == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.02)
-        else:
-            self.kill()
-            raise RuntimeError(f"weft not serving within {DEFAULT_TIMEOUT}s:\n{self.stderr}")
-
-    def _listen_addrs(self, json_log):
-        out = []
-        for line in self.stderr.splitlines():
-            if json_log:
-                try:
-                    o = json.loads(line)
-                except ValueError:
-                    continue
-                if o.get("msg") == "listening":
-                    h, p = o["addr"].rsplit(":", 1)
-                    out.append((h, int(p)))
-            else:
-                m = LISTEN_RE_TEXT.search(line)
-                if m:
-                    out.append((m.group(1), int(m.group(2))))
-        return out
-
-    @property
-    def url(self):
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def stderr(self):
-        try:
-            return self.stderr_path.read_bytes().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return simple_request(self.port, "GET", "/health", timeout=1.0)[0] == 200
 
     def rss_kib(self):
         """VmRSS of the server in KiB (None once it has exited)."""
@@ -134,53 +57,6 @@ class Weft:
         except (FileNotFoundError, ProcessLookupError):
             return None
         return None
-
-    def send_signal(self, sig):
-        if self.proc.poll() is None:
-            os.kill(self.pid, sig)
-
-    def wait(self, timeout):
-        try:
-            self.returncode = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        self._errf.close()
-        return self.returncode
-
-    def stop(self, sig=signal.SIGTERM, timeout=20.0):
-        """Signal and wait; returns the exit code (kills and fails on hang)."""
-        if self.proc.poll() is None:
-            os.kill(self.pid, sig)
-        rc = self.wait(timeout)
-        if rc is None:
-            self.kill()
-            raise AssertionError(f"weft did not exit within {timeout}s after {sig!r}:\n"
-                                 f"{self.stderr[-4000:]}")
-        return rc
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self._errf.close()
-
-    def sanitizer_report(self):
-        err = self.stderr
-        for m in SANITIZER_MARKERS:
-            if m in err:
-                return err
-        return None
-
-    def check_clean_exit(self, timeout=20.0):
-        if self.proc.poll() is None:
-            self.stop(timeout=timeout)
-        rc = self.proc.returncode
-        rep = self.sanitizer_report()
-        assert rep is None, f"sanitizer report in weft stderr:\n{rep[-6000:]}"
-        assert rc == 0, f"weft exited with {rc}:\n{self.stderr[-4000:]}"
 
 
 # ---------------------------------------------------------------- raw HTTP
@@ -374,6 +250,136 @@ def get(port, target, timeout=5.0):
         return Reader(s).read_response()
     finally:
         s.close()
+
+
+LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}
+
+
+class SSE:
+    """A raw-socket server-sent-event client: GET target (with extra
+    headers), then events as they come, chunked or not. status, resp (the
+    body read too when the status is not 200), head (lowercased)."""
+
+    def __init__(self, port, target, timeout=10.0, rcvbuf=None, headers=None):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(timeout)
+        s.connect(("127.0.0.1", port))
+        self.sock = s
+        s.sendall(request_bytes("GET", target, headers))
+        self.rd = Reader(s)
+        version, status, reason, hdrs, raw = self.rd.read_head()
+        self.resp = Response(version, status, reason, hdrs, b"", raw)
+        self.status = status
+        self.head = raw.decode("latin-1").lower()
+        self.text = bytearray()
+        self.comments = []
+        self.ended = False  # terminal chunk seen
+        self.chunked = (self.resp.header("Transfer-Encoding") or "").lower() == "chunked"
+        if status != 200:
+            cl = self.resp.header("Content-Length")
+            self.resp.body = self.rd.read_exact(int(cl)) if cl else self.rd.read_to_eof()
+            self.ended = True
+
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def reset(self):
+        """Close with an RST (SO_LINGER 0): the server sees the error at once."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _more(self):
+        if self.ended:
+            return False
+        if self.chunked:
+            line = self.rd.read_until(b"\r\n")
+            size = int(line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while self.rd.read_until(b"\r\n") != b"\r\n":
+                    pass
+                self.ended = True
+                return False
+            self.text += self.rd.read_exact(size)
+            assert self.rd.read_exact(2) == b"\r\n"
+            return True
+        if not self.rd.buf and not self.rd._fill():
+            self.ended = True
+            return False
+        self.text += self.rd.buf
+        self.rd.buf.clear()
+        return True
+
+    def next_block(self):
+        while True:
+            i = self.text.find(b"\n\n")
+            if i >= 0:
+                blk = bytes(self.text[:i])
+                del self.text[:i + 2]
+                return blk.decode()
+            if not self._more():
+                assert not self.text, f"stream ended inside an event: {bytes(self.text)[:200]!r}"
+                return None
+
+    def next_event(self):
+        """The next event as a dict (id, event, data, json), or None at end."""
+        while True:
+            blk = self.next_block()
+            if blk is None:
+                return None
+            ev = {}
+            for line in blk.split("\n"):
+                if line.startswith(":"):
+                    self.comments.append(line)
+                    continue
+                k, _, v = line.partition(":")
+                v = v[1:] if v.startswith(" ") else v
+                if k == "data" and "data" in ev:
+                    ev["data"] += "\n" + v
+                else:
+                    ev[k] = v
+            if not ev:
+                continue  # comment-only block (greeting, ping)
+            if "id" in ev:
+                ev["id"] = int(ev["id"])
+            if "data" in ev:
+                ev["json"] = json.loads(ev["data"])
+            return ev
+
+    def events(self, n, timeout=None):
+        """The next n events (EOFError if the stream ends first); with a
+        timeout, all of them within that many seconds (else TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        while len(out) < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(out)} of {n} events within {timeout}s")
+                self.sock.settimeout(max(0.05, left))
+            ev = self.next_event()
+            if ev is None:
+                raise EOFError(f"stream ended after {len(out)} of {n} events")
+            out.append(ev)
+        return out
+
+    def pairs(self, n, timeout=10):
+        """The next n events as (id, parsed data), all within timeout seconds."""
+        return [(e["id"], e["json"]) for e in self.events(n, timeout)]
+
+    def read_greeting(self):
+        blk = self.next_block()
+        assert blk == ": weft registry watch", blk
 
 
 # ---------------------------------------------------------------- metrics

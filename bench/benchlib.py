@@ -115,10 +115,29 @@ def _ms(text):
     return float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
 
 
+# BENCH_PIN=1: servers under test on CPU 1, load generator and origins on
+# CPU 0, so every server gets the same placement in every round
+PIN = os.environ.get("BENCH_PIN") == "1" and (os.cpu_count() or 1) >= 2
+SERVER_CPUS, LOAD_CPUS = {1}, {0}
+
+
+def pin(pid, cpus):
+    """Set the CPU affinity of every thread of pid (no-op unless PIN)."""
+    if not PIN:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
 def run_wrk(url, conns=64, threads=1, secs=5, script=None):
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--latency", url]
     if script:
         cmd[1:1] = ["-s", script]
+    if PIN:
+        cmd[0:0] = ["taskset", "-c", ",".join(map(str, sorted(LOAD_CPUS)))]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30).stdout
     res = {"raw": out}
     m = re.search(r"(\d+) requests in", out)
@@ -193,6 +212,9 @@ def pids_in_session(sid):
 
 
 def measure(server, url, conns, secs, threads=1):
+    if server.proc:
+        for pid in pids_in_session(server.proc.pid):
+            pin(pid, SERVER_CPUS)
     t0 = cpu_ticks(server.pid)
     res = run_wrk(url, conns=conns, secs=secs, threads=threads)
     t1 = cpu_ticks(server.pid)

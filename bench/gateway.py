@@ -119,6 +119,8 @@ def main():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     B.wait_port(oport)
+    for pid in B.pids_in_session(origin.pid):
+        B.pin(pid, B.LOAD_CPUS)
     servers = {}
     try:
         servers["weft"] = B.Server("weft", [a.weft, "gateway", "-c", wb, "--listen",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: every side-by-side benchmark, in one run, on this machine.
 # usage: bench/run.sh WEFT_BIN   (env: BENCH_ROUNDS, BENCH_SECS, BENCH_CAP,
-#                                 BENCH_LOG_ROUNDS, BENCH_QUICK=1)
+#                                 BENCH_PIN=1, BENCH_LOG_ROUNDS, BENCH_QUICK=1)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 weft=${1:?usage: bench/run.sh WEFT_BIN}

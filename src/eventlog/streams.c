@@ -57,16 +57,18 @@
  * (created by a Kafka client) gets each stream on murmur2(stream) % n, as
  * Kafka's own partitioner would.
  *
- * Subscriptions are paced by the socket, like the registry's watch: a
- * subscriber is written events until its connection's output is above the
- * high-water mark, then waits for on_drain; events are read back from the
- * log, so a slow subscriber costs nothing beyond its connection buffer.
+ * Subscriptions are paced by the socket, like the registry's watch (both
+ * are weft_sse streams, weft/sse.h): a subscriber is written events until
+ * its connection's output is above the high-water mark, then waits for
+ * on_drain; events are read back from the log, so a slow subscriber costs
+ * nothing beyond its connection buffer.
  */
 #include "eventlog/streams.h"
 
 #include "kafka/batch.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
+#include "weft/sse.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -189,12 +191,11 @@ typedef struct sop { /* an answer waiting for its events to be durable */
 typedef struct ssub {
     slink link;
     elog_streams *st;
-    weft_http_req *r;
+    weft_sse sse;
     int kind;
     char name[MAX_NAME + 1];
     size_t len;
     int64_t cursor; /* next position (all, category) or version (stream) to send */
-    bool paused;
 } ssub;
 
 struct elog_streams {
@@ -203,7 +204,7 @@ struct elog_streams {
     kpart *p; /* __weft_streams' only partition */
     htab streams, cats;
     rdr rd;
-    jbuf scratch;     /* one SSE event */
+    jbuf scratch;     /* one SSE event's data */
     int64_t mirrored; /* events below this position are in their category topics */
     int64_t advanced; /* durable end already announced */
     slink *ops;       /* sop */
@@ -877,11 +878,8 @@ static void sub_free(ssub *sb)
 
 static void sub_end(ssub *sb)
 {
-    weft_http_req *r = sb->r;
-    weft_http_req_on_abort(r, NULL, NULL);
-    weft_http_resp_on_drain(r, NULL, NULL);
+    weft_sse_end(&sb->sse);
     sub_free(sb);
-    weft_http_resp_end(r);
 }
 
 /* The subscriber's next durable event: its position and SSE id. */
@@ -912,7 +910,7 @@ static void sub_pump(ssub *sb)
 {
     elog_streams *st = sb->st;
     int64_t durable = plog_durable_offset(st->p->log), pos, id;
-    while (!sb->paused && sub_next(st, sb, durable, &pos, &id)) {
+    while (!sb->sse.paused && sub_next(st, sb, durable, &pos, &id)) {
         sevent ev;
         if (read_event(st, pos, &ev) != 1) {
             weft_log(WEFT_LOG_ERROR, "streams: cannot read an event back; ending a subscription",
@@ -924,30 +922,23 @@ static void sub_pump(ssub *sb)
         jbuf *b = &st->scratch;
         weft_buf_clear(&b->b);
         b->err = false;
-        PUT_LIT(b, "id: ");
-        put_i64(b, id);
-        PUT_LIT(b, "\ndata: ");
         event_json(b, &ev);
-        PUT_LIT(b, "\n\n");
-        if (b->err) {
+        int rc = b->err ? WEFT_ETOOBIG
+                        : weft_sse_event(&sb->sse, (uint64_t)id, WEFT_STR_NULL,
+                                         (weft_str){weft_buf_rptr(&b->b), weft_buf_used(&b->b)});
+        if (rc == WEFT_ECLOSED)
+            return; /* on_abort frees the subscriber */
+        if (rc < 0) { /* not framed: end, the client resumes from its Last-Event-ID */
             sub_end(sb);
             return;
         }
-        /* one write per event: a failed write frees the subscriber (on_abort) */
-        int rc = weft_http_resp_write(sb->r, weft_buf_rptr(&b->b), weft_buf_used(&b->b));
-        if (rc < 0)
-            return;
-        if (rc == 1)
-            sb->paused = true; /* resumed by on_drain */
     }
 }
 
 static void sub_drain(weft_http_req *r, void *ud)
 {
     (void)r;
-    ssub *sb = ud;
-    sb->paused = false;
-    sub_pump(sb);
+    sub_pump(ud);
 }
 
 static void sub_abort(weft_http_req *r, void *ud)
@@ -960,10 +951,8 @@ static void ping_subs(weft_loop *loop, weft_timer *t)
 {
     elog_streams *st = t->data;
     for (slink *l = st->subs, *next; l; l = next) {
-        next = l->next; /* a failed write frees the subscriber */
-        ssub *sb = (ssub *)l;
-        if (!sb->paused)
-            weft_http_resp_write(sb->r, ": ping\n\n", 8);
+        next = l->next; /* a write may end the subscriber (its on_drain) */
+        weft_sse_ping(&((ssub *)l)->sse);
     }
     weft_timer_start(loop, t, PING_MS);
 }
@@ -978,7 +967,7 @@ static void advance(elog_streams *st)
     copy_to(st, durable);
     for (slink *l = st->subs, *next; l; l = next) {
         next = l->next; /* a failed write frees the subscriber */
-        if (!((ssub *)l)->paused)
+        if (!((ssub *)l)->sse.paused)
             sub_pump((ssub *)l);
     }
 }
@@ -1486,7 +1475,6 @@ static void h_subscribe(elog_streams *st, weft_http_req *r, int kind, const char
         return;
     }
     sb->st = st;
-    sb->r = r;
     sb->kind = kind;
     memcpy(sb->name, name, len);
     sb->len = len;
@@ -1494,15 +1482,11 @@ static void h_subscribe(elog_streams *st, weft_http_req *r, int kind, const char
     link_push(&st->subs, &sb->link);
     st->nsubs++;
     weft_metric_gauge_add(st->m, st->m_subs, 1);
-    weft_http_resp_header(r, WEFT_STR("Cache-Control"), WEFT_STR("no-cache"));
-    if (weft_http_resp_start(r, 200, WEFT_STR("text/event-stream"), -1) < 0) {
+    if (weft_sse_start(&sb->sse, r, sub_drain, sub_abort, sb) < 0) {
         sub_free(sb);
         return;
     }
-    weft_http_req_on_abort(r, sub_abort, sb);
-    weft_http_req_close_on_eof(r);
-    weft_http_resp_on_drain(r, sub_drain, sb);
-    weft_http_resp_write(r, ": weft log subscription\n\n", 25);
+    weft_sse_comment(&sb->sse, WEFT_STR("weft log subscription"));
     sub_pump(sb);
 }
 

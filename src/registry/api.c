@@ -33,6 +33,7 @@
 #include "store.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
+#include "weft/sse.h"
 
 #include "http/http_int.h"
 
@@ -64,16 +65,15 @@ typedef struct waiter {
 typedef struct watcher {
     struct watcher *next, *prev;
     reg_server *rs;
-    weft_http_req *r;
     char *service; /* NULL = all */
     uint64_t cursor;
-    bool paused;
+    weft_sse sse;
 } watcher;
 
 typedef struct session {
     struct session *next, *prev;
     reg_server *rs;
-    weft_http_req *r;
+    weft_sse sse;
     char *service, *id;
     uint64_t next_keepalive_ms; /* etcd store: when to renew the lease next */
 } session;
@@ -397,11 +397,8 @@ static void watcher_free(watcher *w)
 
 static void watcher_end(watcher *w)
 {
-    weft_http_req *r = w->r;
-    weft_http_req_on_abort(r, NULL, NULL);
-    weft_http_resp_on_drain(r, NULL, NULL);
+    weft_sse_end(&w->sse);
     watcher_free(w);
-    weft_http_resp_end(r);
 }
 
 /* Send every retained change after the cursor until the socket pushes back. */
@@ -412,10 +409,11 @@ static void watcher_pump(watcher *w)
         const reg_event *ev[64];
         int64_t n = reg_changes(rs->store, w->cursor, ev, 64);
         if (n == WEFT_ETOOBIG) {
-            char line[128];
-            int k = snprintf(line, sizeof line, "event: relist\ndata: {\"revision\":%llu}\n\n",
+            char data[48];
+            int k = snprintf(data, sizeof data, "{\"revision\":%llu}",
                              (unsigned long long)reg_revision(rs->store));
-            weft_http_resp_write(w->r, line, (size_t)k);
+            weft_sse_event(&w->sse, WEFT_SSE_NO_ID, WEFT_STR("relist"),
+                           (weft_str){data, (size_t)k});
             watcher_end(w);
             return;
         }
@@ -426,25 +424,17 @@ static void watcher_pump(watcher *w)
             w->cursor = e->rev;
             if (w->service && strcmp(w->service, e->service) != 0)
                 continue;
-            /* one write per event: a failed write may free the watcher (on_abort) */
-            const char *js = e->json ? e->json : "{}";
-            size_t jl = strlen(js);
-            char stackbuf[4096], *buf = stackbuf;
-            if (jl + 64 > sizeof stackbuf && !(buf = malloc(jl + 64)))
-                return;
-            int hl = snprintf(buf, 64, "id: %llu\nevent: %s\ndata: ", (unsigned long long)e->rev,
-                              e->kind == REG_EV_PUT ? "put" : "delete");
-            memcpy(buf + hl, js, jl);
-            memcpy(buf + hl + jl, "\n\n", 2);
-            int rc = weft_http_resp_write(w->r, buf, (size_t)hl + jl + 2);
-            if (buf != stackbuf)
-                free(buf);
-            if (rc < 0)
-                return; /* the connection is gone: on_abort frees the watcher */
-            if (rc == 1) {
-                w->paused = true; /* resumed by on_drain */
+            int rc = weft_sse_event(&w->sse, e->rev,
+                                    e->kind == REG_EV_PUT ? WEFT_STR("put") : WEFT_STR("delete"),
+                                    weft_str_from(e->json ? e->json : "{}"));
+            if (rc == WEFT_ECLOSED)
+                return; /* on_abort frees the watcher */
+            if (rc < 0) {
+                watcher_end(w); /* the client resumes after its last id: no gap */
                 return;
             }
+            if (rc == 1)
+                return; /* paused: resumed by on_drain */
         }
     }
 }
@@ -452,9 +442,7 @@ static void watcher_pump(watcher *w)
 static void watcher_drain(weft_http_req *r, void *ud)
 {
     (void)r;
-    watcher *w = ud;
-    w->paused = false;
-    watcher_pump(w);
+    watcher_pump(ud);
 }
 
 static void watcher_abort(weft_http_req *r, void *ud)
@@ -492,7 +480,6 @@ static void h_watch(reg_server *rs, weft_http_req *r)
         return;
     }
     w->rs = rs;
-    w->r = r;
     w->service = dup_opt(svc);
     w->cursor = since;
     w->next = rs->watchers;
@@ -501,16 +488,12 @@ static void h_watch(reg_server *rs, weft_http_req *r)
     rs->watchers = w;
     rs->nwatchers++;
     weft_metric_gauge_add(rs->m, rs->m_watchers, 1);
-    weft_http_resp_header(r, WEFT_STR("Cache-Control"), WEFT_STR("no-cache"));
     set_index(r, reg_revision(rs->store));
-    if (weft_http_resp_start(r, 200, WEFT_STR("text/event-stream"), -1) < 0) {
+    if (weft_sse_start(&w->sse, r, watcher_drain, watcher_abort, w) < 0) {
         watcher_free(w);
         return;
     }
-    weft_http_req_on_abort(r, watcher_abort, w);
-    weft_http_req_close_on_eof(r);
-    weft_http_resp_on_drain(r, watcher_drain, w);
-    weft_http_resp_write(r, ": weft registry watch\n\n", 23);
+    weft_sse_comment(&w->sse, WEFT_STR("weft registry watch"));
     watcher_pump(w);
 }
 
@@ -518,13 +501,12 @@ static void ping_watchers(weft_loop *loop, weft_timer *t)
 {
     reg_server *rs = t->data;
     for (watcher *w = rs->watchers, *next; w; w = next) {
-        next = w->next; /* a failed write frees w */
-        if (!w->paused)
-            weft_http_resp_write(w->r, ": ping\n\n", 8);
+        next = w->next; /* a write may end w (its on_drain can relist) */
+        weft_sse_ping(&w->sse);
     }
     for (session *se = rs->sessions, *next; se; se = next) {
-        next = se->next; /* a failed write frees se (and deregisters) */
-        weft_http_resp_write(se->r, ": ping\n\n", 8);
+        next = se->next;
+        weft_sse_ping(&se->sse);
     }
     weft_timer_start(loop, t, PING_MS);
 }
@@ -542,7 +524,7 @@ static void notify(reg_server *rs)
     }
     for (watcher *w = rs->watchers, *next; w; w = next) {
         next = w->next;
-        if (!w->paused)
+        if (!w->sse.paused)
             watcher_pump(w);
     }
     weft_metric_gauge_set(rs->m, rs->m_instances, (int64_t)reg_instance_total(rs->store));
@@ -962,21 +944,17 @@ static void h_session(reg_server *rs, weft_http_req *r, const char *svc, const c
         return;
     }
     se->rs = rs;
-    se->r = r;
     se->next = rs->sessions;
     if (rs->sessions)
         rs->sessions->prev = se;
     rs->sessions = se;
-    weft_http_resp_header(r, WEFT_STR("Cache-Control"), WEFT_STR("no-cache"));
-    if (weft_http_resp_start(r, 200, WEFT_STR("text/event-stream"), -1) < 0) {
+    /* a closed client socket (EOF) is a gone client */
+    if (weft_sse_start(&se->sse, r, NULL, session_abort, se) < 0) {
         session_unlink(se);
         return;
     }
-    weft_http_req_on_abort(r, session_abort, se);
-    weft_http_req_close_on_eof(r); /* a closed client socket is a gone client */
-    static const char hello[] =
-        ": session open; closing this connection deregisters the instance\n\n";
-    weft_http_resp_write(r, hello, sizeof hello - 1);
+    weft_sse_comment(&se->sse,
+                     WEFT_STR("session open; closing this connection deregisters the instance"));
 }
 
 /* ---- the etcd store: mutations go to etcd (etcd.c), answered here ---- */
@@ -1894,11 +1872,8 @@ void reg_server_drain(reg_server *rs)
         watcher_end(rs->watchers);
     /* the registry is stopping, not the client: keep the instances */
     while (rs->sessions) {
-        session *se = rs->sessions;
-        weft_http_req *r = se->r;
-        weft_http_req_on_abort(r, NULL, NULL);
-        session_unlink(se);
-        weft_http_resp_end(r);
+        weft_sse_end(&rs->sessions->sse);
+        session_unlink(rs->sessions);
     }
 }
 

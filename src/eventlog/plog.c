@@ -701,8 +701,11 @@ static void request_flush(plog *l, bool force)
     l->req_end = l->end;
     l->req_active = active_seg(l);
     l->req_have = true;
-    pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->mu);
+    /* after the unlock: signalled under the lock, the flusher would wake
+     * only to block on the mutex we still hold (two more futex calls and
+     * a second wake-up on the fsync latency path) */
+    pthread_cond_signal(&l->cv);
     l->requested = l->end;
 }
 

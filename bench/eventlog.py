@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
@@ -139,10 +140,11 @@ class Bench:
 
     def weft_latency(self, acks, rate, secs):
         a = self.a
-        port = B.free_port()
+        port, hport = B.free_port(), B.free_port()
         data = self.fresh("weft")
         srv = B.Server("log", [a.weft, "log", "--listen", f"127.0.0.1:{port}", "--data", data,
-                               "--log-level", "warn"], port, cap_percent=a.cap)
+                               "--http", f"127.0.0.1:{hport}", "--log-level", "warn"], port,
+                       cap_percent=a.cap)
         try:
             srv.start()
             c0 = B.cpu_ticks(srv.pid)
@@ -150,10 +152,12 @@ class Bench:
                        "-n", str(int(rate * secs)), "-s", "100", "-a", acks, "-c", "1",
                        "-l", "0", "-r", str(rate)], timeout=300)
             cpu = (B.cpu_ticks(srv.pid) - c0) / B.CLK_TCK * 1e6 / int(rate * secs)
+            broker = broker_quantiles(hport, (0.5, 0.99))
         finally:
             srv.stop()
             shutil.rmtree(data, ignore_errors=True)
-        return dict(num(kv(out), ("p50_us", "p99_us", "max_us", "rps")), cpu_us=cpu)
+        return dict(num(kv(out), ("p50_us", "p99_us", "max_us", "rps")), cpu_us=cpu,
+                    broker_p50_us=broker[0], broker_p99_us=broker[1])
 
     # --- Redis ----------------------------------------------------------
     def redis_server(self, fsync):
@@ -234,6 +238,23 @@ class Bench:
         lat.sort()
         return {"p50_us": lat[n // 2], "p99_us": lat[int(n * 0.99)], "max_us": lat[-1],
                 "cpu_us": cpu}
+
+
+def broker_quantiles(http_port, qs):
+    """Upper bounds (µs) of the buckets holding quantiles qs of the broker's own
+    produce durations (weft_log_request_duration_seconds{api="produce"}: read to
+    response complete), so client and broker time can be told apart."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    rows = [(float(m.group(1)), float(m.group(2))) for m in re.finditer(
+        r'weft_log_request_duration_seconds_bucket\{api="produce",le="([^"+]+)"\} (\S+)', text)]
+    total = float(re.search(r'weft_log_request_duration_seconds_count\{api="produce"\} (\S+)',
+                            text).group(1))
+    out = []
+    for q in qs:
+        le = next((b for b, c in rows if total and c >= q * total), float("inf"))
+        out.append(le * 1e6)
+    return out
 
 
 def resp(*args):
@@ -331,7 +352,9 @@ def main():
                 else:
                     lat["redis"].append(bench.redis_latency(lat_rate, lat_secs))
             print(f"  round {r + 1} latency p50/p99 µs: weft acks=all "
-                  f"{lat['weftall'][-1]['p50_us']:.0f}/{lat['weftall'][-1]['p99_us']:.0f}, "
+                  f"{lat['weftall'][-1]['p50_us']:.0f}/{lat['weftall'][-1]['p99_us']:.0f} "
+                  f"(in the broker ≤ {lat['weftall'][-1]['broker_p50_us']:.0f}/"
+                  f"{lat['weftall'][-1]['broker_p99_us']:.0f}), "
                   f"weft acks=1 {lat['weft1'][-1]['p50_us']:.0f}/"
                   f"{lat['weft1'][-1]['p99_us']:.0f}, redis always "
                   f"{lat['redis'][-1]['p50_us']:.0f}/{lat['redis'][-1]['p99_us']:.0f}",
@@ -386,6 +409,10 @@ def report(a, disks, res, cases, lat, lat_rate):
                       ("redis", "Redis XADD, appendfsync always")):
         print(f"| {text} | {med(lat[key], 'p50_us'):.0f} | {med(lat[key], 'p99_us'):.0f} | "
               f"{med(lat[key], 'max_us'):.0f} | {med(lat[key], 'cpu_us'):.0f} |")
+        if key != "redis":  # the broker's own share, from its histogram
+            print(f"| ↳ inside the broker (read → response complete; bucket upper bounds) | "
+                  f"≤ {med(lat[key], 'broker_p50_us'):.0f} | ≤ {med(lat[key], 'broker_p99_us'):.0f} "
+                  f"| | |")
     for size in SIZES:
         x = res[("weft", size, "acksall")]
         print(f"| weft log acks=all under the {size} B throughput load ({a.clients} clients, "

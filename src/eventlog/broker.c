@@ -121,6 +121,11 @@ void kreq_complete(kreq *q)
     if (q->done)
         return;
     q->done = true;
+    if (q->c && (q->api_key == KA_PRODUCE || q->api_key == KA_FETCH)) {
+        elog *e = q->c->e;
+        weft_metric_observe(e->m, q->api_key == KA_PRODUCE ? e->m_produce_dur : e->m_fetch_dur,
+                            (double)(weft_now_us() - q->start_us) / 1e6);
+    }
     if (!q->no_response && !q->failed) {
         cut_mem(q);
         size_t total = 0;
@@ -275,6 +280,7 @@ static int parse_frame(kconn *c, const uint8_t *p, size_t n)
     q->api_key = key;
     q->api_version = ver;
     q->corr = corr;
+    q->start_us = weft_now_us();
     snprintf(q->client_id, sizeof q->client_id, "%.*s", (int)client.n, client.p ? client.p : "");
     weft_buf_init(&q->out, e->o.max_request + 1024);
     q->w.b = &q->out;
@@ -463,6 +469,19 @@ elog *elog_new(const elog_opts *o)
     weft_metrics_gauge(e->m, "weft_log_connections", "Open Kafka connections.", NULL, &e->m_conns);
     weft_metrics_counter(e->m, "weft_log_request_errors_total",
                          "Partitions or requests answered with an error code.", NULL, &e->m_errors);
+    /* finer than the HTTP buckets: a produce is tens of µs, or one fsync */
+    static const double dur[] = {0.00005, 0.0001, 0.00015, 0.0002, 0.00025, 0.0003, 0.0004,
+                                 0.0005,  0.0006, 0.0007,  0.0008, 0.0009,  0.001,  0.0015,
+                                 0.002,   0.003,  0.005,   0.01,   0.025,   0.05,   0.1,
+                                 0.25,    0.5,    1,       2.5,    5,       10};
+    weft_metrics_histogram(e->m, "weft_log_request_duration_seconds",
+                           "From reading a request to its response being complete (a produce "
+                           "with acks=all includes its fsync, a fetch its long-poll wait).",
+                           "api=\"produce\"", dur, WEFT_ARRAY_LEN(dur), &e->m_produce_dur);
+    weft_metrics_histogram(e->m, "weft_log_request_duration_seconds",
+                           "From reading a request to its response being complete (a produce "
+                           "with acks=all includes its fsync, a fetch its long-poll wait).",
+                           "api=\"fetch\"", dur, WEFT_ARRAY_LEN(dur), &e->m_fetch_dur);
     if (!e->data_dir) {
         free(e);
         return NULL;

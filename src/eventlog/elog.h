@@ -127,6 +127,7 @@ struct kreq {
     bool done;        /* response complete, may be sent when at the head */
     bool no_response; /* acks=0 produce */
     bool failed;      /* close the connection instead of answering */
+    uint64_t start_us; /* when it was read (weft_now_us), for the duration histograms */
     weft_buf out;     /* [size placeholder][correlation id][body...] */
     kf_writer w;
     kpartv *parts;
@@ -171,7 +172,7 @@ struct elog {
     /* metrics */
     weft_metrics *m;
     weft_metric m_requests, m_produced_records, m_produced_bytes, m_fetched_bytes, m_conns,
-        m_errors;
+        m_errors, m_produce_dur, m_fetch_dur;
 };
 
 /* ---- topics.c ---- */

@@ -572,6 +572,33 @@ def test_health_ready_metrics_on_the_streams_listener(log):
     assert metric_value(log, "weft_log_streams") == 1
 
 
+def test_request_duration_histograms(log):
+    """weft_log_request_duration_seconds{api=produce|fetch}: one observation per
+    Kafka produce/fetch request, cumulative buckets, +Inf == count."""
+    def hist(api):
+        text = requests.get(f"{log.url}/metrics", timeout=5).text
+        pre = "weft_log_request_duration_seconds"
+        buckets = [(m.group(1), float(m.group(2))) for m in re.finditer(
+            pre + r'_bucket\{api="' + api + r'",le="([^"]+)"\} (\S+)', text)]
+        count = float(re.search(pre + r'_count\{api="' + api + r'"\} (\S+)', text).group(1))
+        total = float(re.search(pre + r'_sum\{api="' + api + r'"\} (\S+)', text).group(1))
+        return buckets, count, total
+
+    _, before, _ = hist("produce")
+    for i in range(5):  # one produce request each (acks=all: includes the fsync)
+        r = subprocess.run(["kcat", "-P", "-b", log.bootstrap, "-t", "dur", "-X", "acks=all"],
+                           input=f"m{i}\n", capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    buckets, count, total = hist("produce")
+    assert count == before + 5
+    assert 0 < total < 5 * 10
+    values = [v for _, v in buckets]
+    assert values == sorted(values) and buckets[-1] == ("+Inf", count)
+    assert float(buckets[0][0]) == 0.00005  # fine enough to see one fsync
+    assert len(kcat_consume(log, "dur")) == 5
+    assert hist("fetch")[1] >= 1
+
+
 def test_config_file_http_key(tmp_path):
     cfg = tmp_path / "log.yaml"
     cfg.write_text("http:\n  listen: 127.0.0.1:0\n  max_body: 2MiB\n")

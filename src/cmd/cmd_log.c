@@ -51,6 +51,10 @@ static int w_start(weft_loop *loop, void *arg)
         rc = elog_streams_start(g_streams, loop);
     if (rc == 0 && g_srv)
         rc = weft_http_server_start_worker(g_srv, loop);
+    /* announced once the streams are recovered and served (not at bind) */
+    for (size_t i = 0; rc == 0 && g_srv && i < weft_http_server_address_count(g_srv); i++)
+        weft_log(WEFT_LOG_INFO, "listening", WEFT_KV_STR("service", "streams"),
+                 WEFT_KV_STR("addr", weft_http_server_address(g_srv, i)));
     return rc;
 }
 
@@ -115,12 +119,7 @@ static int streams_setup(weft_cli *cli, const char *addr)
         fprintf(stderr, "weft log: --http: bad listen address '%s'\n", addr);
         return 2;
     }
-    if (weft_http_server_bind(g_srv, 1) < 0)
-        return 1;
-    for (size_t i = 0; i < weft_http_server_address_count(g_srv); i++)
-        weft_log(WEFT_LOG_INFO, "listening", WEFT_KV_STR("service", "streams"),
-                 WEFT_KV_STR("addr", weft_http_server_address(g_srv, i)));
-    return 0;
+    return weft_http_server_bind(g_srv, 1) < 0 ? 1 : 0;
 }
 
 static void streams_free(void)

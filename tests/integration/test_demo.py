@@ -19,7 +19,10 @@ def test_demo_runs_and_stops_cleanly(tmp_path):
                              stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                              env={**os.environ, "DEMO_PORT": str(port)})
     try:
-        wait_until(lambda: "/both" in out.read_text() and out.read_text().rstrip().endswith("}"),
+        # the live "$ curl .../both" line comes last ("/both" alone also matches
+        # the help text printed before the first request)
+        wait_until(lambda: re.search(r"\$ curl \S+/both\n", out.read_text())
+                   and out.read_text().rstrip().endswith("}"),
                    timeout=60, interval=0.2, what="the demo's first requests")
         text = out.read_text()
         m = re.search(r"curl \S+/catalog/items/apple\n\s+(\{.*\})", text)

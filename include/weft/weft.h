@@ -74,6 +74,10 @@ static inline bool weft_str_eq(weft_str a, weft_str b)
 /* ASCII case-insensitive equality (header names, tokens). */
 bool weft_str_ieq(weft_str a, weft_str b);
 
+/* 1..max bytes, each a letter, digit, '.', '_', ':' or '-': the names of
+ * services, instances and event streams. */
+bool weft_name_ok(weft_str s, size_t max);
+
 #define WEFT_UNUSED(x) ((void)(x))
 #define WEFT_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #if defined(__GNUC__)

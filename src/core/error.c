@@ -47,6 +47,19 @@ static inline unsigned char lower(unsigned char c)
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
 }
 
+bool weft_name_ok(weft_str s, size_t max)
+{
+    if (s.n == 0 || s.n > max)
+        return false;
+    for (size_t i = 0; i < s.n; i++) {
+        char c = s.p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
 bool weft_str_ieq(weft_str a, weft_str b)
 {
     if (a.n != b.n)

@@ -474,14 +474,14 @@ elog *elog_new(const elog_opts *o)
                                  0.0005,  0.0006, 0.0007,  0.0008, 0.0009,  0.001,  0.0015,
                                  0.002,   0.003,  0.005,   0.01,   0.025,   0.05,   0.1,
                                  0.25,    0.5,    1,       2.5,    5,       10};
-    weft_metrics_histogram(e->m, "weft_log_request_duration_seconds",
-                           "From reading a request to its response being complete (a produce "
-                           "with acks=all includes its fsync, a fetch its long-poll wait).",
-                           "api=\"produce\"", dur, WEFT_ARRAY_LEN(dur), &e->m_produce_dur);
-    weft_metrics_histogram(e->m, "weft_log_request_duration_seconds",
-                           "From reading a request to its response being complete (a produce "
-                           "with acks=all includes its fsync, a fetch its long-poll wait).",
-                           "api=\"fetch\"", dur, WEFT_ARRAY_LEN(dur), &e->m_fetch_dur);
+    static const char *const api[] = {"api=\"produce\"", "api=\"fetch\""};
+    weft_metric *id[] = {&e->m_produce_dur, &e->m_fetch_dur};
+    for (size_t i = 0; i < WEFT_ARRAY_LEN(api); i++)
+        weft_metrics_histogram(e->m, "weft_log_request_duration_seconds",
+                               "From reading a request to its response being complete (a "
+                               "produce with acks=all includes its fsync, a fetch its long-poll "
+                               "wait).",
+                               api[i], dur, WEFT_ARRAY_LEN(dur), id[i]);
     if (!e->data_dir) {
         free(e);
         return NULL;

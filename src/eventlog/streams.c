@@ -68,6 +68,7 @@
 #include "kafka/batch.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
+#include "weft/service.h" /* weft_json_respond */
 #include "weft/sse.h"
 
 #include <errno.h>
@@ -266,15 +267,7 @@ static int64_t wall_ms(void)
 
 static bool name_ok(const char *p, size_t n)
 {
-    if (n == 0 || n > MAX_NAME)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
-            return false;
-    }
-    return true;
+    return weft_name_ok((weft_str){p, n}, MAX_NAME);
 }
 
 /* A stream's category: the part before the first '-' (the whole name if
@@ -680,21 +673,9 @@ static void event_json(jbuf *b, const sevent *ev)
     PUT_LIT(b, "\"}");
 }
 
-static void respond_json(weft_http_req *r, int status, json_t *o)
-{
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (!s) {
-        weft_http_respond_error(r, 500, "cannot render the response");
-        return;
-    }
-    weft_http_respond(r, status, JSON_TYPE, s, strlen(s));
-    free(s);
-}
-
 static void respond_err(weft_http_req *r, int status, const char *msg)
 {
-    respond_json(r, status, json_pack("{s:s}", "error", msg));
+    weft_json_respond(r, status, json_pack("{s:s}", "error", msg));
 }
 
 /* ---- the category topics ---- */
@@ -1179,7 +1160,7 @@ static int write_append(elog_streams *st, sstream *s, const sinput *in, size_t n
 static void answer_ok(weft_http_req *r, const char *stream, int64_t first, int64_t last,
                       int64_t pos)
 {
-    respond_json(r, 200,
+    weft_json_respond(r, 200,
                  json_pack("{s:s, s:I, s:I, s:I}", "stream", stream, "first_version",
                            (json_int_t)first, "last_version", (json_int_t)last, "position",
                            (json_int_t)pos));
@@ -1235,7 +1216,7 @@ static void append_checked(elog_streams *st, weft_http_req *r, const char *name,
     int d = decide(st, s, exp, in, n, &first);
     if (d == D_CONFLICT) {
         weft_metric_inc(st->m, st->m_conflicts);
-        respond_json(r, 409,
+        weft_json_respond(r, 409,
                      json_pack("{s:s, s:I}", "error", "wrong expected version", "current_version",
                                (json_int_t)(s ? (int64_t)s->n - 1 : -1)));
         return;

@@ -917,23 +917,11 @@ static void count_response(conn *c, weft_http_req *r)
 
 static void run_pending(weft_loop *loop, weft_timer *t);
 
-/* Output was produced from outside the connection's own callbacks: queue
- * the connection for the end-of-iteration flush. */
-static void schedule_flush(conn *c)
-{
-    if (c->queued || c->dead)
-        return;
-    wstate *w = c->w;
-    c->queued = true;
-    c->next_pending = w->pending;
-    w->pending = c;
-    if (!weft_timer_active(&w->pending_timer))
-        weft_timer_start(w->loop, &w->pending_timer, 0);
-}
-
-/* A connection that died under an outside caller: released at the end of
- * the loop iteration (run_pending). */
-static void defer_release(conn *c)
+/* Queue the connection for run_pending at the end of the loop iteration,
+ * which flushes a live one and releases a dead one. Used directly for a
+ * connection that died under an outside caller (its release and on_abort
+ * must not run inside that caller). */
+static void queue_pending(conn *c)
 {
     if (c->queued)
         return;
@@ -943,6 +931,14 @@ static void defer_release(conn *c)
     w->pending = c;
     if (!weft_timer_active(&w->pending_timer))
         weft_timer_start(w->loop, &w->pending_timer, 0);
+}
+
+/* Output was produced from outside the connection's own callbacks: queue
+ * the connection for the end-of-iteration flush. */
+static void schedule_flush(conn *c)
+{
+    if (!c->dead)
+        queue_pending(c);
 }
 
 /* Close on behalf of an outside caller (a response written from an
@@ -955,7 +951,7 @@ static void close_from_caller(conn *c)
     c->dead = true;
     weft_io_stop(c->w->loop, &c->io);
     if (c->busy == 0)
-        defer_release(c);
+        queue_pending(c);
 }
 
 /* Response finished from outside conn_process (async handler): flush, then
@@ -1101,7 +1097,7 @@ int weft_http_resp_write(weft_http_req *r, const void *data, size_t len)
         /* the client is gone: release the connection from the loop, not
          * under the caller, whose on_abort must not run inside this call */
         if (c->busy == 0)
-            defer_release(c);
+            queue_pending(c);
         return WEFT_ECLOSED;
     }
     return weft_buf_used(&c->out) > c->w->srv->o.out_high_water ? 1 : 0;

@@ -33,6 +33,7 @@
 #include "store.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
+#include "weft/service.h" /* weft_json_respond */
 #include "weft/sse.h"
 
 #include "http/http_int.h"
@@ -132,21 +133,9 @@ static const weft_str JSON = {"application/json", 16};
 
 static uint64_t now_ms(reg_server *rs) { return weft_loop_now_ms(rs->loop); }
 
-static void respond_json(weft_http_req *r, int status, json_t *o)
-{
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (!s) {
-        weft_http_respond_error(r, 500, "cannot render response");
-        return;
-    }
-    weft_http_respond(r, status, JSON, s, strlen(s));
-    free(s);
-}
-
 static void respond_err(weft_http_req *r, int status, const char *msg)
 {
-    respond_json(r, status, json_pack("{s:s, s:i}", "error", msg, "status", status));
+    weft_json_respond(r, status, json_pack("{s:s, s:i}", "error", msg, "status", status));
 }
 
 /* Who is asking: answers to the native and Consul APIs are JSON; Eureka
@@ -243,7 +232,7 @@ static void answer_service(reg_server *rs, weft_http_req *r, const char *service
 {
     uint64_t rev = reg_service_revision(rs->store, service);
     set_index(r, rev);
-    respond_json(r, 200,
+    weft_json_respond(r, 200,
                  json_pack("{s:s, s:I, s:o}", "service", service, "revision", (json_int_t)rev,
                            "instances", instances_json(rs, service, healthy_only, tag, zone)));
 }
@@ -269,7 +258,7 @@ static void answer_services(reg_server *rs, weft_http_req *r)
     }
     uint64_t rev = reg_revision(rs->store);
     set_index(r, rev);
-    respond_json(r, 200, json_pack("{s:I, s:o, s:b}", "revision", (json_int_t)rev, "services",
+    weft_json_respond(r, 200, json_pack("{s:I, s:o, s:b}", "revision", (json_int_t)rev, "services",
                                    svcs, "self_preservation",
                                    reg_self_preservation(rs->store)));
 }
@@ -283,7 +272,7 @@ static void answer_consul(reg_server *rs, weft_http_req *r, int view, const char
     weft_http_resp_header(r, WEFT_STR("X-Consul-Index"), (weft_str){v, (size_t)n});
     weft_http_resp_header(r, WEFT_STR("X-Consul-KnownLeader"), WEFT_STR("true"));
     weft_http_resp_header(r, WEFT_STR("X-Consul-LastContact"), WEFT_STR("0"));
-    respond_json(r, 200, reg_consul_view(rs->store, view, service, passing, tag, now_ms(rs)));
+    weft_json_respond(r, 200, reg_consul_view(rs->store, view, service, passing, tag, now_ms(rs)));
 }
 
 /* ---- blocking queries ---- */
@@ -468,7 +457,7 @@ static void h_watch(reg_server *rs, weft_http_req *r)
     if (reg_changes(rs->store, since, first, 1) == WEFT_ETOOBIG) {
         /* explicit: the history no longer reaches back that far */
         set_index(r, reg_revision(rs->store));
-        respond_json(r, 410, json_pack("{s:s, s:I, s:s}", "error", "relist", "revision",
+        weft_json_respond(r, 410, json_pack("{s:s, s:I, s:s}", "error", "relist", "revision",
                                        (json_int_t)reg_revision(rs->store), "detail",
                                        "the requested revision is no longer retained: list the "
                                        "services again and watch from the listed revision"));
@@ -842,7 +831,7 @@ static void answer_change(reg_server *rs, weft_http_req *r, int status, json_t *
     if (!rs->persist) {
         set_index(r, reg_revision(rs->store));
         if (o)
-            respond_json(r, status, o);
+            weft_json_respond(r, status, o);
         else
             weft_http_respond(r, status, WEFT_STR_NULL, NULL, 0);
         if (changed)
@@ -1017,11 +1006,11 @@ static void eop_done(void *ud, int rc, uint64_t rev, bool changed, uint64_t ttl_
                                : kind == EOP_DEREGISTER ? rs->m_deregs
                                                         : rs->m_beats);
     if (kind == EOP_HEARTBEAT) {
-        respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)ttl_ms));
+        weft_json_respond(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)ttl_ms));
         return;
     }
     set_index(r, rev);
-    respond_json(r, 200, kind == EOP_DEREGISTER
+    weft_json_respond(r, 200, kind == EOP_DEREGISTER
                              ? json_pack("{s:I}", "revision", (json_int_t)rev)
                              : json_pack("{s:I, s:b}", "revision", (json_int_t)rev, "changed",
                                          changed));
@@ -1171,7 +1160,7 @@ static void heartbeat(reg_server *rs, weft_http_req *r, const char *svc, const c
     if (dialect == EUREKA)
         weft_http_respond(r, 200, WEFT_STR_NULL, NULL, 0);
     else
-        respond_json(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)in->ttl_ms));
+        weft_json_respond(r, 200, json_pack("{s:I}", "ttl_ms", (json_int_t)in->ttl_ms));
     notify(rs); /* only does work if the heartbeat ended a self-preservation hold */
 }
 
@@ -1218,7 +1207,7 @@ static void h_instance(reg_server *rs, weft_http_req *r, const char *svc, const 
                 return;
             }
             set_index(r, in->mod_rev);
-            respond_json(r, 200, reg_instance_json(in, now));
+            weft_json_respond(r, 200, reg_instance_json(in, now));
         } else {
             weft_http_resp_header(r, WEFT_STR("Allow"), WEFT_STR("GET, HEAD, PUT, DELETE"));
             respond_err(r, 405, "method not allowed");
@@ -1321,7 +1310,7 @@ static void h_prometheus(reg_server *rs, weft_http_req *r)
             json_array_append_new(groups, prom_group(v[k], now));
     }
     set_index(r, reg_revision(rs->store));
-    respond_json(r, 200, groups);
+    weft_json_respond(r, 200, groups);
 }
 
 /* ---- Consul-compatible subset (consul.c builds the bodies) ---- */
@@ -1374,7 +1363,7 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
         return;
     }
     if (strcmp(a, "agent") == 0 && nseg == 3 && strcmp(b, "self") == 0 && get) {
-        respond_json(r, 200,
+        weft_json_respond(r, 200,
                      json_pack("{s:{s:s, s:s, s:s, s:b, s:s}, s:{s:s, s:s, s:i, s:{}}}",
                                "Config", "Datacenter", REG_CONSUL_DC, "NodeName",
                                REG_CONSUL_NODE, "NodeID", "", "Server", 1, "Version", "weft",
@@ -1383,11 +1372,11 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
         return;
     }
     if (strcmp(a, "status") == 0 && nseg == 3 && strcmp(b, "leader") == 0 && get) {
-        respond_json(r, 200, json_string("127.0.0.1:8300"));
+        weft_json_respond(r, 200, json_string("127.0.0.1:8300"));
         return;
     }
     if (strcmp(a, "catalog") == 0 && nseg == 3 && strcmp(b, "datacenters") == 0 && get) {
-        respond_json(r, 200, json_pack("[s]", REG_CONSUL_DC));
+        weft_json_respond(r, 200, json_pack("[s]", REG_CONSUL_DC));
         return;
     }
     bool agent_svc = strcmp(a, "agent") == 0 && nseg >= 4 && strcmp(b, "service") == 0;
@@ -1703,7 +1692,7 @@ static void handle(weft_http_req *r, void *ud)
         return;
     }
     if (nseg == 2 && strcmp(seg[1], "status") == 0) {
-        respond_json(r, 200, json_pack("{s:I, s:I, s:I, s:b, s:I, s:I}", "revision",
+        weft_json_respond(r, 200, json_pack("{s:I, s:I, s:I, s:b, s:I, s:I}", "revision",
                                        (json_int_t)reg_revision(rs->store), "services",
                                        (json_int_t)reg_service_count(rs->store), "instances",
                                        (json_int_t)reg_instance_total(rs->store),

@@ -78,16 +78,7 @@ void reg_store_opts_default(reg_store_opts *o)
 
 bool reg_name_ok(const char *s)
 {
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > 200)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-' || c == ':'))
-            return false;
-    }
-    return true;
+    return weft_name_ok(weft_str_from(s), 200);
 }
 
 /* ---- hash table ---- */

@@ -534,16 +534,6 @@ static svc *svc_get(weft_client *c, const char *name)
     return s;
 }
 
-static bool name_ok(const char *s)
-{
-    size_t n = 0;
-    for (; s[n]; n++)
-        if (!((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
-              (s[n] >= '0' && s[n] <= '9') || strchr("._:-", s[n])))
-            return false;
-    return n >= 1 && n <= 200;
-}
-
 static bool idempotent_method(const char *m)
 {
     static const char *const ok[] = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
@@ -610,8 +600,9 @@ static int build_headers(weft_call *k, const weft_call_opts *o)
 int weft_client_call(weft_client *c, const weft_call_opts *o, weft_call_cb cb, void *ud,
                      weft_call **out)
 {
-    if (!c || !o || !cb || !o->service || !name_ok(o->service) || !o->path || o->path[0] != '/' ||
-        strpbrk(o->path, " \r\n"))
+    /* service names follow the registry's rule */
+    if (!c || !o || !cb || !o->service || !weft_name_ok(weft_str_from(o->service), 200) ||
+        !o->path || o->path[0] != '/' || strpbrk(o->path, " \r\n"))
         return WEFT_EINVAL;
     const char *method = o->method ? o->method : "GET";
     if (strpbrk(method, " \r\n:") || !method[0])

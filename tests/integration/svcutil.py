@@ -183,6 +183,17 @@ class Proc:
     def alive(self):
         return self.proc.poll() is None
 
+    def rss_kib(self):
+        """VmRSS in KiB (None once the process has exited)."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        return None
+
     def signal(self, sig):
         self.proc.send_signal(sig)  # a no-op once it has exited
 

@@ -25,14 +25,6 @@ routes:
 """
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return None
-
-
 def test_50mb_response_streams_intact_with_backpressure(gateway, origins):
     o, = origins(1)
     g = gateway(cfg(o))
@@ -58,9 +50,9 @@ def test_50mb_response_streams_intact_with_backpressure(gateway, origins):
             assert d, "EOF early"
             h.update(d)
             got += len(d)
-        rss0 = rss_kib(g.pid)
+        rss0 = g.rss_kib()
         time.sleep(1.0)
-        rss1 = rss_kib(g.pid)
+        rss1 = g.rss_kib()
         assert rss1 - rss0 < 24 * 1024, (rss0, rss1)
         deadline = time.monotonic() + 60
         while got < n and time.monotonic() < deadline:

@@ -316,14 +316,6 @@ def test_subscribe_catch_up_then_live_and_resume(log):
     wait_until(lambda: metric_value(log, "weft_log_streams_subscribers") == 0, timeout=5)
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    return 0
-
-
 def test_slow_subscriber_is_paced_by_its_socket(log):
     blob = "x" * 4000
     total = 0
@@ -334,13 +326,13 @@ def test_slow_subscriber_is_paced_by_its_socket(log):
         assert r.status_code == 200, r.text
         total += 200
     time.sleep(0.5)
-    base = rss_kb(log.pid)
+    base = log.rss_kib()
     sub = SSE(log.http_port, "/subscribe/all?from=0", rcvbuf=16384)
     assert sub.status == 200
     time.sleep(2)  # the subscriber reads nothing: the server must stop at its high water
-    stalled = rss_kb(log.pid)
+    stalled = log.rss_kib()
     time.sleep(1)
-    assert rss_kb(log.pid) - stalled < 4096, "memory still growing with a stalled subscriber"
+    assert log.rss_kib() - stalled < 4096, "memory still growing with a stalled subscriber"
     assert stalled - base < 24 * 1024, f"grew {stalled - base} kB for a 48 MB backlog"
     # then it reads everything, in order, without a gap
     got = sub.pairs(total, timeout=120)

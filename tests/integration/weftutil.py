@@ -47,17 +47,6 @@ class Weft(Proc):
         # signal sent by a test is handled by the runtime, not by default.
         return simple_request(self.port, "GET", "/health", timeout=1.0)[0] == 200
 
-    def rss_kib(self):
-        """VmRSS of the server in KiB (None once it has exited)."""
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        return None
-
 
 # ---------------------------------------------------------------- raw HTTP
 

@@ -16,7 +16,11 @@ fresh data directory per measurement on the same filesystem. Load:
 - fsync'd produce latency: one client, one 100-byte record every 2 ms,
   i.e. 500 records/s, against weft log (kprod -r, linger.ms 0,
   acks=all, and acks=1 as the no-fsync baseline) and Redis (appendfsync
-  always, a paced RESP client below). The rate is low enough that neither
+  always, a paced RESP client below). kprod also reports librdkafka's own
+  histograms for the run (time in its producer queue, time until its broker
+  thread sends, request round trip) and the broker its produce-duration
+  histogram, so the delivery latency splits into client and broker shares.
+  The rate is low enough that neither
   server is CPU-bound under the cap: on this VM kind one fdatasync costs
   ~100 CPU-µs, so a flush per record at 2,000/s exceeds a 25 % quota.
 - Consume: kprod reading the 1 KB topic from offset 0 (weft log); for
@@ -156,7 +160,9 @@ class Bench:
         finally:
             srv.stop()
             shutil.rmtree(data, ignore_errors=True)
-        return dict(num(kv(out), ("p50_us", "p99_us", "max_us", "rps")), cpu_us=cpu,
+        return dict(num(kv(out), ("p50_us", "p99_us", "max_us", "rps", "int_p50_us",
+                                  "int_p99_us", "outbuf_p50_us", "outbuf_p99_us",
+                                  "rtt_p50_us", "rtt_p99_us")), cpu_us=cpu,
                     broker_p50_us=broker[0], broker_p99_us=broker[1])
 
     # --- Redis ----------------------------------------------------------
@@ -409,7 +415,14 @@ def report(a, disks, res, cases, lat, lat_rate):
                       ("redis", "Redis XADD, appendfsync always")):
         print(f"| {text} | {med(lat[key], 'p50_us'):.0f} | {med(lat[key], 'p99_us'):.0f} | "
               f"{med(lat[key], 'max_us'):.0f} | {med(lat[key], 'cpu_us'):.0f} |")
-        if key != "redis":  # the broker's own share, from its histogram
+        if key != "redis":  # where the time goes: librdkafka's and the broker's histograms
+            print(f"| ↳ librdkafka: waiting in the producer queue (int_latency) | "
+                  f"{med(lat[key], 'int_p50_us'):.0f} | {med(lat[key], 'int_p99_us'):.0f} | | |")
+            print(f"| ↳ librdkafka: built, waiting for its broker thread to send "
+                  f"(outbuf_latency) | {med(lat[key], 'outbuf_p50_us'):.0f} | "
+                  f"{med(lat[key], 'outbuf_p99_us'):.0f} | | |")
+            print(f"| ↳ librdkafka: produce request sent → response read (rtt) | "
+                  f"{med(lat[key], 'rtt_p50_us'):.0f} | {med(lat[key], 'rtt_p99_us'):.0f} | | |")
             print(f"| ↳ inside the broker (read → response complete; bucket upper bounds) | "
                   f"≤ {med(lat[key], 'broker_p50_us'):.0f} | ≤ {med(lat[key], 'broker_p99_us'):.0f} "
                   f"| | |")
@@ -434,7 +447,9 @@ def report(a, disks, res, cases, lat, lat_rate):
           f"({w1n:.0f} of {seq:.0f} MB/s = {w1n / seq * 100:.0f}%; {w1k / seq * 100:.0f}% under "
           f"the {a.cap:.0f}% cap); fsync'd produce p99 <= 3 flush latencies: "
           f"{verdict(t3 <= 3)} ({wp99:.0f} µs = {t3:.1f}x the dd flush latency of "
-          f"{flush_us:.0f} µs; {wp99 / med(disks, 'flush_p99_us'):.1f}x the fdatasync p99)")
+          f"{flush_us:.0f} µs; {wp99 / med(disks, 'flush_p99_us'):.1f}x the fdatasync p99; "
+          f"produce request rtt p99 {med(lat['weftall'], 'rtt_p99_us'):.0f} µs = "
+          f"{med(lat['weftall'], 'rtt_p99_us') / flush_us:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,12 @@
  * Output: one line of key=value pairs, e.g.
  *   mode=produce records=200000 bytes=20000000 secs=1.234 rps=162074
  *   mbps=16.21 p50_us=812.0 p99_us=2900.1 max_us=4100.0 errors=0
+ * A paced run with one client adds librdkafka's own view of the same
+ * records from its statistics (one window spanning the run): int_p50_us/
+ * int_p99_us (queued in the producer), outbuf_* (request built, waiting for
+ * librdkafka's broker thread to send it) and rtt_* (request sent to response
+ * read, the produce request latency Kafka clients report), so the client's
+ * share of the delivery latency can be told from the broker's.
  * Exit status: 0, or 1 on any delivery/consume error or time-out, 2 on
  * bad usage.
  */
@@ -63,6 +69,19 @@ static char *g_payload;
 static pthread_barrier_t g_start;
 static double g_t0;
 
+/* librdkafka's own latency histograms (statistics JSON) of the broker that
+ * served the most requests, for the paced (-r) runs: int_latency (in the
+ * producer's queue), outbuf_latency (request built, waiting for its broker
+ * thread to send it) and rtt (request sent to response read: the produce
+ * request latency Kafka clients report). One statistics window covers the
+ * whole run; g_stats_at says when it was taken. */
+typedef struct hist {
+    double p50, p99;
+    long cnt;
+} hist;
+static hist g_int, g_outbuf, g_rtt;
+static _Atomic double g_stats_at;
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -90,6 +109,41 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     }
     atomic_store(&c->last_dr, now_s());
     atomic_fetch_add(&c->delivered, 1);
+}
+
+/* The histogram `"name": { ... }` at or after *at; moves *at past it. */
+static bool parse_hist(const char **at, const char *name, hist *h)
+{
+    char key[64];
+    snprintf(key, sizeof key, "\"%s\":", name);
+    const char *p = strstr(*at, key), *e = p ? strchr(p, '}') : NULL;
+    if (!e)
+        return false;
+    const char *c = strstr(p, "\"cnt\":"), *a = strstr(p, "\"p50\":"), *b = strstr(p, "\"p99\":");
+    if (!c || !a || !b || c > e || a > e || b > e)
+        return false;
+    h->cnt = atol(c + 6);
+    h->p50 = atof(a + 6);
+    h->p99 = atof(b + 6);
+    *at = e;
+    return true;
+}
+
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)rk, (void)len, (void)opaque;
+    long best = -1;
+    const char *at = json;
+    hist in, ob, rt;
+    while (parse_hist(&at, "int_latency", &in) && parse_hist(&at, "outbuf_latency", &ob) &&
+           parse_hist(&at, "rtt", &rt))
+        if (rt.cnt > best) {
+            best = rt.cnt;
+            g_int = in, g_outbuf = ob, g_rtt = rt;
+        }
+    if (best >= 0 && atomic_load(&g_stats_at) == 0)
+        atomic_store(&g_stats_at, now_s());
+    return 0; /* librdkafka frees json */
 }
 
 static int set(rd_kafka_conf_t *conf, const char *k, const char *v)
@@ -122,6 +176,13 @@ static rd_kafka_t *make_handle(const opts *o, rd_kafka_type_t type, void *opaque
             set(conf, "message.timeout.ms", "30000") < 0)
             goto fail;
         rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+        if (o->rate > 0 && o->clients == 1) {
+            /* one window from start-up to just after the run */
+            snprintf(num, sizeof num, "%.0f", (double)o->records / o->rate * 1000 + 2000);
+            if (set(conf, "statistics.interval.ms", num) < 0)
+                goto fail;
+            rd_kafka_conf_set_stats_cb(conf, stats_cb);
+        }
         rd_kafka_conf_set_opaque(conf, opaque);
     } else {
         /* keep up to ~64 MB of fetched records queued ahead of the reader */
@@ -299,15 +360,28 @@ static int run_produce(const opts *o)
             end = cl[k].end;
     }
     long errors = atomic_load(&g_errors);
+    char lib[256] = "";
+    if (rc == 0 && o->rate > 0 && o->clients == 1) {
+        /* wait for the window that ends after the run (served by poll) */
+        double give_up = now_s() + 10;
+        while (atomic_load(&g_stats_at) == 0 && now_s() < give_up)
+            rd_kafka_poll(cl[0].rk, 100);
+        if (atomic_load(&g_stats_at) >= end)
+            snprintf(lib, sizeof lib,
+                     " int_p50_us=%.0f int_p99_us=%.0f outbuf_p50_us=%.0f outbuf_p99_us=%.0f "
+                     "rtt_p50_us=%.0f rtt_p99_us=%.0f rtt_cnt=%ld",
+                     g_int.p50, g_int.p99, g_outbuf.p50, g_outbuf.p99, g_rtt.p50, g_rtt.p99,
+                     g_rtt.cnt);
+    }
     if (rc == 0) {
         double secs = end - g_t0;
         qsort(g_lat_ns, (size_t)o->records, sizeof *g_lat_ns, cmp_u32);
         printf("mode=produce records=%ld bytes=%ld clients=%ld acks=%s secs=%.3f rps=%.0f "
-               "mbps=%.2f p50_us=%.1f p99_us=%.1f max_us=%.1f errors=%ld\n",
+               "mbps=%.2f p50_us=%.1f p99_us=%.1f max_us=%.1f errors=%ld%s\n",
                o->records, o->records * o->size, o->clients, o->acks, secs,
                (double)o->records / secs, (double)(o->records * o->size) / secs / 1e6,
                pct_us(g_lat_ns, o->records, 0.50), pct_us(g_lat_ns, o->records, 0.99),
-               pct_us(g_lat_ns, o->records, 1.0), errors);
+               pct_us(g_lat_ns, o->records, 1.0), errors, lib);
     }
     if (errors)
         rc = 1;

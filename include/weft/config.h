@@ -37,6 +37,9 @@ int weft_conf_load_string(const char *name, const char *yaml, size_t len,
 void weft_conf_free(weft_conf *c);
 
 const weft_conf_node *weft_conf_root(const weft_conf *c);
+/* The text the document was parsed from (owned by the document, with a NUL
+ * after the last byte); its length in *len. */
+const char *weft_conf_source(const weft_conf *c, size_t *len);
 int weft_conf_kind(const weft_conf_node *n);
 int weft_conf_line(const weft_conf_node *n);   /* 1-based */
 int weft_conf_column(const weft_conf_node *n); /* 1-based */

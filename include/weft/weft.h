@@ -77,6 +77,11 @@ bool weft_str_ieq(weft_str a, weft_str b);
 /* 1..max bytes, each a letter, digit, '.', '_', ':' or '-': the names of
  * services, instances and event streams. */
 bool weft_name_ok(weft_str s, size_t max);
+/* A copy of s[0..n) in which every ill-formed UTF-8 sequence (RFC 3629)
+ * is replaced by U+FFFD, for text from outside (file names, peers) that
+ * must go into JSON. malloc'd and NUL-terminated, owned by the caller;
+ * NULL when out of memory. */
+char *weft_utf8_lossy(const char *s, size_t n);
 
 #define WEFT_UNUSED(x) ((void)(x))
 #define WEFT_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))

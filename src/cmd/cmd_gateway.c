@@ -14,13 +14,13 @@
 #include "gateway/gwrt.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
+#include "weft/service.h"
 
 #include <jansson.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 const char weft_help_gateway[] =
     "usage: weft gateway -c FILE [--listen HOST:PORT]... [--admin HOST:PORT]\n"
@@ -49,6 +49,19 @@ static atomic_bool g_draining;
 /* Parse the whole file again: the common keys are only marked as read (they
  * cannot change without a restart), the gateway keys are validated, and
  * unknown keys are errors — exactly as at start-up. */
+/* /admin/config shows the text the running config was parsed from. */
+static int keep_source(gw_config *c, const weft_conf *doc)
+{
+    size_t n;
+    const char *src = weft_conf_source(doc, &n);
+    c->yaml_text = malloc(n + 1);
+    if (!c->yaml_text)
+        return WEFT_ENOMEM;
+    memcpy(c->yaml_text, src, n + 1);
+    c->yaml_len = n;
+    return 0;
+}
+
 static int load_config(const char *path, gw_config **out, char *errbuf, size_t errlen)
 {
     weft_conf *doc;
@@ -73,6 +86,11 @@ static int load_config(const char *path, gw_config **out, char *errbuf, size_t e
         gw_config_unref(*out);
         *out = NULL;
         rc = WEFT_ECONFIG;
+    }
+    if (rc == 0 && (rc = keep_source(*out, doc)) < 0) {
+        gw_config_unref(*out);
+        *out = NULL;
+        snprintf(err.msg, sizeof err.msg, "%s: out of memory", path);
     }
     if (rc < 0)
         snprintf(errbuf, errlen, "%s", err.msg);
@@ -110,32 +128,23 @@ static const weft_str JSON = {"application/json", 16};
 static void a_config(weft_http_req *r, void *ud)
 {
     (void)ud;
+    /* the running config, with the text it was parsed from (not the file
+     * as it is now: it may hold an edit not yet reloaded, or rejected) */
     gw_config *c = gw_runtime_config(g_rt);
-    FILE *f = fopen(c->path, "r");
-    char *buf = NULL;
-    size_t n = 0;
-    if (f) {
-        struct stat st;
-        if (fstat(fileno(f), &st) == 0 && st.st_size < (16 << 20)) {
-            buf = malloc((size_t)st.st_size + 1);
-            if (buf)
-                n = fread(buf, 1, (size_t)st.st_size, f);
-        }
-        fclose(f);
-    }
-    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s%}", "file", c->path, "routes",
+    char *file = weft_utf8_lossy(c->path, strlen(c->path)); /* need not be UTF-8 */
+    json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s%}", "file", file ? file : "", "routes",
                           (json_int_t)c->nroutes, "clusters", (json_int_t)c->nclusters,
                           "reloads", (json_int_t)atomic_load(&g_rt->reloads), "reload_failures",
-                          (json_int_t)atomic_load(&g_rt->reload_failures), "yaml", buf ? buf : "",
-                          buf ? n : (size_t)0);
+                          (json_int_t)atomic_load(&g_rt->reload_failures), "yaml",
+                          c->yaml_text ? c->yaml_text : "", c->yaml_text ? c->yaml_len : 0);
     char *s = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
     if (s)
         weft_http_respond(r, 200, JSON, s, strlen(s));
     else
         weft_http_respond_error(r, 500, "cannot render config");
     free(s);
+    free(file);
     json_decref(o);
-    free(buf);
     gw_config_unref(c);
 }
 
@@ -157,11 +166,11 @@ static void a_reload(weft_http_req *r, void *ud)
     (void)ud;
     char err[600];
     if (do_reload(err, sizeof err) < 0) {
-        json_t *o = json_pack("{s:s, s:s}", "status", "rejected", "error", err);
-        char *s = json_dumps(o, JSON_COMPACT);
-        weft_http_respond(r, 400, JSON, s, strlen(s));
-        free(s);
-        json_decref(o);
+        /* the reason quotes the file name, which need not be UTF-8 */
+        char *why = weft_utf8_lossy(err, strlen(err));
+        weft_json_respond(r, 400,
+                          json_pack("{s:s, s:s}", "status", "rejected", "error", why ? why : err));
+        free(why);
         return;
     }
     static const char ok[] = "{\"status\":\"reloaded\"}";
@@ -240,6 +249,12 @@ int weft_cmd_gateway(int argc, char **argv)
         fprintf(stderr, "weft gateway: %s\n", err.msg);
         weft_cli_release(&cli);
         return 2;
+    }
+    if (keep_source(cfg, cli.conf) < 0) {
+        fprintf(stderr, "weft gateway: out of memory\n");
+        gw_config_unref(cfg);
+        weft_cli_release(&cli);
+        return 1;
     }
     if (weft_cli_finish(&cli) < 0) {
         gw_config_unref(cfg);

@@ -79,6 +79,8 @@ struct chunk {
 struct weft_conf {
     struct chunk *chunks;
     const char *file;
+    const char *src; /* the text parsed, NUL-terminated (in the arena) */
+    size_t src_len;
     weft_conf_node *root;
 };
 
@@ -598,7 +600,9 @@ int weft_conf_load_string(const char *name, const char *yaml, size_t len, weft_c
     if (!c)
         goto fail_nomem;
     c->file = arena_strndup(c, name, strlen(name));
-    if (!c->file)
+    c->src = arena_strndup(c, yaml ? yaml : "", len);
+    c->src_len = len;
+    if (!c->file || !c->src)
         goto fail_free_conf;
     b = calloc(1, sizeof *b);
     if (!b)
@@ -733,6 +737,13 @@ fail_close_fd:
 }
 
 /* ---- accessors --------------------------------------------------------- */
+
+const char *weft_conf_source(const weft_conf *c, size_t *len)
+{
+    if (len)
+        *len = c && c->src ? c->src_len : 0;
+    return c && c->src ? c->src : "";
+}
 
 const weft_conf_node *weft_conf_root(const weft_conf *c)
 {

@@ -17,7 +17,9 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
@@ -127,6 +129,30 @@ static size_t utf8_len(const unsigned char *s, size_t n)
         if ((s[i] & 0xc0) != 0x80)
             return 0;
     return len;
+}
+
+char *weft_utf8_lossy(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    if (n > (SIZE_MAX - 1) / 3)
+        return NULL;
+    char *copy = malloc(n * 3 + 1), *p = copy; /* one byte -> at most 3 */
+    if (!copy)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t len = u[i] < 0x80 ? 1 : utf8_len(u + i, n - i);
+        if (len) {
+            memcpy(p, u + i, len);
+            p += len;
+            i += len;
+        } else {
+            memcpy(p, "\xef\xbf\xbd", 3);
+            p += 3;
+            i++;
+        }
+    }
+    *p = '\0';
+    return copy;
 }
 
 /* A double-quoted string with JSON escapes (also the quoting used for

@@ -1,5 +1,6 @@
 """weft gateway: --check validation (FILE:LINE:COL: KEY: reason, exit 2) and
 configuration reload (POST /admin/reload, SIGHUP, under load)."""
+import os
 import re
 import signal
 import subprocess
@@ -9,8 +10,8 @@ import time
 import pytest
 
 import weftutil
-from gwutil import (REPO, eps_yaml, gateway, nginx_origin, origins,  # noqa: F401
-                    wait_until)
+from gwutil import (REPO, Gateway, eps_yaml, gateway, nginx_origin, origins,  # noqa: F401
+                    stop_all, wait_until)
 
 
 def check(path):
@@ -152,13 +153,39 @@ def test_admin_reload_invalid_keeps_old_config(gateway, origins):
                              "no cluster named 'missing-cluster'"), body
     assert g.get("/old/x").status == 200
     assert g.get("/new/x").status == 404
-    assert g.admin_get("/admin/config").json()["reloads"] == 0
+    cfg = g.admin_get("/admin/config").json()
+    assert cfg["reloads"] == 0 and cfg["reload_failures"] == 1, cfg
+    # the text of the config that serves, not the rejected edit in the file
+    assert cfg["yaml"] == base_config(o), cfg["yaml"]
     # an unknown key is rejected at reload exactly as at start-up
     g.write_config(base_config(o).replace("lb: round_robin", "lb: round_robin\n    colour: red"))
     r = g.reload()
     assert r.status == 400, r
     assert r.json()["error"] == f"{g.config_path}:6:5: clusters.c.colour: unknown key", r.body
     assert g.get("/old/x").status == 200
+
+
+def test_rejected_reload_with_a_non_utf8_config_path(tmp_path, origins):
+    """The reason quotes the file name; one that is not UTF-8 goes into the
+    JSON answers with U+FFFD for the bytes that are not (was: a crash)."""
+    o = origins(1)
+    workdir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9")
+    os.mkdir(workdir)
+    g = Gateway(base_config(o), workdir)
+    try:
+        assert g.get("/old/x").status == 200
+        g.write_config(base_config(o).replace("lb: round_robin", "lb: round_robin\n    colour: red"))
+        r = g.reload()
+        assert r.status == 400, r
+        body = r.json()  # valid JSON: the stray byte is U+FFFD
+        shown = str(tmp_path) + "/caf\ufffd/" + g.config_path.name
+        assert body == {"status": "rejected",
+                        "error": f"{shown}:6:5: clusters.c.colour: unknown key"}, body
+        assert g.get("/old/x").status == 200
+        cfg = g.admin_get("/admin/config").json()
+        assert cfg["file"] == shown and cfg["yaml"] == base_config(o), cfg
+    finally:
+        stop_all([g])
 
 
 def test_sighup_reload(gateway, origins):

@@ -65,7 +65,27 @@ static void test_empty_string_is_empty_map(void **state)
     assert_string_equal(weft_conf_file(r), "t.yaml");
     weft_conf_err err = {{0}};
     assert_int_equal(weft_conf_check_unused(r, &err), 0);
+    size_t n = 1;
+    assert_string_equal(weft_conf_source(c, &n), "");
+    assert_int_equal(n, 0);
     weft_conf_free(c);
+}
+
+static void test_source_text_kept(void **state)
+{
+    (void)state;
+    static const char text[] = "# comment\na: 1\nb: [x, y]\n";
+    char *path = write_tmp(text);
+    weft_conf *c = NULL;
+    weft_conf_err err = {{0}};
+    assert_int_equal(weft_conf_load_file(path, &c, &err), 0);
+    size_t n = 0;
+    const char *src = weft_conf_source(c, &n);
+    assert_int_equal(n, sizeof text - 1);
+    assert_string_equal(src, text); /* comments and all, NUL-terminated */
+    weft_conf_free(c);
+    unlink(path);
+    free(path);
 }
 
 static void test_comments_and_bare_document_are_empty(void **state)
@@ -1027,6 +1047,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty_string_is_empty_map),
+        cmocka_unit_test(test_source_text_kept),
         cmocka_unit_test(test_comments_and_bare_document_are_empty),
         cmocka_unit_test(test_scalars_and_locations),
         cmocka_unit_test(test_map_order_and_map_at),

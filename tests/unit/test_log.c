@@ -422,6 +422,33 @@ static void test_json_invalid_utf8_still_valid(void **state)
 /* ------------------------------------------------------------------ */
 /* levels */
 
+static void test_utf8_lossy(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        size_t n;
+        const char *want;
+    } cases[] = {
+        {"", 0, ""},
+        {"plain/path.yaml", 15, "plain/path.yaml"},
+        {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"},
+        {"caf\xe9/x", 6, "caf\xef\xbf\xbd/x"},            /* latin-1 byte */
+        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"},          /* overlong '/' */
+        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* surrogate */
+        {"ab\xe2\x82", 4, "ab\xef\xbf\xbd\xef\xbf\xbd"},      /* cut sequence */
+        {"a\0b", 3, "a\0b"},                                  /* NUL kept */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *got = weft_utf8_lossy(cases[i].in, cases[i].n);
+        assert_non_null(got);
+        size_t wn = cases[i].n == 3 && cases[i].in[1] == '\0' ? 3 : strlen(cases[i].want);
+        assert_memory_equal(got, cases[i].want, wn);
+        assert_int_equal(got[wn], '\0');
+        free(got);
+    }
+}
+
 static void test_level_filtering(void **state)
 {
     (void)state;
@@ -727,6 +754,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_json_escaping_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_nonfinite_float_still_valid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_invalid_utf8_still_valid, setup, teardown),
+        cmocka_unit_test(test_utf8_lossy),
         cmocka_unit_test_setup_teardown(test_level_filtering, setup, teardown),
         cmocka_unit_test_setup_teardown(test_level_and_format_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_id, setup, teardown),

@@ -280,8 +280,13 @@ static int parse_frame(kconn *c, const uint8_t *p, size_t n)
     q->api_key = key;
     q->api_version = ver;
     q->corr = corr;
-    q->start_us = weft_now_us();
-    snprintf(q->client_id, sizeof q->client_id, "%.*s", (int)client.n, client.p ? client.p : "");
+    if (key == KA_PRODUCE || key == KA_FETCH) /* the two timed APIs */
+        q->start_us = weft_now_us();
+    size_t idn = client.p ? client.n : 0; /* a null client id is p == NULL */
+    if (idn > sizeof q->client_id - 1)
+        idn = sizeof q->client_id - 1;
+    if (idn)
+        memcpy(q->client_id, client.p, idn); /* calloc'd: NUL-terminated */
     weft_buf_init(&q->out, e->o.max_request + 1024);
     q->w.b = &q->out;
     kf_w_i32(&q->w, 0); /* size, patched at completion */

@@ -250,3 +250,39 @@ def test_auto_create_off_refuses_unknown_topics(tmp_path):
         assert len(json.loads(r.stdout)["topics"][0]["partitions"]) == 3
     finally:
         lg.stop()
+
+
+def test_describe_groups_shows_members_client_ids(log):
+    """DescribeGroups (kafka-python's admin client) reports each member's
+    client id as sent in its request headers, cut to 127 bytes, and the
+    member ids the coordinator made from them."""
+    long_id = "c" * 300
+    code = f"""
+import json, time
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
+p = KafkaProducer(bootstrap_servers="{log.bootstrap}")
+p.send("dg", b"x").get(timeout=10)
+p.close()
+out = {{}}
+for cid in ("weft-test-client", "{long_id}"):
+    c = KafkaConsumer("dg", bootstrap_servers="{log.bootstrap}", group_id="g-" + cid[:8],
+                      client_id=cid, auto_offset_reset="earliest", consumer_timeout_ms=8000)
+    next(iter(c))  # joined and assigned: the group is Stable
+    a = KafkaAdminClient(bootstrap_servers="{log.bootstrap}")
+    g = a.describe_consumer_groups(["g-" + cid[:8]])[0]
+    out[cid[:8]] = [g.state, [(m.client_id, m.member_id) for m in g.members]]
+    a.close()
+    c.close()
+print(json.dumps(out))
+"""
+    r = run_py(code, timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    state, members = out["weft-tes"]
+    assert state == "Stable" and len(members) == 1, out
+    assert members[0][0] == "weft-test-client"
+    assert members[0][1].startswith("weft-test-client-"), members
+    state, members = out["cccccccc"]
+    assert state == "Stable" and len(members) == 1, out
+    assert members[0][0] == "c" * 127, members

@@ -547,8 +547,8 @@ static bool parse_i64(weft_str v, int64_t *out)
         return false;
     int64_t x = 0;
     for (size_t i = 0; i < v.n; i++) {
-        if (v.p[i] < '0' || v.p[i] > '9')
-            return false;
+        if (v.p[i] < '0' || v.p[i] > '9' || x > (INT64_MAX - (v.p[i] - '0')) / 10)
+            return false; /* not a digit, or past INT64_MAX */
         x = x * 10 + (v.p[i] - '0');
     }
     *out = x;

@@ -552,6 +552,30 @@ def test_bad_input_limits_and_names(log):
     assert st == 200 and [e["id"] for e in d["events"]] == ["ok"]
 
 
+def test_numbers_past_int64_are_400(log):
+    """from= and Last-Event-ID beyond 2^63-1 are refused, not wrapped around
+    (a wrapped Last-Event-ID gave a stream subscription a negative version
+    to index with)."""
+    assert append(log, "n-1", [ev("a"), ev("b")]).status_code == 200
+    for big in ("9223372036854775808", "9999999999999999999"):
+        for path in ("/all", "/streams/n-1", "/categories/n"):
+            st, d = read(log, path, **{"from": big})
+            assert st == 400 and "error" in d, (path, big)
+        for path in ("/subscribe/all", "/subscribe/streams/n-1", "/subscribe/categories/n"):
+            sub = SSE(log.http_port, path, headers={"Last-Event-ID": big})
+            assert sub.status == 400, (path, big)
+            sub.close()
+            sub = SSE(log.http_port, f"{path}?from={big}")
+            assert sub.status == 400, (path, big)
+            sub.close()
+    # the largest number still parses
+    st, d = read(log, "/all", **{"from": "9223372036854775807"})
+    assert st == 200 and d == {"events": [], "next": None}
+    assert log.alive()
+    st, d = read(log, "/streams/n-1")
+    assert st == 200 and [e["id"] for e in d["events"]] == ["a", "b"]
+
+
 def test_health_ready_metrics_on_the_streams_listener(log):
     assert requests.get(f"{log.url}/health", timeout=5).status_code == 200
     assert requests.get(f"{log.url}/ready", timeout=5).json() == {"ready": True}

@@ -395,8 +395,7 @@ static sstream *stream_get(elog_streams *st, const char *name, size_t len)
     }
     if (!(s = ht_add(&st->streams, name, len, sizeof *s)))
         return NULL;
-    s->cat = c;
-    weft_metric_gauge_add(st->m, st->m_streams, 1);
+    s->cat = c; /* counted in m_streams with its first event (index_add) */
     return s;
 }
 
@@ -437,8 +436,10 @@ static int reserve(sstream *s, size_t more)
     return 0;
 }
 
-static void index_add(sstream *s, int64_t pos, uint64_t idh)
+static void index_add(elog_streams *st, sstream *s, int64_t pos, uint64_t idh)
 {
+    if (s->n == 0) /* an append refused after stream_get leaves an empty entry */
+        weft_metric_gauge_add(st->m, st->m_streams, 1);
     s->pos[s->n] = pos;
     s->idh[s->n++] = idh;
     s->cat->pos[s->cat->n++] = pos;
@@ -1246,7 +1247,7 @@ static void append_checked(elog_streams *st, weft_http_req *r, const char *name,
             return;
         }
         for (size_t i = 0; i < n; i++) /* cannot fail: reserved */
-            index_add(s, base + (int64_t)i, in[i].idh);
+            index_add(st, s, base + (int64_t)i, in[i].idh);
         weft_metric_inc(st->m, st->m_appends);
         weft_metric_add(st->m, st->m_events, n);
     }
@@ -1635,7 +1636,7 @@ static int rebuild(elog_streams *st)
                 skipped++;
                 continue;
             }
-            index_add(s, ev.position, fnv1a(ev.id.p, ev.id.n));
+            index_add(st, s, ev.position, fnv1a(ev.id.p, ev.id.n));
             events++;
         }
         pos = b.base_offset + b.last_offset_delta + 1;

@@ -552,6 +552,21 @@ def test_bad_input_limits_and_names(log):
     assert st == 200 and [e["id"] for e in d["events"]] == ["ok"]
 
 
+def test_refused_append_does_not_count_a_stream(log):
+    """An append refused after its stream was looked up (too large once
+    built: 400) leaves no stream behind: weft_log_streams counts streams
+    with events, as it does after a restart."""
+    assert append(log, "real-1", [ev("r")]).status_code == 200
+    big = [{"id": f"b{i}", "type": "t", "data": "x" * 200000} for i in range(4)]
+    big.append({"id": "b4", "type": "t", "data": "x" * 190000})  # > 960 KiB, < max_body
+    r = append(log, "huge-1", big)
+    assert r.status_code == 400 and "too large" in r.json()["error"], r.text[:200]
+    assert read(log, "/streams/huge-1")[0] == 404
+    assert metric_value(log, "weft_log_streams") == 1
+    assert append(log, "huge-1", [ev("small")]).status_code == 200
+    assert metric_value(log, "weft_log_streams") == 2
+
+
 def test_numbers_past_int64_are_400(log):
     """from= and Last-Event-ID beyond 2^63-1 are refused, not wrapped around
     (a wrapped Last-Event-ID gave a stream subscription a negative version

@@ -822,7 +822,8 @@ static void recopy_category(elog_streams *st, scat *c)
         lo = hi[k] < lo ? hi[k] : lo;
     }
     size_t copied = 0;
-    for (size_t i = lower_bound(c->pos, c->n, lo + 1); i < c->n;) {
+    /* lo may come from any producer's header: INT64_MAX is past every event */
+    for (size_t i = lo < INT64_MAX ? lower_bound(c->pos, c->n, lo + 1) : c->n; i < c->n;) {
         const uint8_t *bp;
         kf_batch b;
         kf_record rec;

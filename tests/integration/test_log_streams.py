@@ -477,6 +477,27 @@ def test_category_topic_is_rebuilt_at_start(tmp_path):
             lg2.stop()
 
 
+def test_foreign_weft_position_header_at_int64_max(tmp_path):
+    """A Kafka client may write a category topic; a record of its own whose
+    weft.position header is 2^63-1 must not break the next start (the
+    re-copy's lower bound was that + 1, a signed overflow)."""
+    lg = Log(tmp_path, http=True)
+    append(lg, "shop-1", [ev("s1")])
+    wait_until(lambda: len(kcat_consume(lg, "shop")) == 1, timeout=10)
+    r = subprocess.run(["kcat", "-P", "-b", lg.bootstrap, "-t", "shop",
+                        "-H", "weft.position=9223372036854775807"],
+                       input="foreign\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    lg.stop()
+    lg2 = Log(tmp_path, data=lg.data, http=True, name="log2")
+    try:
+        assert append(lg2, "shop-1", [ev("s2")]).status_code == 200
+        wait_until(lambda: len(kcat_consume(lg2, "shop")) == 3, timeout=10)
+        assert lg2.alive()
+    finally:
+        lg2.stop()
+
+
 # ---- bad input ----
 
 

@@ -395,8 +395,7 @@ static sstream *stream_get(elog_streams *st, const char *name, size_t len)
     }
     if (!(s = ht_add(&st->streams, name, len, sizeof *s)))
         return NULL;
-    s->cat = c;
-    weft_metric_gauge_add(st->m, st->m_streams, 1);
+    s->cat = c; /* counted in m_streams with its first event (index_add) */
     return s;
 }
 
@@ -437,8 +436,10 @@ static int reserve(sstream *s, size_t more)
     return 0;
 }
 
-static void index_add(sstream *s, int64_t pos, uint64_t idh)
+static void index_add(elog_streams *st, sstream *s, int64_t pos, uint64_t idh)
 {
+    if (s->n == 0) /* an append refused after stream_get leaves an empty entry */
+        weft_metric_gauge_add(st->m, st->m_streams, 1);
     s->pos[s->n] = pos;
     s->idh[s->n++] = idh;
     s->cat->pos[s->cat->n++] = pos;
@@ -547,8 +548,8 @@ static bool parse_i64(weft_str v, int64_t *out)
         return false;
     int64_t x = 0;
     for (size_t i = 0; i < v.n; i++) {
-        if (v.p[i] < '0' || v.p[i] > '9')
-            return false;
+        if (v.p[i] < '0' || v.p[i] > '9' || x > (INT64_MAX - (v.p[i] - '0')) / 10)
+            return false; /* not a digit, or past INT64_MAX */
         x = x * 10 + (v.p[i] - '0');
     }
     *out = x;
@@ -821,7 +822,8 @@ static void recopy_category(elog_streams *st, scat *c)
         lo = hi[k] < lo ? hi[k] : lo;
     }
     size_t copied = 0;
-    for (size_t i = lower_bound(c->pos, c->n, lo + 1); i < c->n;) {
+    /* lo may come from any producer's header: INT64_MAX is past every event */
+    for (size_t i = lo < INT64_MAX ? lower_bound(c->pos, c->n, lo + 1) : c->n; i < c->n;) {
         const uint8_t *bp;
         kf_batch b;
         kf_record rec;
@@ -1246,7 +1248,7 @@ static void append_checked(elog_streams *st, weft_http_req *r, const char *name,
             return;
         }
         for (size_t i = 0; i < n; i++) /* cannot fail: reserved */
-            index_add(s, base + (int64_t)i, in[i].idh);
+            index_add(st, s, base + (int64_t)i, in[i].idh);
         weft_metric_inc(st->m, st->m_appends);
         weft_metric_add(st->m, st->m_events, n);
     }
@@ -1635,7 +1637,7 @@ static int rebuild(elog_streams *st)
                 skipped++;
                 continue;
             }
-            index_add(s, ev.position, fnv1a(ev.id.p, ev.id.n));
+            index_add(st, s, ev.position, fnv1a(ev.id.p, ev.id.n));
             events++;
         }
         pos = b.base_offset + b.last_offset_delta + 1;

@@ -477,6 +477,27 @@ def test_category_topic_is_rebuilt_at_start(tmp_path):
             lg2.stop()
 
 
+def test_foreign_weft_position_header_at_int64_max(tmp_path):
+    """A Kafka client may write a category topic; a record of its own whose
+    weft.position header is 2^63-1 must not break the next start (the
+    re-copy's lower bound was that + 1, a signed overflow)."""
+    lg = Log(tmp_path, http=True)
+    append(lg, "shop-1", [ev("s1")])
+    wait_until(lambda: len(kcat_consume(lg, "shop")) == 1, timeout=10)
+    r = subprocess.run(["kcat", "-P", "-b", lg.bootstrap, "-t", "shop",
+                        "-H", "weft.position=9223372036854775807"],
+                       input="foreign\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    lg.stop()
+    lg2 = Log(tmp_path, data=lg.data, http=True, name="log2")
+    try:
+        assert append(lg2, "shop-1", [ev("s2")]).status_code == 200
+        wait_until(lambda: len(kcat_consume(lg2, "shop")) == 3, timeout=10)
+        assert lg2.alive()
+    finally:
+        lg2.stop()
+
+
 # ---- bad input ----
 
 
@@ -550,6 +571,45 @@ def test_bad_input_limits_and_names(log):
     # still serving
     st, d = read(log, "/streams/s-1")
     assert st == 200 and [e["id"] for e in d["events"]] == ["ok"]
+
+
+def test_refused_append_does_not_count_a_stream(log):
+    """An append refused after its stream was looked up (too large once
+    built: 400) leaves no stream behind: weft_log_streams counts streams
+    with events, as it does after a restart."""
+    assert append(log, "real-1", [ev("r")]).status_code == 200
+    big = [{"id": f"b{i}", "type": "t", "data": "x" * 200000} for i in range(4)]
+    big.append({"id": "b4", "type": "t", "data": "x" * 190000})  # > 960 KiB, < max_body
+    r = append(log, "huge-1", big)
+    assert r.status_code == 400 and "too large" in r.json()["error"], r.text[:200]
+    assert read(log, "/streams/huge-1")[0] == 404
+    assert metric_value(log, "weft_log_streams") == 1
+    assert append(log, "huge-1", [ev("small")]).status_code == 200
+    assert metric_value(log, "weft_log_streams") == 2
+
+
+def test_numbers_past_int64_are_400(log):
+    """from= and Last-Event-ID beyond 2^63-1 are refused, not wrapped around
+    (a wrapped Last-Event-ID gave a stream subscription a negative version
+    to index with)."""
+    assert append(log, "n-1", [ev("a"), ev("b")]).status_code == 200
+    for big in ("9223372036854775808", "9999999999999999999"):
+        for path in ("/all", "/streams/n-1", "/categories/n"):
+            st, d = read(log, path, **{"from": big})
+            assert st == 400 and "error" in d, (path, big)
+        for path in ("/subscribe/all", "/subscribe/streams/n-1", "/subscribe/categories/n"):
+            sub = SSE(log.http_port, path, headers={"Last-Event-ID": big})
+            assert sub.status == 400, (path, big)
+            sub.close()
+            sub = SSE(log.http_port, f"{path}?from={big}")
+            assert sub.status == 400, (path, big)
+            sub.close()
+    # the largest number still parses
+    st, d = read(log, "/all", **{"from": "9223372036854775807"})
+    assert st == 200 and d == {"events": [], "next": None}
+    assert log.alive()
+    st, d = read(log, "/streams/n-1")
+    assert st == 200 and [e["id"] for e in d["events"]] == ["a", "b"]
 
 
 def test_health_ready_metrics_on_the_streams_listener(log):

@@ -290,7 +290,7 @@ void elog_producers_rebuild(kpart *p)
 
 /* Append one partition's records. Returns a Kafka error; *base set. */
 static int produce_part(elog *e, kreq *q, int acks, ktopic *t, int32_t index, weft_str rec,
-                        int64_t *base)
+                        int64_t *base, size_t err_at)
 {
     *base = -1;
     if (!t || index < 0 || index >= t->npart)
@@ -326,7 +326,7 @@ static int produce_part(elog *e, kreq *q, int acks, ktopic *t, int32_t index, we
     weft_metric_add(e->m, e->m_produced_bytes, rec.n);
     if (acks == -1 && t->conf.log.fsync == PLOG_FSYNC_ALWAYS &&
         plog_durable_offset(p->log) < *base + b.last_offset_delta + 1)
-        elog_wait_durable(p, q, *base + b.last_offset_delta + 1);
+        elog_wait_durable(p, q, *base + b.last_offset_delta + 1, err_at);
     elog_fetch_wake(p);
     return KE_NONE;
 }
@@ -365,7 +365,9 @@ static void h_produce(elog *e, kreq *q, kf_reader *r)
             int32_t index = kf_i32(r);
             weft_str rec = kf_bytes(r);
             int64_t base = -1;
-            int err = terr ? terr : produce_part(e, q, acks, t, index, rec, &base);
+            /* the error code follows the index we are about to write */
+            size_t err_at = weft_buf_used(w->b) + 4;
+            int err = terr ? terr : produce_part(e, q, acks, t, index, rec, &base, err_at);
             if (err)
                 weft_metric_inc(e->m, e->m_errors);
             kf_w_i32(w, index);

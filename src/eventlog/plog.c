@@ -571,6 +571,7 @@ struct plog {
     uint64_t total;
     int failed; /* sticky WEFT_EIO after a failed fdatasync or an undo that failed */
     bool no_writeback; /* sync_file_range unsupported here: don't try again */
+    bool fail_told;    /* the durable callback has been called for the failure */
     weft_timer wb_timer; /* due now: starts writeback of [wb_from, wb_to) */
     seg *wb_seg;         /* the active segment that range is in */
     uint64_t wb_from, wb_to;
@@ -795,7 +796,10 @@ static void on_flushed(weft_loop *loop, weft_io *io, unsigned events)
     uint64_t v;
     while (read(l->evfd, &v, sizeof v) < 0 && errno == EINTR) {
     }
-    if (collect_flushed(l) && l->cb)
+    bool moved = collect_flushed(l), failed = l->failed && !l->fail_told;
+    if (failed)
+        l->fail_told = true; /* once: waiters past durable learn it will not come */
+    if ((moved || failed) && l->cb)
         l->cb(l, l->durable, l->ud); /* last: the callback may close the plog */
 }
 
@@ -1377,6 +1381,11 @@ int64_t plog_active_base(const plog *l)
 {
     return l->segs[l->nsegs - 1]->base;
 }
+int plog_failed(const plog *l)
+{
+    return l->failed;
+}
+
 int64_t plog_end_offset(const plog *l)
 {
     return l->end;

@@ -47,7 +47,10 @@ typedef struct plog_opts {
 void plog_opts_default(plog_opts *o);
 
 /* Called on the owner loop when everything appended up to (excluding)
- * durable_end is on disk. */
+ * durable_end is on disk; and once more when a flush fails (plog_failed()
+ * is then set): what was appended past durable_end is not known to be on
+ * disk and will not be made durable by this plog, so whoever waits for it
+ * must be told now rather than wait for ever. */
 typedef void (*plog_durable_cb)(plog *l, int64_t durable_end, void *ud);
 
 /* Open (creating the directory if needed) and recover: the last segment's
@@ -66,6 +69,10 @@ int64_t plog_start_offset(const plog *l);   /* first offset kept (log start) */
 int64_t plog_active_base(const plog *l);    /* base offset of the segment being written */
 int64_t plog_end_offset(const plog *l);     /* next offset to assign (high watermark) */
 int64_t plog_durable_offset(const plog *l); /* end offset known to be on disk */
+/* 0, or WEFT_EIO once an fdatasync (or an undo after a failed write) has
+ * failed: appends are refused from then on, until the log is reopened
+ * (restart), whose recovery keeps the whole batches that reached the disk. */
+int plog_failed(const plog *l);
 uint64_t plog_size_bytes(const plog *l);
 
 /* Append one validated batch (p, n: a whole batch as produced; it is

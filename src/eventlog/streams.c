@@ -187,6 +187,7 @@ typedef struct sop { /* an answer waiting for its events to be durable */
     weft_http_req *r; /* NULL: the client went away (the append still completes) */
     char stream[MAX_NAME + 1];
     int64_t first_version, last_version, position;
+    int64_t last; /* the log position of its last event */
 } sop;
 
 typedef struct ssub {
@@ -197,6 +198,7 @@ typedef struct ssub {
     char name[MAX_NAME + 1];
     size_t len;
     int64_t cursor; /* next position (all, category) or version (stream) to send */
+    bool pumping;   /* inside sub_pump */
 } ssub;
 
 struct elog_streams {
@@ -888,11 +890,17 @@ static bool sub_next(elog_streams *st, ssub *sb, int64_t durable, int64_t *pos, 
     return true;
 }
 
-/* Send durable events after the cursor until the socket pushes back. */
+/* Send durable events after the cursor until the socket pushes back. A
+ * write can flush, drain below the low-water mark and call sub_drain back
+ * before it returns: that inner call does nothing (this loop goes on by
+ * itself), so only the outermost call can end and free the subscriber. */
 static void sub_pump(ssub *sb)
 {
+    if (sb->pumping)
+        return;
     elog_streams *st = sb->st;
     int64_t durable = plog_durable_offset(st->p->log), pos, id;
+    sb->pumping = true;
     while (!sb->sse.paused && sub_next(st, sb, durable, &pos, &id)) {
         sevent ev;
         if (read_event(st, pos, &ev) != 1) {
@@ -910,12 +918,13 @@ static void sub_pump(ssub *sb)
                         : weft_sse_event(&sb->sse, (uint64_t)id, WEFT_STR_NULL,
                                          (weft_str){weft_buf_rptr(&b->b), weft_buf_used(&b->b)});
         if (rc == WEFT_ECLOSED)
-            return; /* on_abort frees the subscriber */
+            return; /* on_abort freed the subscriber */
         if (rc < 0) { /* not framed: end, the client resumes from its Last-Event-ID */
             sub_end(sb);
             return;
         }
     }
+    sb->pumping = false;
 }
 
 static void sub_drain(weft_http_req *r, void *ud)
@@ -1168,6 +1177,14 @@ static void answer_ok(weft_http_req *r, const char *stream, int64_t first, int64
                            (json_int_t)pos));
 }
 
+static void answer_log_failed(weft_http_req *r)
+{
+    respond_err(r, 503,
+                "the event log could not make the append durable (a disk write failed; see "
+                "the server log): it refuses appends until restarted, and after a restart "
+                "a retry with the same ids is written once or answered as already written");
+}
+
 static void op_durable(void *ud)
 {
     sop *op = ud;
@@ -1175,7 +1192,10 @@ static void op_durable(void *ud)
     link_remove(&st->ops, &op->link);
     if (op->r) {
         weft_http_req_on_abort(op->r, NULL, NULL);
-        answer_ok(op->r, op->stream, op->first_version, op->last_version, op->position);
+        if (plog_durable_offset(st->p->log) > op->last)
+            answer_ok(op->r, op->stream, op->first_version, op->last_version, op->position);
+        else /* the log failed (elog_wait_durable_fn) */
+            answer_log_failed(op->r);
     }
     free(op);
     advance(st);
@@ -1195,6 +1215,12 @@ static void answer_when_durable(elog_streams *st, weft_http_req *r, sop *op, int
         free(op);
         return;
     }
+    if (plog_failed(st->p->log)) { /* e.g. a retry of an append the failure caught */
+        free(op);
+        answer_log_failed(r);
+        return;
+    }
+    op->last = last;
     if (elog_wait_durable_fn(st->p, last + 1, op_durable, op) < 0) {
         free(op);
         respond_err(r, 503,

@@ -37,6 +37,7 @@ struct pwait {
     void (*fn)(void *ud);  /* set: a callback waits (streams.c), not a request */
     void *ud;
     int64_t end;           /* durable once the log is durable up to here */
+    size_t err_at;         /* q: where its partition's error code is in the response */
 };
 
 bool elog_topic_name_ok(weft_str n)
@@ -316,9 +317,12 @@ int elog_topic_delete(elog *e, ktopic *t)
 
 void elog_part_durable(plog *l, int64_t durable_end, void *ud)
 {
-    (void)l;
     kpart *p = ud;
-    while (p->waits_head && p->waits_head->end <= durable_end) {
+    /* after a failed flush nothing past durable_end will become durable:
+     * answer those waits now, as failures (fn callbacks look for
+     * plog_failed themselves) */
+    bool failed = plog_failed(l) != 0;
+    while (p->waits_head && (failed || p->waits_head->end <= durable_end)) {
         struct pwait *w = p->waits_head;
         p->waits_head = w->next;
         if (!p->waits_head)
@@ -338,6 +342,12 @@ void elog_part_durable(plog *l, int64_t durable_end, void *ud)
                 pp = &(*pp)->sibling;
             if (*pp)
                 *pp = w->sibling;
+            if (w->end > durable_end) { /* KAFKA_STORAGE_ERROR, no offset */
+                kf_writer *kw = kreq_writer(q);
+                kf_w_patch_i16(kw, w->err_at, 56);
+                kf_w_patch_i32(kw, w->err_at + 2, -1);
+                kf_w_patch_i32(kw, w->err_at + 6, -1);
+            }
             if (--q->waits == 0)
                 kreq_complete(q);
         }
@@ -366,12 +376,13 @@ static struct pwait *wait_push(kpart *p, int64_t end)
     return w;
 }
 
-int elog_wait_durable(kpart *p, kreq *q, int64_t end)
+int elog_wait_durable(kpart *p, kreq *q, int64_t end, size_t err_at)
 {
     struct pwait *w = wait_push(p, end);
     if (!w)
         return WEFT_ENOMEM;
     w->q = q;
+    w->err_at = err_at;
     w->sibling = q->state;
     q->state = w;
     q->cancel = produce_cancel;

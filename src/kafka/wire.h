@@ -192,6 +192,15 @@ static inline size_t kf_w_mark(kf_writer *w)
     return at;
 }
 
+static inline void kf_w_patch_i16(kf_writer *w, size_t at, int16_t v)
+{
+    if (w->err)
+        return;
+    uint8_t *p = (uint8_t *)weft_buf_rptr(w->b) + at;
+    p[0] = (uint8_t)((uint16_t)v >> 8);
+    p[1] = (uint8_t)v;
+}
+
 static inline void kf_w_patch_i32(kf_writer *w, size_t at, int32_t v)
 {
     if (w->err)

@@ -14,12 +14,12 @@ class Log(Proc):
     """A running `weft log` on a free loopback port; with http=True also the
     streams API (`--http`) on another one: http_port and url."""
 
-    def __init__(self, workdir, data=None, extra=(), name="log", http=False, port=0):
+    def __init__(self, workdir, data=None, extra=(), name="log", http=False, port=0, env=None):
         self.data = Path(data or Path(workdir) / "data")
         more = ["--http", "127.0.0.1:0"] if http else []
         super().__init__([WEFT_BIN, "log", "--listen", f"127.0.0.1:{port}", "--data", self.data,
                           *more, *extra], workdir, "log", name=name,
-                         also=("streams",) if http else ())
+                         also=("streams",) if http else (), env=env)
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.http_port = self.port_of("streams") if http else None
         self.url = f"http://127.0.0.1:{self.http_port}" if http else None

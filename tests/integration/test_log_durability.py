@@ -393,3 +393,98 @@ print(",".join(m.value.decode() for m in c))
         assert vals == list(range(6000))  # every record once, in order: no duplicate, no gap
     finally:
         log2.stop()
+
+
+# An LD_PRELOAD shim: fdatasync fails with EIO while the flag file exists,
+# the way a failing disk makes it fail (the kernel's own error path).
+FAIL_SHIM = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int fdatasync(int fd)
+{
+    const char *flag = getenv("WEFT_TEST_FAIL_FDATASYNC");
+    if (flag && access(flag, F_OK) == 0) {
+        errno = EIO;
+        return -1;
+    }
+    return (int)syscall(SYS_fdatasync, fd);
+}
+"""
+
+PRODUCE_ALL = r"""
+import json, sys, time
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1], "acks": "all", "retries": 0,
+              "enable.idempotence": False, "linger.ms": 0, "message.timeout.ms": 20000})
+out = []
+def done(err, msg):
+    out.append(None if err is None else err.name())
+t0 = time.monotonic()
+p.produce(sys.argv[2], b"v", callback=done)
+p.flush(30)
+print(json.dumps({"results": out, "secs": time.monotonic() - t0}))
+"""
+
+
+def test_failed_fdatasync_answers_waiting_appends_at_once(tmp_path):
+    """A disk that fails an fdatasync: the acks=all produce and the streams
+    append waiting for it are answered at once (KAFKA_STORAGE_ERROR, 503)
+    instead of waiting for a flush that will never succeed, later ones are
+    refused, and after a restart everything acknowledged before is there."""
+    import requests
+    shim = tmp_path / "failsync.so"
+    src = tmp_path / "failsync.c"
+    src.write_text(FAIL_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(src)], check=True)
+    flag = tmp_path / "fail-now"
+    env = {"LD_PRELOAD": str(shim), "WEFT_TEST_FAIL_FDATASYNC": str(flag),
+           # the shim comes before the sanitizer runtime in the load order
+           "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:verify_asan_link_order=0"}
+    lg = Log(tmp_path, http=True, env=env)
+    try:
+        def produce(topic):
+            r = run_py(PRODUCE_ALL.replace("sys.argv[1]", repr(lg.bootstrap))
+                       .replace("sys.argv[2]", repr(topic)), timeout=60)
+            assert r.returncode == 0, r.stderr[-2000:]
+            return json.loads(r.stdout.strip().splitlines()[-1])
+        assert produce("disk")["results"] == [None]
+        ok = requests.post(f"{lg.url}/streams/acct-1",
+                           json={"events": [{"id": "e1", "type": "Opened", "data": {}}]},
+                           timeout=10)
+        assert ok.status_code == 200, ok.text
+        flag.touch()
+        got = produce("disk")
+        assert got["results"] == ["KAFKA_STORAGE_ERROR"], got
+        assert got["secs"] < 10, got  # answered, not timed out (20 s)
+        t0 = time.monotonic()
+        r = requests.post(f"{lg.url}/streams/acct-1",
+                          json={"events": [{"id": "e2", "type": "Deposited", "data": {}}]},
+                          timeout=15)
+        assert r.status_code == 503, r.text
+        assert "disk write failed" in r.json()["error"], r.text
+        assert time.monotonic() - t0 < 10
+        # refused from now on, even with the disk back, until a restart
+        flag.unlink()
+        assert produce("disk")["results"] == ["KAFKA_STORAGE_ERROR"]
+        r = requests.post(f"{lg.url}/streams/acct-1",
+                          json={"events": [{"id": "e3", "type": "Deposited", "data": {}}]},
+                          timeout=15)
+        assert r.status_code == 503, r.text
+        assert "fdatasync failed" in lg.stderr
+    finally:
+        lg.stop()
+    lg = Log(tmp_path, data=lg.data, http=True)
+    try:
+        r = requests.get(f"{lg.url}/streams/acct-1", timeout=10)
+        assert r.status_code == 200, r.text
+        assert [e["id"] for e in r.json()["events"]][:1] == ["e1"]
+        r = subprocess.run(["kcat", "-C", "-b", lg.bootstrap, "-t", "disk", "-e", "-o",
+                            "beginning", "-f", "%o\\n"], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[:1] == ["0"]
+    finally:
+        lg.stop()

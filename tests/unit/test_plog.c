@@ -33,7 +33,9 @@
 #include <ftw.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,6 +44,20 @@
 #include "weft/buf.h"
 #include "weft/log.h"
 #include "weft/loop.h"
+
+/* fdatasync as libc's unless a test makes it fail: this definition in the
+ * test program is the one plog.o (from libweft.a) links to, so a disk
+ * error can be injected where it happens, on the flusher thread. */
+static atomic_int g_fail_fdatasync;
+
+int fdatasync(int fd)
+{
+    if (atomic_load(&g_fail_fdatasync)) {
+        errno = EIO;
+        return -1;
+    }
+    return (int)syscall(SYS_fdatasync, fd);
+}
 
 #define GUARD_MS 5000
 #define DAY_MS (24LL * 3600 * 1000)
@@ -503,6 +519,50 @@ static void test_failed_write_is_undone(void **state)
     close_log(c);
     open_log(c);
     assert_int_equal(stats(c).truncated_bytes, 0);
+    check_all(c, 0);
+}
+
+/* A failed fdatasync: the durable callback is called once more with the
+ * old durable end and plog_failed set (so that whoever waits is answered
+ * instead of waiting for ever), durable never moves again (even if a later
+ * fdatasync succeeds: the kernel may have dropped the failed pages), and
+ * appends are refused; a reopen keeps every whole batch. */
+static void test_failed_flush_is_reported(void **state)
+{
+    tctx *c = *state;
+    open_filled(c, 1 << 20, 0, 5);
+    int64_t durable = plog_end_offset(c->l);
+    run_until_durable(c, durable);
+    int calls = c->durable_calls;
+    assert_int_equal(plog_failed(c->l), 0);
+    atomic_store(&g_fail_fdatasync, 1);
+    append_many(c, 3);
+    c->target = INT64_MAX; /* the callback stops the loop only via the guard */
+    weft_timer_init(&c->guard, guard_cb, c);
+    weft_timer_start(c->loop, &c->guard, 300);
+    assert_int_equal(weft_loop_run(c->loop), 0);
+    atomic_store(&g_fail_fdatasync, 0);
+    assert_int_equal(c->durable_calls, calls + 1);
+    assert_int_equal(c->last_durable, durable);
+    assert_int_equal(plog_failed(c->l), WEFT_EIO);
+    assert_int_equal(plog_durable_offset(c->l), durable);
+    assert_true(logged(c, "fdatasync failed"));
+    /* refused from now on, and a later good flush does not move durable */
+    weft_buf b;
+    weft_buf_init(&b, 4096);
+    kf_record_in rec = {.value = {"x", 1}, .timestamp = 1};
+    assert_int_equal(kf_batch_build(&b, &rec, 1), 0);
+    int64_t base = -1;
+    assert_int_equal(plog_append(c->l, (uint8_t *)weft_buf_rptr(&b), weft_buf_used(&b), 0, &base),
+                     WEFT_EIO);
+    weft_buf_release(&b);
+    weft_timer_start(c->loop, &c->guard, 300);
+    assert_int_equal(weft_loop_run(c->loop), 0);
+    assert_int_equal(plog_durable_offset(c->l), durable);
+    assert_int_equal(c->durable_calls, calls + 1);
+    close_log(c);
+    open_log(c); /* the page cache still has the three batches: all kept */
+    assert_int_equal(plog_failed(c->l), 0);
     check_all(c, 0);
 }
 
@@ -1115,6 +1175,7 @@ int main(void)
         T(test_round_trip_across_rolls),
         T(test_append_rejects_bad_sizes),
         T(test_failed_write_is_undone),
+        T(test_failed_flush_is_reported),
         T(test_reopen_keeps_everything),
         T(test_torn_tail_random_cuts),
         T(test_preallocated_tail),

@@ -524,6 +524,7 @@ def test_foreign_weft_position_header_at_int64_max(tmp_path):
     (b'{"expected_version": 1.5, "events": [{"id": "a", "type": "t", "data": 1}]}',
      "expected_version"),
     (b'{"events": [{"id": "a", "type": "t", "data": 1}], "events": []}', "invalid JSON"),
+    (b'{"events": [{"id": "a", "type": "t", "data": "nul\\u0000here"}]}', "invalid JSON"),
 ])
 def test_bad_appends_are_400_with_a_json_error(log, body, why):
     r = requests.post(f"{log.url}/streams/s-1", data=body, timeout=5)

@@ -1009,6 +1009,10 @@ static const char *parse_expected(json_t *v, int64_t *out)
     return *out >= 0 || *out == EXP_ANY || *out == EXP_NO_STREAM || *out == EXP_EXISTS ? NULL : why;
 }
 
+/* parse_append's answer when it runs out of memory: 503, not 400 */
+static const char PARSE_OOM[] = "out of memory";
+
+
 /* Validate one event object into *in. NULL or the reason it is refused. */
 static const char *parse_event(json_t *ev, sinput *in)
 {
@@ -1039,7 +1043,7 @@ static const char *parse_event(json_t *ev, sinput *in)
     in->meta =
         meta && !json_is_null(meta) ? json_dumps(meta, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     if (!in->data || (meta && !json_is_null(meta) && !in->meta))
-        return "out of memory";
+        return PARSE_OOM;
     if (strlen(in->data) + (in->meta ? strlen(in->meta) : 0) > MAX_EVENT_BYTES)
         return "events: an event's data and metadata may take at most 256 KiB";
     return NULL;
@@ -1068,7 +1072,7 @@ static const char *parse_append(json_t *root, int64_t *expected, sinput **out, s
         return "events: an array of 1 to 1000 events";
     sinput *in = calloc(n, sizeof *in);
     if (!in)
-        return "out of memory";
+        return PARSE_OOM;
     *out = in;
     for (size_t i = 0; i < n; i++) {
         *nout = i + 1;
@@ -1322,7 +1326,7 @@ static void h_append(elog_streams *st, weft_http_req *r, const char *name, size_
     size_t n;
     const char *why = load_append(weft_http_req_body(r), buf, sizeof buf, &root, &exp, &in, &n);
     if (why)
-        respond_err(r, 400, why);
+        respond_err(r, why == PARSE_OOM ? 503 : 400, why);
     else
         append_checked(st, r, name, len, exp, in, n);
     inputs_free(in, n);

@@ -1012,7 +1012,6 @@ static const char *parse_expected(json_t *v, int64_t *out)
 /* parse_append's answer when it runs out of memory: 503, not 400 */
 static const char PARSE_OOM[] = "out of memory";
 
-
 /* Validate one event object into *in. NULL or the reason it is refused. */
 static const char *parse_event(json_t *ev, sinput *in)
 {

@@ -415,6 +415,7 @@ typedef struct fetch_state {
     int32_t nwaits;
     weft_timer timer;
     elog *e;
+    uint64_t woken; /* the elog_fetch_wake round that last tried it */
 } fetch_state;
 
 static void fetch_unpark(kreq *q)
@@ -552,22 +553,27 @@ static void fetch_timeout(weft_loop *loop, weft_timer *t)
     fetch_finish(q);
 }
 
+/* Completing a fetch unparks it (from every partition it names, maybe this
+ * one twice) and may flush or close its connection, which frees the other
+ * requests of that connection parked here. So no pointer is kept across a
+ * completion: the list is walked again from its head, and `woken` skips the
+ * fetches this wake has already tried. */
 void elog_fetch_wake(kpart *p)
 {
-    if (!p->fetchers)
-        return;
-    kreq *batch[64];
-    size_t n = 0;
-    for (struct fwait *fw = p->fetchers; fw && n < WEFT_ARRAY_LEN(batch); fw = fw->next)
-        batch[n++] = fw->q;
-    for (size_t i = 0; i < n; i++) {
-        kreq *q = batch[i];
-        if (!q->state || q->done)
-            continue;
+    static uint64_t round;
+    round++;
+again:
+    for (struct fwait *fw = p->fetchers; fw; fw = fw->next) {
+        kreq *q = fw->q;
         fetch_state *f = q->state;
+        if (!f || q->done || f->woken == round)
+            continue;
+        f->woken = round;
         int32_t min = f->min_bytes > 0 ? f->min_bytes : 1;
-        if (fetch_build(q, false) >= (size_t)min)
+        if (fetch_build(q, false) >= (size_t)min) {
             fetch_finish(q);
+            goto again;
+        }
     }
 }
 

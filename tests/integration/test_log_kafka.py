@@ -286,3 +286,77 @@ print(json.dumps(out))
     state, members = out["cccccccc"]
     assert state == "Stable" and len(members) == 1, out
     assert members[0][0] == "c" * 127, members
+
+
+# ---- Fetch edge cases (raw frames) ----
+
+def fetch_body(parts, max_wait=100, min_bytes=1, max_bytes=1 << 20, pmax=1 << 20):
+    """Fetch v4 body for [(topic, partition, offset)], one topic entry each."""
+    body = struct.pack(">iiiib", -1, max_wait, min_bytes, max_bytes, 0) + struct.pack(">i", len(parts))
+    for topic, part, off in parts:
+        body += kstr(topic) + struct.pack(">i", 1) + struct.pack(">iqi", part, off, pmax)
+    return body
+
+
+def parse_fetch_v4(resp):
+    """[(topic, partition, error, hw, records length)] from a Fetch v4 response."""
+    at = 4 + 4  # corr, throttle
+    out = []
+    (nt,) = struct.unpack(">i", resp[at:at + 4]); at += 4
+    for _ in range(nt):
+        (ln,) = struct.unpack(">h", resp[at:at + 2]); at += 2
+        name = resp[at:at + ln].decode(); at += ln
+        (np_,) = struct.unpack(">i", resp[at:at + 4]); at += 4
+        for _ in range(np_):
+            part, err, hw, _lso, _ab, n = struct.unpack(">ihqqii", resp[at:at + 30]); at += 30
+            out.append((name, part, err, hw, n))
+            at += n
+    assert at == len(resp)
+    return out
+
+
+def test_fetch_listing_a_partition_twice_survives_the_wake(log):
+    """A parked fetch that names the same partition twice sits twice on its
+    waiter list; the append that completes it must not touch it again."""
+    import socket, time
+    kcat("-P", "-b", log.bootstrap, "-t", "twice", inp="a\n")
+    s = socket.create_connection(("127.0.0.1", log.port), timeout=10)
+    try:
+        s.sendall(frame(1, 4, 77, fetch_body([("twice", 0, 1), ("twice", 0, 1)], max_wait=5000)))
+        time.sleep(0.3)  # parked
+        t = time.monotonic()
+        r = kcat("-P", "-b", log.bootstrap, "-t", "twice", inp="b\n")
+        assert r.returncode == 0, r.stderr
+        (n,) = struct.unpack(">i", s.recv(4, socket.MSG_WAITALL))
+        resp = s.recv(n, socket.MSG_WAITALL)
+        assert time.monotonic() - t < 3
+    finally:
+        s.close()
+    assert struct.unpack(">i", resp[:4])[0] == 77
+    assert [p[4] > 0 for p in parse_fetch_v4(resp)] == [True, True]
+    assert log.alive()
+    assert kcat("-L", "-b", log.bootstrap).returncode == 0
+
+
+def test_an_append_wakes_every_parked_fetch(log):
+    """Not only the first 64 fetches parked on a partition: all of them."""
+    import socket, time
+    kcat("-P", "-b", log.bootstrap, "-t", "many", inp="a\n")
+    socks = []
+    try:
+        for i in range(80):
+            s = socket.create_connection(("127.0.0.1", log.port), timeout=10)
+            s.sendall(frame(1, 4, i, fetch_body([("many", 0, 1)], max_wait=8000)))
+            socks.append(s)
+        time.sleep(0.3)  # parked
+        t = time.monotonic()
+        assert kcat("-P", "-b", log.bootstrap, "-t", "many", inp="b\n").returncode == 0
+        for i, s in enumerate(socks):
+            (n,) = struct.unpack(">i", s.recv(4, socket.MSG_WAITALL))
+            resp = s.recv(n, socket.MSG_WAITALL)
+            assert struct.unpack(">i", resp[:4])[0] == i
+            assert parse_fetch_v4(resp)[0][4] > 0
+        assert time.monotonic() - t < 4
+    finally:
+        for s in socks:
+            s.close()

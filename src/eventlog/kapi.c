@@ -485,8 +485,9 @@ static size_t fetch_build(kreq *q, bool final)
             plog_slice s = {0};
             if (!err) {
                 size_t lim = (size_t)(fp->max_bytes > 0 ? fp->max_bytes : 0);
-                if (total > 0 && budget - total < lim)
-                    lim = budget > total ? budget - total : 0;
+                size_t left = budget > total ? budget - total : 0; /* the first may overshoot */
+                if (total > 0 && left < lim)
+                    lim = left;
                 if (total == 0 || lim > 0) {
                     int rc = plog_read(p->log, fp->offset, lim ? lim : 1, &s);
                     if (rc == WEFT_ENOTFOUND)

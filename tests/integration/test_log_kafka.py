@@ -360,3 +360,22 @@ def test_an_append_wakes_every_parked_fetch(log):
     finally:
         for s in socks:
             s.close()
+
+
+def test_fetch_max_bytes_bounds_the_whole_response(log):
+    """Only the first partition's first batch may go past the response's
+    max_bytes (KIP-74); once it has, the other partitions get nothing."""
+    body = (struct.pack(">i", 1) + kstr("mb3") + struct.pack(">ih", 3, 1) +
+            struct.pack(">ii", 0, 0) + struct.pack(">i", 5000) + b"\x00")
+    resp, closed = exchange(log.port, frame(19, 2, 6, body))
+    assert not closed
+    for p in range(3):
+        r = kcat("-P", "-b", log.bootstrap, "-t", "mb3", "-p", str(p), inp="x" * 100 + "\n")
+        assert r.returncode == 0, r.stderr
+    resp, closed = exchange(log.port, frame(1, 4, 3, fetch_body(
+        [("mb3", 0, 0), ("mb3", 1, 0), ("mb3", 2, 0)], max_bytes=10)))
+    assert not closed
+    got = parse_fetch_v4(resp)
+    assert [g[2] for g in got] == [0, 0, 0]
+    assert got[0][4] > 10                      # the first batch, over the limit
+    assert [g[4] for g in got[1:]] == [0, 0]   # and nothing more

@@ -454,9 +454,10 @@ static void fetch_cancel(kreq *q)
     q->state = NULL;
 }
 
-/* Build the response; returns the record bytes it carries. With `final`
- * false and fewer than min_bytes available, nothing is kept. */
-static size_t fetch_build(kreq *q, bool final)
+/* Build the response; returns whether it was kept. With `final` false it
+ * is dropped (the fetch parks) unless min_bytes are available or a
+ * partition has an error, which Kafka answers at once. */
+static bool fetch_build(kreq *q, bool final)
 {
     fetch_state *f = q->state;
     elog *e = f->e;
@@ -471,6 +472,7 @@ static size_t fetch_build(kreq *q, bool final)
     }
     kf_w_i32(w, f->ntopics);
     int32_t pi = 0;
+    bool errors = false;
     for (int32_t ti = 0; ti < f->ntopics; ti++) {
         kf_w_cstr(w, f->names[ti]);
         kf_w_i32(w, f->topic_nparts[ti]);
@@ -498,8 +500,10 @@ static size_t fetch_build(kreq *q, bool final)
                         plog_slice_release(&s); /* only the first partition may overshoot */
                 }
             }
-            if (err)
+            if (err) {
                 weft_metric_inc(e->m, e->m_errors);
+                errors = true;
+            }
             int64_t hw = p ? plog_end_offset(p->log) : -1;
             kf_w_i32(w, fp->partition);
             kf_w_i16(w, (int16_t)err);
@@ -521,7 +525,7 @@ static size_t fetch_build(kreq *q, bool final)
             }
         }
     }
-    if (!final && total < (size_t)(f->min_bytes > 0 ? f->min_bytes : 1)) {
+    if (!final && !errors && total < (size_t)(f->min_bytes > 0 ? f->min_bytes : 1)) {
         /* not enough yet: drop what was built, park */
         for (size_t i = 0; i < q->nparts; i++)
             if (q->parts[i].file)
@@ -530,10 +534,10 @@ static size_t fetch_build(kreq *q, bool final)
         q->cut = 0;
         q->out.len = q->out.off + 8; /* keep size placeholder + correlation id */
         q->w.err = false;
-        return total;
+        return false;
     }
     weft_metric_add(e->m, e->m_fetched_bytes, total);
-    return total;
+    return true;
 }
 
 static void fetch_finish(kreq *q)
@@ -570,8 +574,7 @@ again:
         if (!f || q->done || f->woken == round)
             continue;
         f->woken = round;
-        int32_t min = f->min_bytes > 0 ? f->min_bytes : 1;
-        if (fetch_build(q, false) >= (size_t)min) {
+        if (fetch_build(q, false)) {
             fetch_finish(q);
             goto again;
         }
@@ -645,8 +648,7 @@ static void h_fetch(elog *e, kreq *q, kf_reader *r)
     }
     q->state = f;
     q->cancel = fetch_cancel;
-    int32_t min = f->min_bytes > 0 ? f->min_bytes : 1;
-    if (f->max_wait <= 0 || e->draining || fetch_build(q, false) >= (size_t)min) {
+    if (f->max_wait <= 0 || e->draining || fetch_build(q, false)) {
         if (!q->nparts && weft_buf_used(&q->out) == 8)
             fetch_build(q, true);
         fetch_finish(q);

@@ -379,3 +379,19 @@ def test_fetch_max_bytes_bounds_the_whole_response(log):
     assert [g[2] for g in got] == [0, 0, 0]
     assert got[0][4] > 10                      # the first batch, over the limit
     assert [g[4] for g in got[1:]] == [0, 0]   # and nothing more
+
+
+def test_fetch_with_an_error_is_answered_without_waiting(log):
+    """As Kafka: a partition that cannot be read (offset out of range,
+    unknown partition) answers the fetch at once instead of long-polling
+    max_wait, so a consumer resets its offset without a stall."""
+    import time
+    kcat("-P", "-b", log.bootstrap, "-t", "oor", inp="a\n")
+    for parts, want in (([("oor", 0, 100)], 1), ([("oor", 7, 0)], 3)):
+        t = time.monotonic()
+        resp, closed = exchange(log.port, frame(1, 4, 3, fetch_body(parts, max_wait=4000)),
+                                timeout=10)
+        took = time.monotonic() - t
+        assert not closed
+        assert parse_fetch_v4(resp)[0][2] == want
+        assert took < 2, took

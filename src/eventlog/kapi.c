@@ -204,13 +204,20 @@ static struct pstate *producer_find(kpart *p, int64_t pid)
     return NULL;
 }
 
+/* A batch's last sequence: sequences wrap to 0 after INT32_MAX (Kafka's
+ * DefaultRecordBatch.incrementSequence); both are >= 0 (kf_batch_validate). */
+static int32_t seq_add(int32_t seq, int32_t n)
+{
+    return seq > INT32_MAX - n ? n - (INT32_MAX - seq) - 1 : seq + n;
+}
+
 /* Idempotence (Kafka's ProducerStateManager, simplified to one broker):
  * 0 = append; < 0 = duplicate (*dup_offset is the original base offset);
  * > 0 = a Kafka error. */
 static int producer_check(kpart *p, const kf_batch *b, int64_t *dup_offset)
 {
     struct pstate *s = producer_find(p, b->producer_id);
-    int32_t last_seq = b->base_sequence + b->last_offset_delta;
+    int32_t last_seq = seq_add(b->base_sequence, b->last_offset_delta);
     if (!s)
         return b->base_sequence == 0 ? 0 : KE_OUT_OF_ORDER_SEQUENCE_NUMBER;
     if (b->producer_epoch < s->epoch)
@@ -245,7 +252,7 @@ static void producer_record(kpart *p, const kf_batch *b, int64_t base)
     }
     s->head = (s->head + 1) % ELOG_PRODUCER_BATCHES;
     s->b[s->head].first_seq = b->base_sequence;
-    s->b[s->head].last_seq = b->base_sequence + b->last_offset_delta;
+    s->b[s->head].last_seq = seq_add(b->base_sequence, b->last_offset_delta);
     s->b[s->head].base_offset = base;
     if (s->n < ELOG_PRODUCER_BATCHES)
         s->n++;

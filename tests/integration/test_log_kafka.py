@@ -395,3 +395,38 @@ def test_fetch_with_an_error_is_answered_without_waiting(log):
         assert not closed
         assert parse_fetch_v4(resp)[0][2] == want
         assert took < 2, took
+
+
+def idem_batch(pid, epoch, seq, n):
+    code = f"""
+import sys
+from kafka.record.default_records import DefaultRecordBatchBuilder as B
+b = B(magic=2, compression_type=0, is_transactional=False, producer_id={pid},
+      producer_epoch={epoch}, base_sequence={seq}, batch_size=1 << 20)
+for i in range({n}):
+    b.append(i, timestamp=1700000000000 + i, key=None, value=b"v%d" % i, headers=[])
+sys.stdout.buffer.write(bytes(b.build()))
+"""
+    r = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_idempotent_sequences_near_int32_max_wrap_as_kafka(log):
+    """A batch whose sequences run past INT32_MAX wraps to 0 (Kafka's
+    DefaultRecordBatch.incrementSequence): no signed overflow in the broker,
+    and an unknown producer starting there is out of order (45)."""
+    kcat("-P", "-b", log.bootstrap, "-t", "seqwrap", inp="x\n")
+    off = 4 + 4 + 2 + len("seqwrap") + 4 + 4
+    rec = idem_batch(4242, 0, 2**31 - 1, 3)
+    body, closed = exchange(log.port, frame(0, 7, 9, produce_body("seqwrap", rec, acks=-1)))
+    assert not closed
+    assert struct.unpack(">h", body[off:off + 2])[0] == 45
+    # a producer at sequence 0 is accepted and its retry is a duplicate
+    rec = idem_batch(4243, 0, 0, 3)
+    for _ in range(2):
+        body, closed = exchange(log.port, frame(0, 7, 9, produce_body("seqwrap", rec, acks=-1)))
+        assert not closed
+        err, base = struct.unpack(">hq", body[off:off + 10])
+        assert (err, base) == (0, 1)
+    log.stop()  # no sanitizer report

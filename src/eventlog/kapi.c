@@ -204,13 +204,20 @@ static struct pstate *producer_find(kpart *p, int64_t pid)
     return NULL;
 }
 
+/* A batch's last sequence: sequences wrap to 0 after INT32_MAX (Kafka's
+ * DefaultRecordBatch.incrementSequence); both are >= 0 (kf_batch_validate). */
+static int32_t seq_add(int32_t seq, int32_t n)
+{
+    return seq > INT32_MAX - n ? n - (INT32_MAX - seq) - 1 : seq + n;
+}
+
 /* Idempotence (Kafka's ProducerStateManager, simplified to one broker):
  * 0 = append; < 0 = duplicate (*dup_offset is the original base offset);
  * > 0 = a Kafka error. */
 static int producer_check(kpart *p, const kf_batch *b, int64_t *dup_offset)
 {
     struct pstate *s = producer_find(p, b->producer_id);
-    int32_t last_seq = b->base_sequence + b->last_offset_delta;
+    int32_t last_seq = seq_add(b->base_sequence, b->last_offset_delta);
     if (!s)
         return b->base_sequence == 0 ? 0 : KE_OUT_OF_ORDER_SEQUENCE_NUMBER;
     if (b->producer_epoch < s->epoch)
@@ -245,7 +252,7 @@ static void producer_record(kpart *p, const kf_batch *b, int64_t base)
     }
     s->head = (s->head + 1) % ELOG_PRODUCER_BATCHES;
     s->b[s->head].first_seq = b->base_sequence;
-    s->b[s->head].last_seq = b->base_sequence + b->last_offset_delta;
+    s->b[s->head].last_seq = seq_add(b->base_sequence, b->last_offset_delta);
     s->b[s->head].base_offset = base;
     if (s->n < ELOG_PRODUCER_BATCHES)
         s->n++;
@@ -415,6 +422,7 @@ typedef struct fetch_state {
     int32_t nwaits;
     weft_timer timer;
     elog *e;
+    uint64_t woken; /* the elog_fetch_wake round that last tried it */
 } fetch_state;
 
 static void fetch_unpark(kreq *q)
@@ -453,9 +461,10 @@ static void fetch_cancel(kreq *q)
     q->state = NULL;
 }
 
-/* Build the response; returns the record bytes it carries. With `final`
- * false and fewer than min_bytes available, nothing is kept. */
-static size_t fetch_build(kreq *q, bool final)
+/* Build the response; returns whether it was kept. With `final` false it
+ * is dropped (the fetch parks) unless min_bytes are available or a
+ * partition has an error, which Kafka answers at once. */
+static bool fetch_build(kreq *q, bool final)
 {
     fetch_state *f = q->state;
     elog *e = f->e;
@@ -470,6 +479,7 @@ static size_t fetch_build(kreq *q, bool final)
     }
     kf_w_i32(w, f->ntopics);
     int32_t pi = 0;
+    bool errors = false;
     for (int32_t ti = 0; ti < f->ntopics; ti++) {
         kf_w_cstr(w, f->names[ti]);
         kf_w_i32(w, f->topic_nparts[ti]);
@@ -484,8 +494,9 @@ static size_t fetch_build(kreq *q, bool final)
             plog_slice s = {0};
             if (!err) {
                 size_t lim = (size_t)(fp->max_bytes > 0 ? fp->max_bytes : 0);
-                if (total > 0 && budget - total < lim)
-                    lim = budget > total ? budget - total : 0;
+                size_t left = budget > total ? budget - total : 0; /* the first may overshoot */
+                if (total > 0 && left < lim)
+                    lim = left;
                 if (total == 0 || lim > 0) {
                     int rc = plog_read(p->log, fp->offset, lim ? lim : 1, &s);
                     if (rc == WEFT_ENOTFOUND)
@@ -496,8 +507,10 @@ static size_t fetch_build(kreq *q, bool final)
                         plog_slice_release(&s); /* only the first partition may overshoot */
                 }
             }
-            if (err)
+            if (err) {
                 weft_metric_inc(e->m, e->m_errors);
+                errors = true;
+            }
             int64_t hw = p ? plog_end_offset(p->log) : -1;
             kf_w_i32(w, fp->partition);
             kf_w_i16(w, (int16_t)err);
@@ -519,7 +532,7 @@ static size_t fetch_build(kreq *q, bool final)
             }
         }
     }
-    if (!final && total < (size_t)(f->min_bytes > 0 ? f->min_bytes : 1)) {
+    if (!final && !errors && total < (size_t)(f->min_bytes > 0 ? f->min_bytes : 1)) {
         /* not enough yet: drop what was built, park */
         for (size_t i = 0; i < q->nparts; i++)
             if (q->parts[i].file)
@@ -528,10 +541,10 @@ static size_t fetch_build(kreq *q, bool final)
         q->cut = 0;
         q->out.len = q->out.off + 8; /* keep size placeholder + correlation id */
         q->w.err = false;
-        return total;
+        return false;
     }
     weft_metric_add(e->m, e->m_fetched_bytes, total);
-    return total;
+    return true;
 }
 
 static void fetch_finish(kreq *q)
@@ -552,22 +565,26 @@ static void fetch_timeout(weft_loop *loop, weft_timer *t)
     fetch_finish(q);
 }
 
+/* Completing a fetch unparks it (from every partition it names, maybe this
+ * one twice) and may flush or close its connection, which frees the other
+ * requests of that connection parked here. So no pointer is kept across a
+ * completion: the list is walked again from its head, and `woken` skips the
+ * fetches this wake has already tried. */
 void elog_fetch_wake(kpart *p)
 {
-    if (!p->fetchers)
-        return;
-    kreq *batch[64];
-    size_t n = 0;
-    for (struct fwait *fw = p->fetchers; fw && n < WEFT_ARRAY_LEN(batch); fw = fw->next)
-        batch[n++] = fw->q;
-    for (size_t i = 0; i < n; i++) {
-        kreq *q = batch[i];
-        if (!q->state || q->done)
-            continue;
+    static uint64_t round;
+    round++;
+again:
+    for (struct fwait *fw = p->fetchers; fw; fw = fw->next) {
+        kreq *q = fw->q;
         fetch_state *f = q->state;
-        int32_t min = f->min_bytes > 0 ? f->min_bytes : 1;
-        if (fetch_build(q, false) >= (size_t)min)
+        if (!f || q->done || f->woken == round)
+            continue;
+        f->woken = round;
+        if (fetch_build(q, false)) {
             fetch_finish(q);
+            goto again;
+        }
     }
 }
 
@@ -638,8 +655,7 @@ static void h_fetch(elog *e, kreq *q, kf_reader *r)
     }
     q->state = f;
     q->cancel = fetch_cancel;
-    int32_t min = f->min_bytes > 0 ? f->min_bytes : 1;
-    if (f->max_wait <= 0 || e->draining || fetch_build(q, false) >= (size_t)min) {
+    if (f->max_wait <= 0 || e->draining || fetch_build(q, false)) {
         if (!q->nparts && weft_buf_used(&q->out) == 8)
             fetch_build(q, true);
         fetch_finish(q);

@@ -286,3 +286,147 @@ print(json.dumps(out))
     state, members = out["cccccccc"]
     assert state == "Stable" and len(members) == 1, out
     assert members[0][0] == "c" * 127, members
+
+
+# ---- Fetch edge cases (raw frames) ----
+
+def fetch_body(parts, max_wait=100, min_bytes=1, max_bytes=1 << 20, pmax=1 << 20):
+    """Fetch v4 body for [(topic, partition, offset)], one topic entry each."""
+    body = struct.pack(">iiiib", -1, max_wait, min_bytes, max_bytes, 0) + struct.pack(">i", len(parts))
+    for topic, part, off in parts:
+        body += kstr(topic) + struct.pack(">i", 1) + struct.pack(">iqi", part, off, pmax)
+    return body
+
+
+def parse_fetch_v4(resp):
+    """[(topic, partition, error, hw, records length)] from a Fetch v4 response."""
+    at = 4 + 4  # corr, throttle
+    out = []
+    (nt,) = struct.unpack(">i", resp[at:at + 4]); at += 4
+    for _ in range(nt):
+        (ln,) = struct.unpack(">h", resp[at:at + 2]); at += 2
+        name = resp[at:at + ln].decode(); at += ln
+        (np_,) = struct.unpack(">i", resp[at:at + 4]); at += 4
+        for _ in range(np_):
+            part, err, hw, _lso, _ab, n = struct.unpack(">ihqqii", resp[at:at + 30]); at += 30
+            out.append((name, part, err, hw, n))
+            at += n
+    assert at == len(resp)
+    return out
+
+
+def test_fetch_listing_a_partition_twice_survives_the_wake(log):
+    """A parked fetch that names the same partition twice sits twice on its
+    waiter list; the append that completes it must not touch it again."""
+    import socket, time
+    kcat("-P", "-b", log.bootstrap, "-t", "twice", inp="a\n")
+    s = socket.create_connection(("127.0.0.1", log.port), timeout=10)
+    try:
+        s.sendall(frame(1, 4, 77, fetch_body([("twice", 0, 1), ("twice", 0, 1)], max_wait=5000)))
+        time.sleep(0.3)  # parked
+        t = time.monotonic()
+        r = kcat("-P", "-b", log.bootstrap, "-t", "twice", inp="b\n")
+        assert r.returncode == 0, r.stderr
+        (n,) = struct.unpack(">i", s.recv(4, socket.MSG_WAITALL))
+        resp = s.recv(n, socket.MSG_WAITALL)
+        assert time.monotonic() - t < 3
+    finally:
+        s.close()
+    assert struct.unpack(">i", resp[:4])[0] == 77
+    assert [p[4] > 0 for p in parse_fetch_v4(resp)] == [True, True]
+    assert log.alive()
+    assert kcat("-L", "-b", log.bootstrap).returncode == 0
+
+
+def test_an_append_wakes_every_parked_fetch(log):
+    """Not only the first 64 fetches parked on a partition: all of them."""
+    import socket, time
+    kcat("-P", "-b", log.bootstrap, "-t", "many", inp="a\n")
+    socks = []
+    try:
+        for i in range(80):
+            s = socket.create_connection(("127.0.0.1", log.port), timeout=10)
+            s.sendall(frame(1, 4, i, fetch_body([("many", 0, 1)], max_wait=8000)))
+            socks.append(s)
+        time.sleep(0.3)  # parked
+        t = time.monotonic()
+        assert kcat("-P", "-b", log.bootstrap, "-t", "many", inp="b\n").returncode == 0
+        for i, s in enumerate(socks):
+            (n,) = struct.unpack(">i", s.recv(4, socket.MSG_WAITALL))
+            resp = s.recv(n, socket.MSG_WAITALL)
+            assert struct.unpack(">i", resp[:4])[0] == i
+            assert parse_fetch_v4(resp)[0][4] > 0
+        assert time.monotonic() - t < 4
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_fetch_max_bytes_bounds_the_whole_response(log):
+    """Only the first partition's first batch may go past the response's
+    max_bytes (KIP-74); once it has, the other partitions get nothing."""
+    body = (struct.pack(">i", 1) + kstr("mb3") + struct.pack(">ih", 3, 1) +
+            struct.pack(">ii", 0, 0) + struct.pack(">i", 5000) + b"\x00")
+    resp, closed = exchange(log.port, frame(19, 2, 6, body))
+    assert not closed
+    for p in range(3):
+        r = kcat("-P", "-b", log.bootstrap, "-t", "mb3", "-p", str(p), inp="x" * 100 + "\n")
+        assert r.returncode == 0, r.stderr
+    resp, closed = exchange(log.port, frame(1, 4, 3, fetch_body(
+        [("mb3", 0, 0), ("mb3", 1, 0), ("mb3", 2, 0)], max_bytes=10)))
+    assert not closed
+    got = parse_fetch_v4(resp)
+    assert [g[2] for g in got] == [0, 0, 0]
+    assert got[0][4] > 10                      # the first batch, over the limit
+    assert [g[4] for g in got[1:]] == [0, 0]   # and nothing more
+
+
+def test_fetch_with_an_error_is_answered_without_waiting(log):
+    """As Kafka: a partition that cannot be read (offset out of range,
+    unknown partition) answers the fetch at once instead of long-polling
+    max_wait, so a consumer resets its offset without a stall."""
+    import time
+    kcat("-P", "-b", log.bootstrap, "-t", "oor", inp="a\n")
+    for parts, want in (([("oor", 0, 100)], 1), ([("oor", 7, 0)], 3)):
+        t = time.monotonic()
+        resp, closed = exchange(log.port, frame(1, 4, 3, fetch_body(parts, max_wait=4000)),
+                                timeout=10)
+        took = time.monotonic() - t
+        assert not closed
+        assert parse_fetch_v4(resp)[0][2] == want
+        assert took < 2, took
+
+
+def idem_batch(pid, epoch, seq, n):
+    code = f"""
+import sys
+from kafka.record.default_records import DefaultRecordBatchBuilder as B
+b = B(magic=2, compression_type=0, is_transactional=False, producer_id={pid},
+      producer_epoch={epoch}, base_sequence={seq}, batch_size=1 << 20)
+for i in range({n}):
+    b.append(i, timestamp=1700000000000 + i, key=None, value=b"v%d" % i, headers=[])
+sys.stdout.buffer.write(bytes(b.build()))
+"""
+    r = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_idempotent_sequences_near_int32_max_wrap_as_kafka(log):
+    """A batch whose sequences run past INT32_MAX wraps to 0 (Kafka's
+    DefaultRecordBatch.incrementSequence): no signed overflow in the broker,
+    and an unknown producer starting there is out of order (45)."""
+    kcat("-P", "-b", log.bootstrap, "-t", "seqwrap", inp="x\n")
+    off = 4 + 4 + 2 + len("seqwrap") + 4 + 4
+    rec = idem_batch(4242, 0, 2**31 - 1, 3)
+    body, closed = exchange(log.port, frame(0, 7, 9, produce_body("seqwrap", rec, acks=-1)))
+    assert not closed
+    assert struct.unpack(">h", body[off:off + 2])[0] == 45
+    # a producer at sequence 0 is accepted and its retry is a duplicate
+    rec = idem_batch(4243, 0, 0, 3)
+    for _ in range(2):
+        body, closed = exchange(log.port, frame(0, 7, 9, produce_body("seqwrap", rec, acks=-1)))
+        assert not closed
+        err, base = struct.unpack(">hq", body[off:off + 10])
+        assert (err, base) == (0, 1)
+    log.stop()  # no sanitizer report

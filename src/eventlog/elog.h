@@ -224,12 +224,13 @@ int elog_topic_delete(elog *e, ktopic *t);
 /* Complete q (one of its waits) once p is durable up to end. err_at: the
  * position in q's response of the partition's error code (int16, then the
  * int64 base offset), set to KAFKA_STORAGE_ERROR and -1 if the partition's
- * log fails before then. */
+ * log fails before then. WEFT_EIO if it has already failed, WEFT_ENOMEM. */
 int elog_wait_durable(kpart *p, kreq *q, int64_t end, size_t err_at);
 /* Call fn(ud) on the loop once p is durable up to end (waits complete in
  * FIFO order; a wait is never cancelled, and is dropped without a call if
  * the topic closes first), or once its log has failed (plog_failed: fn
- * compares plog_durable_offset with end). 0 or WEFT_ENOMEM. */
+ * compares plog_durable_offset with end). 0, WEFT_EIO (it has already
+ * failed) or WEFT_ENOMEM. */
 int elog_wait_durable_fn(kpart *p, int64_t end, void (*fn)(void *ud), void *ud);
 /* Topics named __weft_* belong to the broker itself (the streams log):
  * Kafka clients may read them by name but not produce to, create or

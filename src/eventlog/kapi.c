@@ -314,7 +314,14 @@ static int produce_part(elog *e, kreq *q, int acks, ktopic *t, int32_t index, we
     if (b.producer_id >= 0) {
         int64_t dup;
         int rc = producer_check(p, &b, &dup);
-        if (rc < 0) {
+        if (rc < 0) { /* a retry: answered as the original is, once it is durable */
+            int64_t end = dup + b.last_offset_delta + 1;
+            bool waits = acks == -1 && t->conf.log.fsync == PLOG_FSYNC_ALWAYS &&
+                         plog_durable_offset(p->log) < end;
+            if (waits && plog_failed(p->log))
+                return 56; /* KAFKA_STORAGE_ERROR: the original never became durable */
+            if (waits && elog_wait_durable(p, q, end, err_at) < 0)
+                return 56;
             *base = dup;
             return KE_NONE;
         }
@@ -331,9 +338,12 @@ static int produce_part(elog *e, kreq *q, int acks, ktopic *t, int32_t index, we
         producer_record(p, &b, *base);
     weft_metric_add(e->m, e->m_produced_records, (uint64_t)b.records_count);
     weft_metric_add(e->m, e->m_produced_bytes, rec.n);
+    int64_t end = *base + b.last_offset_delta + 1;
     if (acks == -1 && t->conf.log.fsync == PLOG_FSYNC_ALWAYS &&
-        plog_durable_offset(p->log) < *base + b.last_offset_delta + 1)
-        elog_wait_durable(p, q, *base + b.last_offset_delta + 1, err_at);
+        plog_durable_offset(p->log) < end && elog_wait_durable(p, q, end, err_at) < 0) {
+        *base = -1; /* written, but not known durable: the retry will be */
+        return 56;
+    }
     elog_fetch_wake(p);
     return KE_NONE;
 }

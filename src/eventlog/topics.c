@@ -378,6 +378,8 @@ static struct pwait *wait_push(kpart *p, int64_t end)
 
 int elog_wait_durable(kpart *p, kreq *q, int64_t end, size_t err_at)
 {
+    if (plog_failed(p->log))
+        return WEFT_EIO; /* its failure has been reported: nothing would end the wait */
     struct pwait *w = wait_push(p, end);
     if (!w)
         return WEFT_ENOMEM;
@@ -392,6 +394,8 @@ int elog_wait_durable(kpart *p, kreq *q, int64_t end, size_t err_at)
 
 int elog_wait_durable_fn(kpart *p, int64_t end, void (*fn)(void *ud), void *ud)
 {
+    if (plog_failed(p->log))
+        return WEFT_EIO;
     struct pwait *w = wait_push(p, end);
     if (!w)
         return WEFT_ENOMEM;

@@ -82,3 +82,36 @@ def wait_port_closed(port, timeout=10):
 
 
 PY = sys.executable
+
+
+# An LD_PRELOAD shim: fdatasync fails with EIO while the flag file exists,
+# the way a failing disk makes it fail (the kernel's own error path).
+FAIL_SHIM = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int fdatasync(int fd)
+{
+    const char *flag = getenv("WEFT_TEST_FAIL_FDATASYNC");
+    if (flag && access(flag, F_OK) == 0) {
+        errno = EIO;
+        return -1;
+    }
+    return (int)syscall(SYS_fdatasync, fd);
+}
+"""
+
+
+def failing_fdatasync(tmp_path):
+    """Build the shim; return (flag path, env for Log(env=...)): while the
+    flag file exists, the broker's fdatasync calls fail with EIO."""
+    shim = Path(tmp_path) / "failsync.so"
+    src = Path(tmp_path) / "failsync.c"
+    src.write_text(FAIL_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(src)], check=True)
+    flag = Path(tmp_path) / "fail-now"
+    return flag, {"LD_PRELOAD": str(shim), "WEFT_TEST_FAIL_FDATASYNC": str(flag),
+                  # the shim comes before the sanitizer runtime in the load order
+                  "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:verify_asan_link_order=0"}

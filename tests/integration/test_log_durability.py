@@ -8,7 +8,7 @@ import threading
 import time
 
 
-from kafkautil import Log, run_py
+from kafkautil import Log, failing_fdatasync, run_py
 from svcutil import wait_until
 
 CONSUMER = r"""
@@ -395,25 +395,6 @@ print(",".join(m.value.decode() for m in c))
         log2.stop()
 
 
-# An LD_PRELOAD shim: fdatasync fails with EIO while the flag file exists,
-# the way a failing disk makes it fail (the kernel's own error path).
-FAIL_SHIM = r"""
-#define _GNU_SOURCE
-#include <errno.h>
-#include <stdlib.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-int fdatasync(int fd)
-{
-    const char *flag = getenv("WEFT_TEST_FAIL_FDATASYNC");
-    if (flag && access(flag, F_OK) == 0) {
-        errno = EIO;
-        return -1;
-    }
-    return (int)syscall(SYS_fdatasync, fd);
-}
-"""
-
 PRODUCE_ALL = r"""
 import json, sys, time
 from confluent_kafka import Producer
@@ -435,14 +416,7 @@ def test_failed_fdatasync_answers_waiting_appends_at_once(tmp_path):
     instead of waiting for a flush that will never succeed, later ones are
     refused, and after a restart everything acknowledged before is there."""
     import requests
-    shim = tmp_path / "failsync.so"
-    src = tmp_path / "failsync.c"
-    src.write_text(FAIL_SHIM)
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(src)], check=True)
-    flag = tmp_path / "fail-now"
-    env = {"LD_PRELOAD": str(shim), "WEFT_TEST_FAIL_FDATASYNC": str(flag),
-           # the shim comes before the sanitizer runtime in the load order
-           "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:verify_asan_link_order=0"}
+    flag, env = failing_fdatasync(tmp_path)
     lg = Log(tmp_path, http=True, env=env)
     try:
         def produce(topic):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from kafkautil import Log, exchange, frame, kstr, run_py
+from kafkautil import Log, exchange, failing_fdatasync, frame, kstr, run_py
 
 
 @pytest.fixture
@@ -430,3 +430,24 @@ def test_idempotent_sequences_near_int32_max_wrap_as_kafka(log):
         err, base = struct.unpack(">hq", body[off:off + 10])
         assert (err, base) == (0, 1)
     log.stop()  # no sanitizer report
+
+
+def test_retry_of_a_batch_whose_flush_failed_is_not_acknowledged(tmp_path):
+    """An idempotent producer's retry of an acks=all batch is answered as
+    its original is: after the original's flush failed, with
+    KAFKA_STORAGE_ERROR again, not with its offset as if it were durable."""
+    flag, env = failing_fdatasync(tmp_path)
+    lg = Log(tmp_path, env=env)
+    try:
+        kcat("-P", "-b", lg.bootstrap, "-t", "dupfail", inp="x\n")
+        off = 4 + 4 + 2 + len("dupfail") + 4 + 4
+        flag.touch()
+        rec = idem_batch(5150, 0, 0, 2)
+        for attempt in ("original", "retry"):
+            body, closed = exchange(lg.port,
+                                    frame(0, 7, 9, produce_body("dupfail", rec, acks=-1)))
+            assert not closed, attempt
+            err, base = struct.unpack(">hq", body[off:off + 10])
+            assert (err, base) == (56, -1), (attempt, err, base)
+    finally:
+        lg.stop()

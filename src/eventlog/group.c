@@ -22,7 +22,8 @@
  *
  * Liveness: a sweep every 250 ms expires members silent for their session
  * timeout — never one whose JoinGroup or SyncGroup is parked (it is
- * waiting on us, not dead). Existing members learn of a rebalance from
+ * waiting on us, not dead), and its session starts over when that request
+ * is answered. Existing members learn of a rebalance from
  * their next Heartbeat (REBALANCE_IN_PROGRESS).
  *
  * Offsets: committed offsets are kept per group/topic/partition and
@@ -247,10 +248,13 @@ static void prepare_rebalance(kgroup *g)
 {
     if (g->state == G_PREPARING)
         return;
-    /* members waiting in SyncGroup of the old generation must rejoin */
+    /* members waiting in SyncGroup of the old generation must rejoin; they
+     * were alive while parked, so their session starts over now */
+    uint64_t now = now_ms(g->gs);
     for (kmember *m = g->members; m; m = m->next)
         if (m->sync) {
             kreq *q = unpark(&m->sync);
+            m->last_seen_ms = now;
             answer_sync(q, KE_REBALANCE_IN_PROGRESS, NULL, 0);
         }
     bool was_empty = g->state == G_EMPTY;
@@ -764,9 +768,11 @@ static void h_sync(kgroups *gs, kreq *q, kf_reader *r)
             memcpy(o->assignment, a.p, a.n);
     }
     g->state = G_STABLE;
+    uint64_t now = now_ms(gs);
     for (kmember *o = g->members; o; o = o->next)
-        if (o->sync) {
+        if (o->sync) { /* parked followers get a full session from now */
             kreq *sq = unpark(&o->sync);
+            o->last_seen_ms = now;
             answer_sync(sq, KE_NONE, o->assignment, o->assign_len);
         }
     weft_log(WEFT_LOG_INFO, "group stable", WEFT_KV_STR("group", g->id),

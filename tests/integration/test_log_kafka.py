@@ -2,8 +2,10 @@
 2.0.2), python3-kafka 2.0.2 and python3-confluent-kafka — produce,
 consume, groups, admin — plus raw frames for bad input."""
 import json
+import socket
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -286,3 +288,127 @@ print(json.dumps(out))
     state, members = out["cccccccc"]
     assert state == "Stable" and len(members) == 1, out
     assert members[0][0] == "c" * 127, members
+
+
+# ---- the group coordinator, spoken to in raw frames over kept connections ----
+
+def str_bytes_array(pairs):
+    """A Kafka array of (string, bytes) entries: protocols, assignments."""
+    return struct.pack(">i", len(pairs)) + b"".join(
+        kstr(s) + struct.pack(">i", len(b)) + b for s, b in pairs)
+
+
+class GroupConn:
+    """One connection to the coordinator; requests may stay parked."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.corr = 0
+
+    def send(self, key, ver, body):
+        self.corr += 1
+        self.s.sendall(frame(key, ver, self.corr, body))
+
+    def recv(self, timeout=10):
+        self.s.settimeout(timeout)
+        head = self._exact(4)
+        (n,) = struct.unpack(">i", head)
+        return self._exact(n)[4:]  # past the correlation id
+
+    def _exact(self, n):
+        out = b""
+        while len(out) < n:
+            d = self.s.recv(n - len(out))
+            assert d, "connection closed"
+            out += d
+        return out
+
+    def parked(self, wait=0.5):
+        """True when nothing has been answered within wait seconds."""
+        self.s.settimeout(wait)
+        try:
+            return not self.s.recv(1, socket.MSG_PEEK)
+        except socket.timeout:
+            return True
+
+    def join(self, group, member="", protos=(("range", b"m"),), session=6000, rebalance=30000,
+             ptype="consumer"):
+        body = kstr(group) + struct.pack(">ii", session, rebalance) + kstr(member) + kstr(ptype)
+        self.send(11, 2, body + str_bytes_array(protos))
+
+    def join_answer(self):
+        r = self.recv()
+        (err, gen) = struct.unpack(">hi", r[4:10])
+        at, out = 10, []
+        for _ in range(3):  # protocol, leader, member id
+            (n,) = struct.unpack(">h", r[at:at + 2])
+            out.append(r[at + 2:at + 2 + n].decode())
+            at += 2 + n
+        return err, gen, out[0], out[1], out[2]
+
+    def sync(self, group, gen, member, assignments=()):
+        body = kstr(group) + struct.pack(">i", gen) + kstr(member)
+        self.send(14, 1, body + str_bytes_array(assignments))
+
+    def sync_answer(self):
+        r = self.recv()
+        (err, n) = struct.unpack(">hi", r[4:10])
+        return err, r[10:10 + max(n, 0)]
+
+    def heartbeat(self, group, gen, member):
+        self.send(12, 1, kstr(group) + struct.pack(">i", gen) + kstr(member))
+        (err,) = struct.unpack(">h", self.recv()[4:6])
+        return err
+
+    def close(self):
+        self.s.close()
+
+
+@pytest.fixture
+def glog(tmp_path):
+    """A log whose groups complete their first join at once (no initial delay)."""
+    cfg = tmp_path / "log.yaml"
+    cfg.write_text("log:\n  group_initial_delay_ms: 0\n")
+    lg = Log(tmp_path, extra=("-c", str(cfg)))
+    yield lg
+    if lg.alive():
+        lg.stop()
+
+
+def stable_pair(port, group):
+    """Leader and follower in a Stable generation: (lc, lid, fc, fid, gen)."""
+    lc, fc = GroupConn(port), GroupConn(port)
+    lc.join(group)
+    err, gen, _, leader, lid = lc.join_answer()
+    assert err == 0 and leader == lid
+    lc.sync(group, gen, lid, [(lid, b"L")])
+    assert lc.sync_answer() == (0, b"L")
+    fc.join(group)  # parks: the leader must rejoin
+    assert fc.parked()
+    assert lc.heartbeat(group, gen, lid) == 27
+    lc.join(group, lid)
+    err, gen, _, leader, lid2 = lc.join_answer()
+    assert err == 0 and leader == lid == lid2
+    ferr, fgen, _, _, fid = fc.join_answer()
+    assert ferr == 0 and fgen == gen
+    return lc, lid, fc, fid, gen
+
+
+def test_follower_parked_in_sync_is_not_expired_when_answered(glog):
+    """A follower whose SyncGroup waited longer than its session timeout for
+    the leader's is alive (it was waiting on us): once answered it has a
+    full session to heartbeat in, as in Kafka, instead of being expired by
+    the next sweep."""
+    lc, lid, fc, fid, gen = stable_pair(glog.port, "slow-leader")
+    fc.sync("slow-leader", gen, fid)
+    assert fc.parked()
+    for _ in range(4):  # the leader takes 7 s (> 6 s session) to assign
+        assert lc.heartbeat("slow-leader", gen, lid) == 27
+        time.sleep(1.75)
+    lc.sync("slow-leader", gen, lid, [(lid, b"L"), (fid, b"F")])
+    assert lc.sync_answer() == (0, b"L")
+    assert fc.sync_answer() == (0, b"F")
+    time.sleep(1.0)
+    assert fc.heartbeat("slow-leader", gen, fid) == 0
+    assert lc.heartbeat("slow-leader", gen, lid) == 0
+

@@ -13,7 +13,9 @@
  * has rejoined or the rebalance timeout (the members' largest) passes;
  * members that did not rejoin are dropped. A group that was empty waits
  * group_initial_delay_ms first (Kafka's group.initial.rebalance.delay.ms)
- * so that consumers started together land in one generation. Completing
+ * so that consumers started together land in one generation. A join into
+ * a group with members must offer a protocol they all support, else it
+ * alone is refused (INCONSISTENT_GROUP_PROTOCOL). Completing
  * the join bumps the generation, chooses the protocol every member
  * supports (by votes), keeps the leader if it stayed (else the first
  * member), and sends the leader every member's metadata; followers get an
@@ -566,6 +568,29 @@ static void offsets_load(kgroups *gs)
 
 static int session_ok(int32_t ms) { return ms >= MIN_SESSION_MS && ms <= MAX_SESSION_MS; }
 
+/* The protocols a JoinGroup offers (views into the request). */
+typedef struct koffer {
+    weft_str name, meta;
+} koffer;
+
+/* Kafka's supportsProtocols: a group with members takes a join only if it
+ * offers a protocol every current member supports; otherwise the rebalance
+ * it starts could choose none and every member would be refused. */
+static bool offers_common_protocol(kgroup *g, const koffer *offer, int n)
+{
+    for (int i = 0; i < n; i++) {
+        bool everyone = true;
+        for (kmember *m = g->members; m && everyone; m = m->next) {
+            everyone = false;
+            for (int k = 0; k < m->nprotos && !everyone; k++)
+                everyone = weft_str_eq(weft_str_from(m->protos[k].name), offer[i].name);
+        }
+        if (everyone)
+            return true;
+    }
+    return false;
+}
+
 static void h_find_coordinator(elog *e, kreq *q, kf_reader *r)
 {
     int16_t v = q->api_version;
@@ -598,9 +623,7 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
     weft_str inst = v >= 5 ? kf_str(r) : WEFT_STR_NULL;
     weft_str ptype = kf_str(r);
     int32_t np = kf_array(r, 6, false);
-    struct {
-        weft_str name, meta;
-    } protos[64];
+    koffer protos[64];
     int n = 0;
     for (int32_t i = 0; i < np && kf_ok(r); i++) {
         weft_str name = kf_str(r), meta = kf_bytes(r);
@@ -622,7 +645,8 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
     else if (!(g = group_get(gs, gid)))
         err = KE_COORDINATOR_NOT_AVAILABLE;
     else if (n == 0 || !ptype.n ||
-             (g->protocol_type && g->nmembers && !weft_str_eq(weft_str_from(g->protocol_type), ptype)))
+             (g->protocol_type && g->nmembers && !weft_str_eq(weft_str_from(g->protocol_type), ptype)) ||
+             (g->nmembers && !offers_common_protocol(g, protos, n)))
         err = KE_INCONSISTENT_GROUP_PROTOCOL;
     kmember *m = NULL;
     if (!err && mid.n && !(m = member_find(g, mid)))

@@ -412,3 +412,19 @@ def test_follower_parked_in_sync_is_not_expired_when_answered(glog):
     assert fc.heartbeat("slow-leader", gen, fid) == 0
     assert lc.heartbeat("slow-leader", gen, lid) == 0
 
+
+def test_join_with_no_common_protocol_is_refused_alone(glog):
+    """A member offering no protocol the group's members all support gets
+    INCONSISTENT_GROUP_PROTOCOL (23) at once, as in Kafka, and the Stable
+    group is left alone — not pulled into a rebalance whose every member
+    is then refused."""
+    lc, fc = GroupConn(glog.port), GroupConn(glog.port)
+    lc.join("proto")
+    err, gen, proto, _, lid = lc.join_answer()
+    assert (err, proto) == (0, "range")
+    lc.sync("proto", gen, lid, [(lid, b"L")])
+    assert lc.sync_answer() == (0, b"L")
+    fc.join("proto", protos=(("roundrobin", b"m"),))
+    assert not fc.parked(2.0)
+    assert fc.join_answer()[0] == 23
+    assert lc.heartbeat("proto", gen, lid) == 0

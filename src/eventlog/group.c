@@ -367,6 +367,10 @@ static void complete_join(kgroup *g)
         m->assignment = NULL;
         m->assign_len = 0;
         m->last_seen_ms = now;
+        /* answering may flush, fail and close a connection, whose cancel
+         * hooks then unpark the joins of later members parked on it */
+        if (!m->join)
+            continue;
         kreq *q = unpark(&m->join);
         answer_join(g, m, q, g->protocol ? KE_NONE : KE_INCONSISTENT_GROUP_PROTOCOL);
     }

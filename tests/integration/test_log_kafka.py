@@ -428,3 +428,56 @@ def test_join_with_no_common_protocol_is_refused_alone(glog):
     assert not fc.parked(2.0)
     assert fc.join_answer()[0] == 23
     assert lc.heartbeat("proto", gen, lid) == 0
+
+
+def test_connection_dying_while_its_joins_are_answered(glog):
+    """Two members' JoinGroups parked on one connection whose peer has reset
+    it: answering the first fails to send and closes the connection, which
+    cancels the second. Completing the join must skip the cancelled one
+    (the broker crashed on a NULL parked request) and answer the rest."""
+    port = glog.port
+    b, d = GroupConn(port), GroupConn(port)
+    b.join("reset")  # X: generation 1 at once, X leads
+    err, _, _, _, xid = b.join_answer()
+    assert err == 0
+    d.join("reset")  # Z: parks, the group prepares a rebalance
+    assert d.parked()
+    d.close()  # Z's join is cancelled; Z stays a member (session 6 s)
+    time.sleep(0.3)
+    a = GroupConn(port)
+    a.join("reset")  # Y (new) and X, parked on one connection, Y first
+    a.join("reset", xid)
+    # fill the connection's in-flight window so the broker stops watching it
+    api_versions = frame(18, 0, 0, b"")
+    a.s.sendall(api_versions * 1022)
+    time.sleep(0.5)
+    a.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.close()  # reset, unnoticed until the broker writes to it
+    time.sleep(0.2)
+    # Z rejoins: everyone has, the join completes and answers Y, then X
+    desc = GroupConn(port)
+    desc.send(15, 0, struct.pack(">i", 1) + kstr("reset"))
+    r = desc.recv()
+    at = r.index(kstr("reset")) + len(kstr("reset"))
+    at += 2 + struct.unpack(">h", r[at:at + 2])[0]  # state
+    at += 2 + struct.unpack(">h", r[at:at + 2])[0]  # protocol type
+    at += 2 + struct.unpack(">h", r[at:at + 2])[0]  # protocol
+    (n,) = struct.unpack(">i", r[at:at + 4])
+    assert n == 3
+    ids = []
+    at += 4
+    for _ in range(n):
+        (k,) = struct.unpack(">h", r[at:at + 2])
+        ids.append(r[at + 2:at + 2 + k].decode())
+        at += 2 + k
+        for _ in range(2):  # client id, host
+            at += 2 + struct.unpack(">h", r[at:at + 2])[0]
+        for _ in range(2):  # metadata, assignment
+            at += 4 + struct.unpack(">i", r[at:at + 4])[0]
+    zid = [m for m in ids if m != xid][1]  # newest first: Y, Z, X
+    z = GroupConn(port)
+    z.join("reset", zid)
+    err, gen, _, leader, mid = z.join_answer()
+    assert (err, mid, leader) == (0, zid, xid)
+    assert glog.alive()
+    assert z.heartbeat("reset", gen, zid) == 27  # CompletingRebalance

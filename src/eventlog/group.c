@@ -13,10 +13,11 @@
  * has rejoined or the rebalance timeout (the members' largest) passes;
  * members that did not rejoin are dropped. A group that was empty waits
  * group_initial_delay_ms first (Kafka's group.initial.rebalance.delay.ms)
- * so that consumers started together land in one generation. A join into
- * a group with members must offer a protocol they all support, else it
- * alone is refused (INCONSISTENT_GROUP_PROTOCOL). Completing
- * the join bumps the generation, chooses the protocol every member
+ * so that consumers started together land in one generation; each new
+ * member restarts that delay, but never past the rebalance timeout from
+ * the first join. A join into a group with members must offer a protocol
+ * they all support, else it alone is refused (INCONSISTENT_GROUP_PROTOCOL).
+ * Completing the join bumps the generation, chooses the protocol every member
  * supports (by votes), keeps the leader if it stayed (else the first
  * member), and sends the leader every member's metadata; followers get an
  * empty list. SyncGroup from followers parks until the leader's arrives
@@ -90,6 +91,7 @@ typedef struct kgroup {
     kmember *members;
     int nmembers;
     bool initial; /* waiting out the initial delay */
+    uint64_t initial_end; /* new members extend it up to here */
     weft_timer timer;
     koffset *offsets;
 } kgroup;
@@ -262,10 +264,22 @@ static void prepare_rebalance(kgroup *g)
     bool was_empty = g->state == G_EMPTY;
     g->state = G_PREPARING;
     g->initial = was_empty && g->gs->e->o.group_initial_delay_ms > 0;
-    uint32_t wait = g->initial ? g->gs->e->o.group_initial_delay_ms : (uint32_t)rebalance_timeout(g);
+    uint32_t delay = g->gs->e->o.group_initial_delay_ms, rebalance = (uint32_t)rebalance_timeout(g);
+    uint32_t wait = g->initial ? delay : rebalance;
+    /* as Kafka's InitialDelayedJoin: extensions stop at the rebalance timeout */
+    g->initial_end = now_ms(g->gs) + (rebalance > delay ? rebalance : delay);
     weft_timer_start(g->gs->e->loop, &g->timer, wait);
     weft_log(WEFT_LOG_INFO, "group rebalancing", WEFT_KV_STR("group", g->id),
              WEFT_KV_INT("members", g->nmembers), WEFT_KV_INT("generation", g->generation));
+}
+
+/* Restart the initial delay, but not past initial_end. */
+static void extend_initial_delay(kgroup *g)
+{
+    uint64_t now = now_ms(g->gs), wait = g->gs->e->o.group_initial_delay_ms;
+    if (now + wait > g->initial_end)
+        wait = g->initial_end > now ? g->initial_end - now : 0;
+    weft_timer_start(g->gs->e->loop, &g->timer, wait);
 }
 
 static bool all_joined(kgroup *g)
@@ -722,7 +736,7 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
     if (g->state != G_PREPARING)
         prepare_rebalance(g);
     else if (g->initial && fresh) /* more consumers arriving: extend the initial delay */
-        weft_timer_start(gs->e->loop, &g->timer, gs->e->o.group_initial_delay_ms);
+        extend_initial_delay(g);
     maybe_complete_join(g);
 }
 

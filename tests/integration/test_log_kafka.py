@@ -481,3 +481,21 @@ def test_connection_dying_while_its_joins_are_answered(glog):
     assert (err, mid, leader) == (0, zid, xid)
     assert glog.alive()
     assert z.heartbeat("reset", gen, zid) == 27  # CompletingRebalance
+
+
+def test_initial_delay_extensions_are_bounded_by_the_rebalance_timeout(log):
+    """Each new member extends a new group's initial delay (3 s), but, as in
+    Kafka's InitialDelayedJoin, never past the rebalance timeout from the
+    first join: consumers arriving every 1.5 s must not keep the first
+    one waiting for ever."""
+    first = GroupConn(log.port)
+    t0 = time.monotonic()
+    first.join("trickle", rebalance=4000)
+    later = []
+    for _ in range(5):
+        time.sleep(1.5)
+        later.append(GroupConn(log.port))
+        later[-1].join("trickle", rebalance=4000)
+    assert not first.parked(0.3), "still waiting %.1f s after joining" % (time.monotonic() - t0)
+    err, gen, _, _, _ = first.join_answer()
+    assert (err, gen) == (0, 1)

@@ -13,8 +13,11 @@
  * has rejoined or the rebalance timeout (the members' largest) passes;
  * members that did not rejoin are dropped. A group that was empty waits
  * group_initial_delay_ms first (Kafka's group.initial.rebalance.delay.ms)
- * so that consumers started together land in one generation. Completing
- * the join bumps the generation, chooses the protocol every member
+ * so that consumers started together land in one generation; each new
+ * member restarts that delay, but never past the rebalance timeout from
+ * the first join. A join into a group with members must offer a protocol
+ * they all support, else it alone is refused (INCONSISTENT_GROUP_PROTOCOL).
+ * Completing the join bumps the generation, chooses the protocol every member
  * supports (by votes), keeps the leader if it stayed (else the first
  * member), and sends the leader every member's metadata; followers get an
  * empty list. SyncGroup from followers parks until the leader's arrives
@@ -22,7 +25,8 @@
  *
  * Liveness: a sweep every 250 ms expires members silent for their session
  * timeout — never one whose JoinGroup or SyncGroup is parked (it is
- * waiting on us, not dead). Existing members learn of a rebalance from
+ * waiting on us, not dead), and its session starts over when that request
+ * is answered. Existing members learn of a rebalance from
  * their next Heartbeat (REBALANCE_IN_PROGRESS).
  *
  * Offsets: committed offsets are kept per group/topic/partition and
@@ -87,6 +91,7 @@ typedef struct kgroup {
     kmember *members;
     int nmembers;
     bool initial; /* waiting out the initial delay */
+    uint64_t initial_end; /* new members extend it up to here */
     weft_timer timer;
     koffset *offsets;
 } kgroup;
@@ -247,19 +252,34 @@ static void prepare_rebalance(kgroup *g)
 {
     if (g->state == G_PREPARING)
         return;
-    /* members waiting in SyncGroup of the old generation must rejoin */
+    /* members waiting in SyncGroup of the old generation must rejoin; they
+     * were alive while parked, so their session starts over now */
+    uint64_t now = now_ms(g->gs);
     for (kmember *m = g->members; m; m = m->next)
         if (m->sync) {
             kreq *q = unpark(&m->sync);
+            m->last_seen_ms = now;
             answer_sync(q, KE_REBALANCE_IN_PROGRESS, NULL, 0);
         }
     bool was_empty = g->state == G_EMPTY;
     g->state = G_PREPARING;
     g->initial = was_empty && g->gs->e->o.group_initial_delay_ms > 0;
-    uint32_t wait = g->initial ? g->gs->e->o.group_initial_delay_ms : (uint32_t)rebalance_timeout(g);
+    uint32_t delay = g->gs->e->o.group_initial_delay_ms, rebalance = (uint32_t)rebalance_timeout(g);
+    uint32_t wait = g->initial ? delay : rebalance;
+    /* as Kafka's InitialDelayedJoin: extensions stop at the rebalance timeout */
+    g->initial_end = now_ms(g->gs) + (rebalance > delay ? rebalance : delay);
     weft_timer_start(g->gs->e->loop, &g->timer, wait);
     weft_log(WEFT_LOG_INFO, "group rebalancing", WEFT_KV_STR("group", g->id),
              WEFT_KV_INT("members", g->nmembers), WEFT_KV_INT("generation", g->generation));
+}
+
+/* Restart the initial delay, but not past initial_end. */
+static void extend_initial_delay(kgroup *g)
+{
+    uint64_t now = now_ms(g->gs), wait = g->gs->e->o.group_initial_delay_ms;
+    if (now + wait > g->initial_end)
+        wait = g->initial_end > now ? g->initial_end - now : 0;
+    weft_timer_start(g->gs->e->loop, &g->timer, wait);
 }
 
 static bool all_joined(kgroup *g)
@@ -361,6 +381,10 @@ static void complete_join(kgroup *g)
         m->assignment = NULL;
         m->assign_len = 0;
         m->last_seen_ms = now;
+        /* answering may flush, fail and close a connection, whose cancel
+         * hooks then unpark the joins of later members parked on it */
+        if (!m->join)
+            continue;
         kreq *q = unpark(&m->join);
         answer_join(g, m, q, g->protocol ? KE_NONE : KE_INCONSISTENT_GROUP_PROTOCOL);
     }
@@ -562,6 +586,29 @@ static void offsets_load(kgroups *gs)
 
 static int session_ok(int32_t ms) { return ms >= MIN_SESSION_MS && ms <= MAX_SESSION_MS; }
 
+/* The protocols a JoinGroup offers (views into the request). */
+typedef struct koffer {
+    weft_str name, meta;
+} koffer;
+
+/* Kafka's supportsProtocols: a group with members takes a join only if it
+ * offers a protocol every current member supports; otherwise the rebalance
+ * it starts could choose none and every member would be refused. */
+static bool offers_common_protocol(kgroup *g, const koffer *offer, int n)
+{
+    for (int i = 0; i < n; i++) {
+        bool everyone = true;
+        for (kmember *m = g->members; m && everyone; m = m->next) {
+            everyone = false;
+            for (int k = 0; k < m->nprotos && !everyone; k++)
+                everyone = weft_str_eq(weft_str_from(m->protos[k].name), offer[i].name);
+        }
+        if (everyone)
+            return true;
+    }
+    return false;
+}
+
 static void h_find_coordinator(elog *e, kreq *q, kf_reader *r)
 {
     int16_t v = q->api_version;
@@ -594,9 +641,7 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
     weft_str inst = v >= 5 ? kf_str(r) : WEFT_STR_NULL;
     weft_str ptype = kf_str(r);
     int32_t np = kf_array(r, 6, false);
-    struct {
-        weft_str name, meta;
-    } protos[64];
+    koffer protos[64];
     int n = 0;
     for (int32_t i = 0; i < np && kf_ok(r); i++) {
         weft_str name = kf_str(r), meta = kf_bytes(r);
@@ -618,7 +663,8 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
     else if (!(g = group_get(gs, gid)))
         err = KE_COORDINATOR_NOT_AVAILABLE;
     else if (n == 0 || !ptype.n ||
-             (g->protocol_type && g->nmembers && !weft_str_eq(weft_str_from(g->protocol_type), ptype)))
+             (g->protocol_type && g->nmembers && !weft_str_eq(weft_str_from(g->protocol_type), ptype)) ||
+             (g->nmembers && !offers_common_protocol(g, protos, n)))
         err = KE_INCONSISTENT_GROUP_PROTOCOL;
     kmember *m = NULL;
     if (!err && mid.n && !(m = member_find(g, mid)))
@@ -690,7 +736,7 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
     if (g->state != G_PREPARING)
         prepare_rebalance(g);
     else if (g->initial && fresh) /* more consumers arriving: extend the initial delay */
-        weft_timer_start(gs->e->loop, &g->timer, gs->e->o.group_initial_delay_ms);
+        extend_initial_delay(g);
     maybe_complete_join(g);
 }
 
@@ -764,9 +810,11 @@ static void h_sync(kgroups *gs, kreq *q, kf_reader *r)
             memcpy(o->assignment, a.p, a.n);
     }
     g->state = G_STABLE;
+    uint64_t now = now_ms(gs);
     for (kmember *o = g->members; o; o = o->next)
-        if (o->sync) {
+        if (o->sync) { /* parked followers get a full session from now */
             kreq *sq = unpark(&o->sync);
+            o->last_seen_ms = now;
             answer_sync(sq, KE_NONE, o->assignment, o->assign_len);
         }
     weft_log(WEFT_LOG_INFO, "group stable", WEFT_KV_STR("group", g->id),

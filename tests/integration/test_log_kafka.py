@@ -2,8 +2,10 @@
 2.0.2), python3-kafka 2.0.2 and python3-confluent-kafka — produce,
 consume, groups, admin — plus raw frames for bad input."""
 import json
+import socket
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -451,3 +453,214 @@ def test_retry_of_a_batch_whose_flush_failed_is_not_acknowledged(tmp_path):
             assert (err, base) == (56, -1), (attempt, err, base)
     finally:
         lg.stop()
+
+
+# ---- the group coordinator, spoken to in raw frames over kept connections ----
+
+def str_bytes_array(pairs):
+    """A Kafka array of (string, bytes) entries: protocols, assignments."""
+    return struct.pack(">i", len(pairs)) + b"".join(
+        kstr(s) + struct.pack(">i", len(b)) + b for s, b in pairs)
+
+
+class GroupConn:
+    """One connection to the coordinator; requests may stay parked."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.corr = 0
+
+    def send(self, key, ver, body):
+        self.corr += 1
+        self.s.sendall(frame(key, ver, self.corr, body))
+
+    def recv(self, timeout=10):
+        self.s.settimeout(timeout)
+        head = self._exact(4)
+        (n,) = struct.unpack(">i", head)
+        return self._exact(n)[4:]  # past the correlation id
+
+    def _exact(self, n):
+        out = b""
+        while len(out) < n:
+            d = self.s.recv(n - len(out))
+            assert d, "connection closed"
+            out += d
+        return out
+
+    def parked(self, wait=0.5):
+        """True when nothing has been answered within wait seconds."""
+        self.s.settimeout(wait)
+        try:
+            return not self.s.recv(1, socket.MSG_PEEK)
+        except socket.timeout:
+            return True
+
+    def join(self, group, member="", protos=(("range", b"m"),), session=6000, rebalance=30000,
+             ptype="consumer"):
+        body = kstr(group) + struct.pack(">ii", session, rebalance) + kstr(member) + kstr(ptype)
+        self.send(11, 2, body + str_bytes_array(protos))
+
+    def join_answer(self):
+        r = self.recv()
+        (err, gen) = struct.unpack(">hi", r[4:10])
+        at, out = 10, []
+        for _ in range(3):  # protocol, leader, member id
+            (n,) = struct.unpack(">h", r[at:at + 2])
+            out.append(r[at + 2:at + 2 + n].decode())
+            at += 2 + n
+        return err, gen, out[0], out[1], out[2]
+
+    def sync(self, group, gen, member, assignments=()):
+        body = kstr(group) + struct.pack(">i", gen) + kstr(member)
+        self.send(14, 1, body + str_bytes_array(assignments))
+
+    def sync_answer(self):
+        r = self.recv()
+        (err, n) = struct.unpack(">hi", r[4:10])
+        return err, r[10:10 + max(n, 0)]
+
+    def heartbeat(self, group, gen, member):
+        self.send(12, 1, kstr(group) + struct.pack(">i", gen) + kstr(member))
+        (err,) = struct.unpack(">h", self.recv()[4:6])
+        return err
+
+    def close(self):
+        self.s.close()
+
+
+@pytest.fixture
+def glog(tmp_path):
+    """A log whose groups complete their first join at once (no initial delay)."""
+    cfg = tmp_path / "log.yaml"
+    cfg.write_text("log:\n  group_initial_delay_ms: 0\n")
+    lg = Log(tmp_path, extra=("-c", str(cfg)))
+    yield lg
+    if lg.alive():
+        lg.stop()
+
+
+def stable_pair(port, group):
+    """Leader and follower in a Stable generation: (lc, lid, fc, fid, gen)."""
+    lc, fc = GroupConn(port), GroupConn(port)
+    lc.join(group)
+    err, gen, _, leader, lid = lc.join_answer()
+    assert err == 0 and leader == lid
+    lc.sync(group, gen, lid, [(lid, b"L")])
+    assert lc.sync_answer() == (0, b"L")
+    fc.join(group)  # parks: the leader must rejoin
+    assert fc.parked()
+    assert lc.heartbeat(group, gen, lid) == 27
+    lc.join(group, lid)
+    err, gen, _, leader, lid2 = lc.join_answer()
+    assert err == 0 and leader == lid == lid2
+    ferr, fgen, _, _, fid = fc.join_answer()
+    assert ferr == 0 and fgen == gen
+    return lc, lid, fc, fid, gen
+
+
+def test_follower_parked_in_sync_is_not_expired_when_answered(glog):
+    """A follower whose SyncGroup waited longer than its session timeout for
+    the leader's is alive (it was waiting on us): once answered it has a
+    full session to heartbeat in, as in Kafka, instead of being expired by
+    the next sweep."""
+    lc, lid, fc, fid, gen = stable_pair(glog.port, "slow-leader")
+    fc.sync("slow-leader", gen, fid)
+    assert fc.parked()
+    for _ in range(4):  # the leader takes 7 s (> 6 s session) to assign
+        assert lc.heartbeat("slow-leader", gen, lid) == 27
+        time.sleep(1.75)
+    lc.sync("slow-leader", gen, lid, [(lid, b"L"), (fid, b"F")])
+    assert lc.sync_answer() == (0, b"L")
+    assert fc.sync_answer() == (0, b"F")
+    time.sleep(1.0)
+    assert fc.heartbeat("slow-leader", gen, fid) == 0
+    assert lc.heartbeat("slow-leader", gen, lid) == 0
+
+
+def test_join_with_no_common_protocol_is_refused_alone(glog):
+    """A member offering no protocol the group's members all support gets
+    INCONSISTENT_GROUP_PROTOCOL (23) at once, as in Kafka, and the Stable
+    group is left alone — not pulled into a rebalance whose every member
+    is then refused."""
+    lc, fc = GroupConn(glog.port), GroupConn(glog.port)
+    lc.join("proto")
+    err, gen, proto, _, lid = lc.join_answer()
+    assert (err, proto) == (0, "range")
+    lc.sync("proto", gen, lid, [(lid, b"L")])
+    assert lc.sync_answer() == (0, b"L")
+    fc.join("proto", protos=(("roundrobin", b"m"),))
+    assert not fc.parked(2.0)
+    assert fc.join_answer()[0] == 23
+    assert lc.heartbeat("proto", gen, lid) == 0
+
+
+def test_connection_dying_while_its_joins_are_answered(glog):
+    """Two members' JoinGroups parked on one connection whose peer has reset
+    it: answering the first fails to send and closes the connection, which
+    cancels the second. Completing the join must skip the cancelled one
+    (the broker crashed on a NULL parked request) and answer the rest."""
+    port = glog.port
+    b, d = GroupConn(port), GroupConn(port)
+    b.join("reset")  # X: generation 1 at once, X leads
+    err, _, _, _, xid = b.join_answer()
+    assert err == 0
+    d.join("reset")  # Z: parks, the group prepares a rebalance
+    assert d.parked()
+    d.close()  # Z's join is cancelled; Z stays a member (session 6 s)
+    time.sleep(0.3)
+    a = GroupConn(port)
+    a.join("reset")  # Y (new) and X, parked on one connection, Y first
+    a.join("reset", xid)
+    # fill the connection's in-flight window so the broker stops watching it
+    api_versions = frame(18, 0, 0, b"")
+    a.s.sendall(api_versions * 1022)
+    time.sleep(0.5)
+    a.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.close()  # reset, unnoticed until the broker writes to it
+    time.sleep(0.2)
+    # Z rejoins: everyone has, the join completes and answers Y, then X
+    desc = GroupConn(port)
+    desc.send(15, 0, struct.pack(">i", 1) + kstr("reset"))
+    r = desc.recv()
+    at = r.index(kstr("reset")) + len(kstr("reset"))
+    at += 2 + struct.unpack(">h", r[at:at + 2])[0]  # state
+    at += 2 + struct.unpack(">h", r[at:at + 2])[0]  # protocol type
+    at += 2 + struct.unpack(">h", r[at:at + 2])[0]  # protocol
+    (n,) = struct.unpack(">i", r[at:at + 4])
+    assert n == 3
+    ids = []
+    at += 4
+    for _ in range(n):
+        (k,) = struct.unpack(">h", r[at:at + 2])
+        ids.append(r[at + 2:at + 2 + k].decode())
+        at += 2 + k
+        for _ in range(2):  # client id, host
+            at += 2 + struct.unpack(">h", r[at:at + 2])[0]
+        for _ in range(2):  # metadata, assignment
+            at += 4 + struct.unpack(">i", r[at:at + 4])[0]
+    zid = [m for m in ids if m != xid][1]  # newest first: Y, Z, X
+    z = GroupConn(port)
+    z.join("reset", zid)
+    err, gen, _, leader, mid = z.join_answer()
+    assert (err, mid, leader) == (0, zid, xid)
+    assert glog.alive()
+    assert z.heartbeat("reset", gen, zid) == 27  # CompletingRebalance
+
+
+def test_initial_delay_extensions_are_bounded_by_the_rebalance_timeout(log):
+    """Each new member extends a new group's initial delay (3 s), but, as in
+    Kafka's InitialDelayedJoin, never past the rebalance timeout from the
+    first join: consumers arriving every 1.5 s must not keep the first
+    one waiting for ever."""
+    first = GroupConn(log.port)
+    t0 = time.monotonic()
+    first.join("trickle", rebalance=4000)
+    later = []
+    for _ in range(5):
+        time.sleep(1.5)
+        later.append(GroupConn(log.port))
+        later[-1].join("trickle", rebalance=4000)
+    assert not first.parked(0.3), "still waiting %.1f s after joining" % (time.monotonic() - t0)
+    err, gen, _, _, _ = first.join_answer()
+    assert (err, gen) == (0, 1)

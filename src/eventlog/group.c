@@ -31,8 +31,11 @@
  *
  * Offsets: committed offsets are kept per group/topic/partition and
  * appended to DATA/__consumer_offsets.jsonl (one JSON object per commit,
- * fdatasync'd before the commit is answered); loading replays it (last
- * write wins) and rewrites it compacted when it has grown past 16 MiB.
+ * fdatasync'd before the commit is answered, NOT_COORDINATOR if that
+ * fails, so the client commits again; a line only partly written is cut
+ * off); loading replays it (last write wins) and rewrites it compacted
+ * (to a new file, synced, renamed over, directory synced) when it has
+ * grown past 16 MiB.
  */
 #include "elog.h"
 
@@ -500,7 +503,10 @@ static int offsets_path(kgroups *gs, char *buf, size_t n, const char *suffix)
     return snprintf(buf, n, "%s/__consumer_offsets.jsonl%s", gs->e->data_dir, suffix);
 }
 
-static int write_line(int fd, kgroup *g, koffset *o)
+/* Append one offset as a JSON line to fd, which is `size` bytes long. A
+ * failed or short write is cut off again, so that the next line does not
+ * land after half a line (both would be lost at load). */
+static int write_line(int fd, uint64_t size, kgroup *g, koffset *o)
 {
     json_t *j = json_pack("{s:s, s:s, s:i, s:I, s:i, s:s?}", "group", g->id, "topic", o->topic,
                           "partition", (int)o->partition, "offset", (json_int_t)o->offset,
@@ -513,7 +519,12 @@ static int write_line(int fd, kgroup *g, koffset *o)
     s[n] = '\n'; /* json_dumps leaves room for the NUL we overwrite; write n+1 */
     ssize_t w = write(fd, s, n + 1);
     free(s);
-    return w == (ssize_t)(n + 1) ? (int)(n + 1) : WEFT_EIO;
+    if (w == (ssize_t)(n + 1))
+        return (int)(n + 1);
+    if (w > 0 && ftruncate(fd, (off_t)size) < 0)
+        weft_log(WEFT_LOG_ERROR, "committed offsets: cannot cut a partly written line",
+                 WEFT_KV_STR("error", strerror(errno)));
+    return WEFT_EIO;
 }
 
 static void offsets_compact(kgroups *gs)
@@ -528,11 +539,17 @@ static void offsets_compact(kgroups *gs)
     bool ok = true;
     for (kgroup *g = gs->groups; g && ok; g = g->next)
         for (koffset *o = g->offsets; o && ok; o = o->next) {
-            int n = write_line(fd, g, o);
+            int n = write_line(fd, bytes, g, o);
             ok = n > 0;
             bytes += n > 0 ? (uint64_t)n : 0;
         }
     if (ok && fsync(fd) == 0 && rename(tmp, path) == 0) {
+        int dfd = open(gs->e->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || fsync(dfd) < 0) /* the rename itself must survive a crash */
+            weft_log(WEFT_LOG_ERROR, "committed offsets: cannot sync the data directory",
+                     WEFT_KV_STR("error", strerror(errno)));
+        if (dfd >= 0)
+            close(dfd);
         close(gs->fd);
         gs->fd = fd;
         gs->file_bytes = bytes;
@@ -924,6 +941,7 @@ static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
     nt = kf_array(r, 6, false);
     kf_w_i32(w, nt);
     bool wrote = false;
+    size_t *written = NULL, nwritten = 0, cap = 0; /* their error codes' positions */
     for (int32_t i = 0; i < nt; i++) {
         weft_str topic = kf_str(r);
         kf_w_str(w, topic);
@@ -943,7 +961,7 @@ static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
             if (!perr && !o)
                 perr = has_nul(topic) ? KE_INVALID_TOPIC_EXCEPTION : KE_COORDINATOR_NOT_AVAILABLE;
             if (!perr) {
-                int nw = write_line(gs->fd, g, o);
+                int nw = write_line(gs->fd, gs->file_bytes, g, o);
                 if (nw < 0)
                     perr = KE_COORDINATOR_NOT_AVAILABLE;
                 else
@@ -951,12 +969,30 @@ static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
                 wrote = true;
             }
             kf_w_i32(w, part);
+            if (!perr && nwritten == cap) {
+                size_t nc = cap ? cap * 2 : 8;
+                size_t *nb = realloc(written, nc * sizeof *nb);
+                if (nb) {
+                    written = nb;
+                    cap = nc;
+                }
+            }
+            if (!perr && nwritten < cap)
+                written[nwritten++] = weft_buf_used(w->b);
+            else if (!perr) /* cannot be told of a failed flush: answer that now */
+                perr = KE_COORDINATOR_NOT_AVAILABLE;
             kf_w_i16(w, (int16_t)perr);
         }
     }
-    if (wrote && fdatasync(gs->fd) < 0)
+    if (wrote && fdatasync(gs->fd) < 0) {
+        /* not durable: NOT_COORDINATOR (16), what Kafka answers when its
+         * offsets log cannot be written, makes the client commit again */
         weft_log(WEFT_LOG_ERROR, "committed offsets: fdatasync failed",
                  WEFT_KV_STR("error", strerror(errno)));
+        for (size_t k = 0; k < nwritten; k++)
+            kf_w_patch_i16(w, written[k], 16);
+    }
+    free(written);
     if (gs->file_bytes > COMPACT_BYTES)
         offsets_compact(gs);
     kreq_complete(q);

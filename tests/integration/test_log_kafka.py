@@ -664,3 +664,40 @@ def test_initial_delay_extensions_are_bounded_by_the_rebalance_timeout(log):
     assert not first.parked(0.3), "still waiting %.1f s after joining" % (time.monotonic() - t0)
     err, gen, _, _, _ = first.join_answer()
     assert (err, gen) == (0, 1)
+
+
+def test_offset_commit_whose_flush_fails_is_not_acknowledged(tmp_path):
+    """OffsetCommit is answered once the offsets file is fdatasync'd; when
+    that fails, NOT_COORDINATOR (16), as Kafka answers when its offsets log
+    cannot be written, so the client commits again."""
+    flag, env = failing_fdatasync(tmp_path)
+    lg = Log(tmp_path, env=env)
+    try:
+        kcat("-P", "-b", lg.bootstrap, "-t", "committed", inp="x\n")
+
+        def commit(offset):
+            body = (kstr("simple-group") + struct.pack(">i", -1) + kstr("") +
+                    struct.pack(">q", -1) + struct.pack(">i", 1) + kstr("committed") +
+                    struct.pack(">i", 1) + struct.pack(">iq", 0, offset) + kstr(""))
+            resp, closed = exchange(lg.port, frame(8, 2, 7, body))
+            assert not closed
+            # v2: topics [name, partitions [partition, error]]
+            at = 4 + 4 + 2 + len("committed") + 4 + 4
+            return struct.unpack(">h", resp[at:at + 2])[0]
+        assert commit(1) == 0
+        flag.touch()
+        assert commit(2) == 16
+        flag.unlink()
+        assert commit(3) == 0
+    finally:
+        lg.stop()
+    lg = Log(tmp_path, data=lg.data)
+    try:  # the last acknowledged commit is what a restart finds
+        body = kstr("simple-group") + struct.pack(">i", 1) + kstr("committed") + \
+            struct.pack(">ii", 1, 0)
+        resp, closed = exchange(lg.port, frame(9, 1, 7, body))
+        assert not closed
+        at = 4 + 4 + 2 + len("committed") + 4 + 4
+        assert struct.unpack(">q", resp[at:at + 8])[0] == 3
+    finally:
+        lg.stop()

@@ -26,6 +26,7 @@
 typedef struct weft_sse {
     weft_http_req *r; /* NULL before start and after end */
     bool paused;      /* the last write was pushed back; cleared on drain */
+    bool writing;     /* inside a write: a drain then calls no on_drain */
     void (*on_drain)(weft_http_req *r, void *ud);
     void *ud;
 } weft_sse;
@@ -37,7 +38,9 @@ typedef struct weft_sse {
  * no-cache (after any header the caller added), chunked. End-of-file from
  * the client ends the stream (weft_http_req_close_on_eof). on_abort(r, ud)
  * runs if the client goes away; on_drain(r, ud) (may be NULL) runs when
- * queued output falls below the low-water mark, `paused` already cleared.
+ * queued output falls below the low-water mark, `paused` already cleared;
+ * never from inside a weft_sse write (a write that drains at once just
+ * returns 0, and the writer goes on), so on_drain need not be re-entrant.
  * Returns 0, or < 0 if the response could not start (the connection is
  * closed, no callback will run). */
 int weft_sse_start(weft_sse *s, weft_http_req *r, void (*on_drain)(weft_http_req *r, void *ud),

@@ -46,9 +46,6 @@ static weft_http_server *g_srv, *g_admin;
 static const char *g_config_path;
 static atomic_bool g_draining;
 
-/* Parse the whole file again: the common keys are only marked as read (they
- * cannot change without a restart), the gateway keys are validated, and
- * unknown keys are errors — exactly as at start-up. */
 /* /admin/config shows the text the running config was parsed from. */
 static int keep_source(gw_config *c, const weft_conf *doc)
 {
@@ -62,6 +59,9 @@ static int keep_source(gw_config *c, const weft_conf *doc)
     return 0;
 }
 
+/* Parse the whole file again: the common keys are only marked as read (they
+ * cannot change without a restart), the gateway keys are validated, and
+ * unknown keys are errors — exactly as at start-up. */
 static int load_config(const char *path, gw_config **out, char *errbuf, size_t errlen)
 {
     weft_conf *doc;

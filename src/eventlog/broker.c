@@ -121,7 +121,7 @@ void kreq_complete(kreq *q)
     if (q->done)
         return;
     q->done = true;
-    if (q->c && (q->api_key == KA_PRODUCE || q->api_key == KA_FETCH)) {
+    if (q->c && q->start_us) { /* a timed API (parse_frame) */
         elog *e = q->c->e;
         weft_metric_observe(e->m, q->api_key == KA_PRODUCE ? e->m_produce_dur : e->m_fetch_dur,
                             (double)(weft_now_us() - q->start_us) / 1e6);

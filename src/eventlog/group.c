@@ -270,7 +270,7 @@ static void prepare_rebalance(kgroup *g)
     uint32_t delay = g->gs->e->o.group_initial_delay_ms, rebalance = (uint32_t)rebalance_timeout(g);
     uint32_t wait = g->initial ? delay : rebalance;
     /* as Kafka's InitialDelayedJoin: extensions stop at the rebalance timeout */
-    g->initial_end = now_ms(g->gs) + (rebalance > delay ? rebalance : delay);
+    g->initial_end = now + (rebalance > delay ? rebalance : delay);
     weft_timer_start(g->gs->e->loop, &g->timer, wait);
     weft_log(WEFT_LOG_INFO, "group rebalancing", WEFT_KV_STR("group", g->id),
              WEFT_KV_INT("members", g->nmembers), WEFT_KV_INT("generation", g->generation));
@@ -885,6 +885,27 @@ static void h_leave(kgroups *gs, kreq *q, kf_reader *r)
     simple_answer(q, KE_NONE, 1);
 }
 
+/* The offsets a commit wrote are not durable: every partition its response
+ * (topics array at `at`) answered without an error — exactly those written
+ * — gets NOT_COORDINATOR (16), what Kafka answers when its offsets log
+ * cannot be written, so the client commits again. */
+static void commit_not_durable(kf_writer *w, size_t at)
+{
+    kf_reader rd;
+    kf_reader_init(&rd, (const uint8_t *)weft_buf_rptr(w->b) + at, weft_buf_used(w->b) - at);
+    int32_t nt = kf_i32(&rd);
+    for (int32_t i = 0; i < nt && kf_ok(&rd); i++) {
+        kf_str(&rd);
+        int32_t np = kf_i32(&rd);
+        for (int32_t k = 0; k < np && kf_ok(&rd); k++) {
+            kf_i32(&rd);
+            size_t err_at = at + rd.off;
+            if (kf_i16(&rd) == KE_NONE && kf_ok(&rd))
+                kf_w_patch_i16(w, err_at, 16);
+        }
+    }
+}
+
 static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
 {
     int16_t v = q->api_version;
@@ -939,9 +960,9 @@ static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
     if (v >= 3)
         kf_w_i32(w, 0);
     nt = kf_array(r, 6, false);
+    size_t topics_at = weft_buf_used(w->b);
     kf_w_i32(w, nt);
     bool wrote = false;
-    size_t *written = NULL, nwritten = 0, cap = 0; /* their error codes' positions */
     for (int32_t i = 0; i < nt; i++) {
         weft_str topic = kf_str(r);
         kf_w_str(w, topic);
@@ -969,30 +990,14 @@ static void h_offset_commit(kgroups *gs, kreq *q, kf_reader *r)
                 wrote = true;
             }
             kf_w_i32(w, part);
-            if (!perr && nwritten == cap) {
-                size_t nc = cap ? cap * 2 : 8;
-                size_t *nb = realloc(written, nc * sizeof *nb);
-                if (nb) {
-                    written = nb;
-                    cap = nc;
-                }
-            }
-            if (!perr && nwritten < cap)
-                written[nwritten++] = weft_buf_used(w->b);
-            else if (!perr) /* cannot be told of a failed flush: answer that now */
-                perr = KE_COORDINATOR_NOT_AVAILABLE;
             kf_w_i16(w, (int16_t)perr);
         }
     }
     if (wrote && fdatasync(gs->fd) < 0) {
-        /* not durable: NOT_COORDINATOR (16), what Kafka answers when its
-         * offsets log cannot be written, makes the client commit again */
         weft_log(WEFT_LOG_ERROR, "committed offsets: fdatasync failed",
                  WEFT_KV_STR("error", strerror(errno)));
-        for (size_t k = 0; k < nwritten; k++)
-            kf_w_patch_i16(w, written[k], 16);
+        commit_not_durable(w, topics_at);
     }
-    free(written);
     if (gs->file_bytes > COMPACT_BYTES)
         offsets_compact(gs);
     kreq_complete(q);

@@ -295,6 +295,16 @@ void elog_producers_rebuild(kpart *p)
     free(buf);
 }
 
+/* acks=all on an fsync-always topic: q completes once [.., end) is durable.
+ * KE_NONE, or KAFKA_STORAGE_ERROR (56) when that cannot be waited for (the
+ * log has failed, or no memory): not an acknowledgement. */
+static int wait_durable(kreq *q, int acks, const ktopic *t, kpart *p, int64_t end, size_t err_at)
+{
+    if (acks != -1 || t->conf.log.fsync != PLOG_FSYNC_ALWAYS || plog_durable_offset(p->log) >= end)
+        return KE_NONE;
+    return elog_wait_durable(p, q, end, err_at) < 0 ? 56 : KE_NONE;
+}
+
 /* Append one partition's records. Returns a Kafka error; *base set. */
 static int produce_part(elog *e, kreq *q, int acks, ktopic *t, int32_t index, weft_str rec,
                         int64_t *base, size_t err_at)
@@ -315,15 +325,10 @@ static int produce_part(elog *e, kreq *q, int acks, ktopic *t, int32_t index, we
         int64_t dup;
         int rc = producer_check(p, &b, &dup);
         if (rc < 0) { /* a retry: answered as the original is, once it is durable */
-            int64_t end = dup + b.last_offset_delta + 1;
-            bool waits = acks == -1 && t->conf.log.fsync == PLOG_FSYNC_ALWAYS &&
-                         plog_durable_offset(p->log) < end;
-            if (waits && plog_failed(p->log))
-                return 56; /* KAFKA_STORAGE_ERROR: the original never became durable */
-            if (waits && elog_wait_durable(p, q, end, err_at) < 0)
-                return 56;
-            *base = dup;
-            return KE_NONE;
+            int werr = wait_durable(q, acks, t, p, dup + b.last_offset_delta + 1, err_at);
+            if (!werr)
+                *base = dup;
+            return werr;
         }
         if (rc > 0)
             return rc;
@@ -338,11 +343,9 @@ static int produce_part(elog *e, kreq *q, int acks, ktopic *t, int32_t index, we
         producer_record(p, &b, *base);
     weft_metric_add(e->m, e->m_produced_records, (uint64_t)b.records_count);
     weft_metric_add(e->m, e->m_produced_bytes, rec.n);
-    int64_t end = *base + b.last_offset_delta + 1;
-    if (acks == -1 && t->conf.log.fsync == PLOG_FSYNC_ALWAYS &&
-        plog_durable_offset(p->log) < end && elog_wait_durable(p, q, end, err_at) < 0) {
+    if ((err = wait_durable(q, acks, t, p, *base + b.last_offset_delta + 1, err_at)) != 0) {
         *base = -1; /* written, but not known durable: the retry will be */
-        return 56;
+        return err;
     }
     elog_fetch_wake(p);
     return KE_NONE;
@@ -582,7 +585,7 @@ static void fetch_timeout(weft_loop *loop, weft_timer *t)
  * fetches this wake has already tried. */
 void elog_fetch_wake(kpart *p)
 {
-    static uint64_t round;
+    static _Thread_local uint64_t round; /* per loop */
     round++;
 again:
     for (struct fwait *fw = p->fetchers; fw; fw = fw->next) {

@@ -740,8 +740,8 @@ static void on_writeback(weft_loop *loop, weft_timer *t)
 {
     (void)loop;
     plog *l = t->data;
-    if (l->wb_seg != active_seg(l) || l->no_writeback)
-        return; /* rolled meanwhile: the flush of the old segment has it */
+    if (!l->wb_seg || l->no_writeback)
+        return; /* rolled meanwhile (roll clears it): the old segment's flush has it */
     if (sync_file_range(l->wb_seg->log_fd, (off_t)l->wb_from, (off_t)(l->wb_to - l->wb_from),
                         SYNC_FILE_RANGE_WRITE) < 0 &&
         (errno == ENOSYS || errno == EINVAL || errno == ESPIPE || errno == EOPNOTSUPP))

@@ -198,7 +198,6 @@ typedef struct ssub {
     char name[MAX_NAME + 1];
     size_t len;
     int64_t cursor; /* next position (all, category) or version (stream) to send */
-    bool pumping;   /* inside sub_pump */
 } ssub;
 
 struct elog_streams {
@@ -890,17 +889,12 @@ static bool sub_next(elog_streams *st, ssub *sb, int64_t durable, int64_t *pos, 
     return true;
 }
 
-/* Send durable events after the cursor until the socket pushes back. A
- * write can flush, drain below the low-water mark and call sub_drain back
- * before it returns: that inner call does nothing (this loop goes on by
- * itself), so only the outermost call can end and free the subscriber. */
+/* Send durable events after the cursor until the socket pushes back
+ * (sub_drain is never called from inside one of these writes: weft/sse.h). */
 static void sub_pump(ssub *sb)
 {
-    if (sb->pumping)
-        return;
     elog_streams *st = sb->st;
     int64_t durable = plog_durable_offset(st->p->log), pos, id;
-    sb->pumping = true;
     while (!sb->sse.paused && sub_next(st, sb, durable, &pos, &id)) {
         sevent ev;
         if (read_event(st, pos, &ev) != 1) {
@@ -924,7 +918,6 @@ static void sub_pump(ssub *sb)
             return;
         }
     }
-    sb->pumping = false;
 }
 
 static void sub_drain(weft_http_req *r, void *ud)
@@ -1210,25 +1203,23 @@ static void op_abort(weft_http_req *r, void *ud)
     ((sop *)ud)->r = NULL;
 }
 
-/* Answer r once the events up to position `last` are durable. */
-static void answer_when_durable(elog_streams *st, weft_http_req *r, sop *op, int64_t last)
+/* Answer r once the events up to position op->last are durable. */
+static void answer_when_durable(elog_streams *st, weft_http_req *r, sop *op)
 {
-    if (plog_durable_offset(st->p->log) > last) {
+    if (plog_durable_offset(st->p->log) > op->last) {
         answer_ok(r, op->stream, op->first_version, op->last_version, op->position);
         free(op);
         return;
     }
-    if (plog_failed(st->p->log)) { /* e.g. a retry of an append the failure caught */
+    int rc = elog_wait_durable_fn(st->p, op->last + 1, op_durable, op);
+    if (rc < 0) {
         free(op);
-        answer_log_failed(r);
-        return;
-    }
-    op->last = last;
-    if (elog_wait_durable_fn(st->p, last + 1, op_durable, op) < 0) {
-        free(op);
-        respond_err(r, 503,
-                    "out of memory: the append may have been written; retry it (retries "
-                    "with the same ids are idempotent)");
+        if (rc == WEFT_EIO) /* the log failed, e.g. under the original of this retry */
+            answer_log_failed(r);
+        else
+            respond_err(r, 503,
+                        "out of memory: the append may have been written; retry it (retries "
+                        "with the same ids are idempotent)");
         return;
     }
     op->st = st;
@@ -1284,7 +1275,8 @@ static void append_checked(elog_streams *st, weft_http_req *r, const char *name,
     op->first_version = first;
     op->last_version = first + (int64_t)n - 1;
     op->position = s->pos[first];
-    answer_when_durable(st, r, op, s->pos[op->last_version]);
+    op->last = s->pos[op->last_version];
+    answer_when_durable(st, r, op);
 }
 
 /* Decode an append's body. NULL (*root and *in are then the caller's to

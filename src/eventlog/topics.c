@@ -345,8 +345,7 @@ void elog_part_durable(plog *l, int64_t durable_end, void *ud)
             if (w->end > durable_end) { /* KAFKA_STORAGE_ERROR, no offset */
                 kf_writer *kw = kreq_writer(q);
                 kf_w_patch_i16(kw, w->err_at, 56);
-                kf_w_patch_i32(kw, w->err_at + 2, -1);
-                kf_w_patch_i32(kw, w->err_at + 6, -1);
+                kf_w_patch_i64(kw, w->err_at + 2, -1);
             }
             if (--q->waits == 0)
                 kreq_complete(q);

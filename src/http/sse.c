@@ -95,7 +95,9 @@ static int emit(weft_sse *s, uint64_t id, weft_str event, weft_str prefix, weft_
             return WEFT_ENOMEM;
         format(buf, n, id, event, prefix, text);
     }
+    s->writing = true;
     rc = s->r ? weft_http_resp_write(s->r, buf, n) : WEFT_ECLOSED;
+    s->writing = false;
     if (buf != stackbuf)
         free(buf);
     if (rc < 0)
@@ -124,7 +126,10 @@ static void drained(weft_http_req *r, void *ud)
 {
     weft_sse *s = ud;
     s->paused = false;
-    if (s->on_drain)
+    /* not from inside our own write (it can flush and drain at once): the
+     * caller is writing and goes on by itself, and an on_drain that wrote
+     * too, or ended the stream, would pull it from under that caller */
+    if (s->on_drain && !s->writing)
         s->on_drain(r, s->ud); /* may end the stream and free s */
 }
 

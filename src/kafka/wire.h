@@ -192,25 +192,29 @@ static inline size_t kf_w_mark(kf_writer *w)
     return at;
 }
 
-static inline void kf_w_patch_i16(kf_writer *w, size_t at, int16_t v)
+/* Overwrite n bytes at `at` (already written) with v, big-endian. */
+static inline void kf_w_patch(kf_writer *w, size_t at, uint64_t v, size_t n)
 {
     if (w->err)
         return;
     uint8_t *p = (uint8_t *)weft_buf_rptr(w->b) + at;
-    p[0] = (uint8_t)((uint16_t)v >> 8);
-    p[1] = (uint8_t)v;
+    for (size_t i = n; i-- > 0; v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static inline void kf_w_patch_i16(kf_writer *w, size_t at, int16_t v)
+{
+    kf_w_patch(w, at, (uint16_t)v, 2);
 }
 
 static inline void kf_w_patch_i32(kf_writer *w, size_t at, int32_t v)
 {
-    if (w->err)
-        return;
-    uint8_t *p = (uint8_t *)weft_buf_rptr(w->b) + at;
-    uint32_t u = (uint32_t)v;
-    p[0] = (uint8_t)(u >> 24);
-    p[1] = (uint8_t)(u >> 16);
-    p[2] = (uint8_t)(u >> 8);
-    p[3] = (uint8_t)u;
+    kf_w_patch(w, at, (uint32_t)v, 4);
+}
+
+static inline void kf_w_patch_i64(kf_writer *w, size_t at, int64_t v)
+{
+    kf_w_patch(w, at, (uint64_t)v, 8);
 }
 
 #endif

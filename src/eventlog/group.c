@@ -5,8 +5,11 @@
  * State machine (Kafka's GroupMetadata/GroupCoordinator):
  *   Empty --join--> PreparingRebalance --all joined / timeout--> CompletingRebalance
  *   CompletingRebalance --leader's SyncGroup--> Stable
- *   Stable / CompletingRebalance --join (new member, leader, changed
- *   metadata), leave, expiry--> PreparingRebalance
+ *   Stable --join (new member, the leader, changed metadata), leave,
+ *   expiry--> PreparingRebalance
+ *   CompletingRebalance --join (new member, changed metadata), leave,
+ *   expiry--> PreparingRebalance
+ *   (an unchanged rejoin otherwise gets the current generation again)
  *   PreparingRebalance with no member left --> Empty
  *
  * The join barrier: JoinGroup requests are parked until every known member
@@ -62,6 +65,11 @@ typedef struct kproto {
     uint8_t *meta;
     size_t len;
 } kproto;
+
+/* The protocols a JoinGroup offers (views into the request). */
+typedef struct koffer {
+    weft_str name, meta;
+} koffer;
 
 typedef struct kmember {
     struct kmember *next;
@@ -156,15 +164,41 @@ static kmember *member_find(kgroup *g, weft_str id)
     return NULL;
 }
 
+static void protos_drop(kproto *p, int n);
+
 static void protos_free(kmember *m)
 {
-    for (int i = 0; i < m->nprotos; i++) {
-        free(m->protos[i].name);
-        free(m->protos[i].meta);
-    }
-    free(m->protos);
+    protos_drop(m->protos, m->nprotos);
     m->protos = NULL;
     m->nprotos = 0;
+}
+
+static void protos_drop(kproto *p, int n)
+{
+    for (int i = 0; p && i < n; i++) {
+        free(p[i].name);
+        free(p[i].meta);
+    }
+    free(p);
+}
+
+/* A copy of what a JoinGroup offers, or NULL when out of memory. */
+static kproto *protos_copy(const koffer *offer, int n)
+{
+    kproto *p = calloc(n ? (size_t)n : 1, sizeof *p);
+    for (int i = 0; p && i < n; i++) {
+        size_t ml = offer[i].meta.n;
+        p[i].name = dupn(offer[i].name);
+        p[i].meta = malloc(ml ? ml : 1);
+        p[i].len = ml;
+        if (!p[i].name || !p[i].meta) {
+            protos_drop(p, i + 1);
+            return NULL;
+        }
+        if (ml)
+            memcpy(p[i].meta, offer[i].meta.p, ml);
+    }
+    return p;
 }
 
 static void member_free(kmember *m)
@@ -603,11 +637,6 @@ static void offsets_load(kgroups *gs)
 
 static int session_ok(int32_t ms) { return ms >= MIN_SESSION_MS && ms <= MAX_SESSION_MS; }
 
-/* The protocols a JoinGroup offers (views into the request). */
-typedef struct koffer {
-    weft_str name, meta;
-} koffer;
-
 /* Kafka's supportsProtocols: a group with members takes a join only if it
  * offers a protocol every current member supports; otherwise the rebalance
  * it starts could choose none and every member would be refused. */
@@ -693,57 +722,69 @@ static void h_join(kgroups *gs, kreq *q, kf_reader *r)
         return;
     }
     bool fresh = !m;
-    if (fresh) {
-        m = calloc(1, sizeof *m);
-        char id[256];
-        snprintf(id, sizeof id, "%s-%llx-%llx", q->client_id[0] ? q->client_id : "member",
-                 (unsigned long long)weft_loop_wall_s(gs->e->loop),
-                 (unsigned long long)++gs->member_seq);
-        if (!m || !(m->id = strdup(id))) {
-            free(m);
-            elog_fail_request(gs->e, q, "out of memory");
-            return;
-        }
-        m->next = g->members;
-        g->members = m;
-        g->nmembers++;
-    }
-    /* (re)record what the member offers */
     bool changed = fresh || m->nprotos != n;
     for (int i = 0; !changed && i < n; i++)
         changed = !weft_str_eq(weft_str_from(m->protos[i].name), protos[i].name) ||
                   !weft_str_eq((weft_str){(const char *)m->protos[i].meta, m->protos[i].len},
                                protos[i].meta);
+    /* copy everything the member record will hold first, so that running
+     * out of memory leaves the group as it was */
+    kproto *offered = changed ? protos_copy(protos, n) : NULL;
+    char *cid = strdup(q->client_id), *host = strdup(kreq_peer(q));
+    char *iid = inst.p ? dupn(inst) : NULL, *pt = g->protocol_type ? NULL : dupn(ptype);
+    kmember *nm = fresh ? calloc(1, sizeof *nm) : NULL;
+    if (fresh && nm) {
+        char id[256];
+        snprintf(id, sizeof id, "%s-%llx-%llx", q->client_id[0] ? q->client_id : "member",
+                 (unsigned long long)weft_loop_wall_s(gs->e->loop),
+                 (unsigned long long)++gs->member_seq);
+        nm->id = strdup(id);
+    }
+    if ((changed && !offered) || !cid || !host || (inst.p && !iid) ||
+        (!g->protocol_type && !pt) || (fresh && (!nm || !nm->id))) {
+        protos_drop(offered, n);
+        free(pt);
+        free(cid);
+        free(host);
+        free(iid);
+        if (nm)
+            free(nm->id);
+        free(nm);
+        elog_fail_request(gs->e, q, "out of memory");
+        return;
+    }
+    if (fresh) {
+        m = nm;
+        m->next = g->members;
+        g->members = m;
+        g->nmembers++;
+    }
     if (changed) {
         protos_free(m);
-        m->protos = calloc((size_t)n, sizeof *m->protos);
-        for (int i = 0; m->protos && i < n; i++) {
-            size_t ml = protos[i].meta.n;
-            m->protos[i].name = dupn(protos[i].name);
-            m->protos[i].meta = malloc(ml ? ml : 1);
-            if (m->protos[i].meta && ml)
-                memcpy(m->protos[i].meta, protos[i].meta.p, ml);
-            m->protos[i].len = ml;
-            m->nprotos = i + 1;
-        }
+        m->protos = offered;
+        m->nprotos = n;
     }
     m->session_ms = session;
     m->rebalance_ms = rebalance;
     free(m->client_id);
-    m->client_id = strdup(q->client_id);
+    m->client_id = cid;
     free(m->host);
-    m->host = strdup(kreq_peer(q));
+    m->host = host;
     free(m->instance_id);
-    m->instance_id = inst.p ? dupn(inst) : NULL;
+    m->instance_id = iid;
     m->last_seen_ms = now_ms(gs);
-    if (!g->protocol_type)
-        g->protocol_type = dupn(ptype);
+    if (pt)
+        g->protocol_type = pt;
     if (m->join) { /* a retried join replaces the parked one */
         kreq *old = unpark(&m->join);
         answer_join(g, m, old, KE_REBALANCE_IN_PROGRESS);
     }
-    /* a follower rejoining a stable group unchanged gets the current generation */
-    if (g->state == G_STABLE && !changed && g->leader && strcmp(g->leader, m->id) != 0) {
+    /* Kafka's doJoinGroup for a known member: rejoining unchanged while the
+     * assignment is being synced (its JoinGroup answer was lost, say), or
+     * as a follower of a stable group, gets the current generation again
+     * (the leader with every member's metadata) instead of a rebalance */
+    if (!changed && g->leader &&
+        (g->state == G_COMPLETING || (g->state == G_STABLE && strcmp(g->leader, m->id) != 0))) {
         answer_join(g, m, q, KE_NONE);
         return;
     }

@@ -701,3 +701,36 @@ def test_offset_commit_whose_flush_fails_is_not_acknowledged(tmp_path):
         assert struct.unpack(">q", resp[at:at + 8])[0] == 3
     finally:
         lg.stop()
+
+
+def test_unchanged_rejoin_while_syncing_gets_the_current_generation(glog):
+    """A member that rejoins unchanged while the group is CompletingRebalance
+    (its JoinGroup answer was lost, or its client timed out waiting) gets
+    the current generation again — the leader with every member's
+    metadata — as in Kafka, instead of starting another rebalance that
+    throws away the generation the others are syncing."""
+    lc, lid, fc, fid, gen = stable_pair(glog.port, "resync")
+    fc.join("resync", fid)
+    assert not fc.parked(2.0), "an unchanged rejoin must be answered at once"
+    err, fgen, proto, leader, fid2 = fc.join_answer()
+    assert (err, fgen, proto, leader, fid2) == (0, gen, "range", lid, fid)
+    lc.join("resync", lid)
+    assert not lc.parked(2.0)
+    r = lc.recv()
+    err, lgen = struct.unpack(">hi", r[4:10])
+    assert (err, lgen) == (0, gen)
+    at = 10
+    for _ in range(3):  # protocol, leader, member id
+        at += 2 + struct.unpack(">h", r[at:at + 2])[0]
+    assert struct.unpack(">i", r[at:at + 4]) == (2,), "the leader gets both members again"
+    # the generation still completes: nobody was told to rejoin
+    lc.sync("resync", gen, lid, [(lid, b"L"), (fid, b"F")])
+    assert lc.sync_answer() == (0, b"L")
+    fc.sync("resync", gen, fid)
+    assert fc.sync_answer() == (0, b"F")
+    assert fc.heartbeat("resync", gen, fid) == 0
+    assert lc.heartbeat("resync", gen, lid) == 0
+    # a changed rejoin still rebalances
+    fc.join("resync", fid, protos=(("range", b"other"),))
+    assert fc.parked()
+    assert lc.heartbeat("resync", gen, lid) == 27

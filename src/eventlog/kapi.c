@@ -693,6 +693,24 @@ static void h_fetch(elog *e, kreq *q, kf_reader *r)
 
 /* ---- ListOffsets ---- */
 
+/* v0's offset list, as Kafka's legacy fetchOffsetsBefore: for latest the
+ * end offset and then every segment's base offset, newest first; for
+ * earliest and by time the one offset found. At most max_num of them. */
+static void list_offsets_v0(kf_writer *w, kpart *p, int64_t ts, int64_t off, int32_t max_num)
+{
+    size_t n = off < 0 || max_num <= 0 ? 0 : 1;
+    size_t nseg = n && ts == -1 ? plog_segments(p->log) : 0, i = nseg;
+    if (nseg && plog_segment_base(p->log, nseg - 1) == off)
+        i--; /* the active segment is empty: its base is the end offset */
+    size_t more = i < (size_t)max_num - 1 ? i : (size_t)max_num - 1;
+    kf_w_i32(w, (int32_t)(n + (n ? more : 0)));
+    if (!n)
+        return;
+    kf_w_i64(w, off);
+    for (size_t k = 0; k < more; k++)
+        kf_w_i64(w, plog_segment_base(p->log, i - 1 - k));
+}
+
 static void h_list_offsets(elog *e, kreq *q, kf_reader *r)
 {
     int16_t v = q->api_version;
@@ -713,8 +731,7 @@ static void h_list_offsets(elog *e, kreq *q, kf_reader *r)
         for (int32_t k = 0; k < np && kf_ok(r); k++) {
             int32_t pn = kf_i32(r);
             int64_t ts = kf_i64(r);
-            if (v == 0)
-                kf_i32(r); /* max number of offsets */
+            int32_t max_num = v == 0 ? kf_i32(r) : 1;
             kpart *p = t && pn >= 0 && pn < t->npart ? &t->parts[pn] : NULL;
             int64_t off = -1, rts = -1;
             int err = p ? KE_NONE : KE_UNKNOWN_TOPIC_OR_PARTITION;
@@ -730,9 +747,7 @@ static void h_list_offsets(elog *e, kreq *q, kf_reader *r)
             kf_w_i32(w, pn);
             kf_w_i16(w, (int16_t)err);
             if (v == 0) {
-                kf_w_i32(w, off >= 0 ? 1 : 0);
-                if (off >= 0)
-                    kf_w_i64(w, off);
+                list_offsets_v0(w, p, ts, off, max_num);
             } else {
                 kf_w_i64(w, rts);
                 kf_w_i64(w, off);

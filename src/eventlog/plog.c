@@ -1381,6 +1381,16 @@ int64_t plog_active_base(const plog *l)
 {
     return l->segs[l->nsegs - 1]->base;
 }
+size_t plog_segments(const plog *l)
+{
+    return l->nsegs;
+}
+
+int64_t plog_segment_base(const plog *l, size_t i)
+{
+    return l->segs[i]->base;
+}
+
 int plog_failed(const plog *l)
 {
     return l->failed;

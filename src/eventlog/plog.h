@@ -67,6 +67,8 @@ void plog_close(plog *l);
 
 int64_t plog_start_offset(const plog *l);   /* first offset kept (log start) */
 int64_t plog_active_base(const plog *l);    /* base offset of the segment being written */
+size_t plog_segments(const plog *l);        /* segments kept, >= 1 */
+int64_t plog_segment_base(const plog *l, size_t i); /* of the i-th oldest; i < plog_segments */
 int64_t plog_end_offset(const plog *l);     /* next offset to assign (high watermark) */
 int64_t plog_durable_offset(const plog *l); /* end offset known to be on disk */
 /* 0, or WEFT_EIO once an fdatasync (or an undo after a failed write) has

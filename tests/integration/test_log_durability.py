@@ -3,12 +3,13 @@ joins, one is killed -9), kill -9 of the broker during an acks=all produce
 loop, torn segment tails, retention, ListOffsets by time."""
 import json
 import random
+import struct
 import subprocess
 import threading
 import time
 
 
-from kafkautil import Log, failing_fdatasync, run_py
+from kafkautil import Log, exchange, failing_fdatasync, frame, kstr, run_py
 from svcutil import wait_until
 
 CONSUMER = r"""
@@ -237,6 +238,16 @@ def test_segments_preallocated_while_active_and_cut_to_the_data_on_shutdown(tmp_
         log3.stop()
 
 
+def list_offsets_v0(log, topic, ts, max_num):
+    body = struct.pack(">ii", -1, 1) + kstr(topic) + struct.pack(">iiqi", 1, 0, ts, max_num)
+    resp, closed = exchange(log.port, frame(2, 0, 7, body))
+    assert not closed
+    at = 4 + 4 + 2 + len(topic) + 4  # corr id, topics, name, partitions
+    part, err, n = struct.unpack(">ihi", resp[at:at + 10])
+    assert (part, err) == (0, 0)
+    return list(struct.unpack(f">{n}q", resp[at + 10:at + 10 + 8 * n]))
+
+
 def test_retention_by_bytes_and_list_offsets_by_time(tmp_path):
     cfg = tmp_path / "log.yaml"
     cfg.write_text("log:\n  retention_check_ms: 200\n")
@@ -274,6 +285,15 @@ print(c.beginning_offsets([tp])[tp], c.end_offsets([tp])[tp],
         assert seg_bytes <= 16384 + 4096 + 512
         # the first record produced after t_mid is in round 2 (offset 100)
         assert at_mid == 100 or (start > 100 and at_mid == start)
+        # ListOffsets v0 (Kafka's legacy offset list): for latest the end and
+        # then each kept segment's base offset, newest first, at most max_num
+        bases = sorted(int(f.name[:20]) for f in (log.data / "ret-0").glob("*.log"))
+        assert bases[0] == start and len(bases) >= 3
+        expect_latest = [end] + [b for b in reversed(bases) if b != end]
+        assert list_offsets_v0(log, "ret", -1, 100) == expect_latest
+        assert list_offsets_v0(log, "ret", -1, 2) == expect_latest[:2]
+        assert list_offsets_v0(log, "ret", -1, 0) == []
+        assert list_offsets_v0(log, "ret", -2, 100) == [start]
     finally:
         log.stop()
 

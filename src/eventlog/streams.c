@@ -53,7 +53,12 @@
  * reserved (__weft_*) has no topic. A crash may lose the copy's tail: at
  * start each category topic's highest weft.position is read from its last
  * batches and the events after it are copied again, in order, so the topic
- * again holds exactly its category's events. A topic with more partitions
+ * again holds exactly its category's events. A copy that fails while
+ * running (the topic's disk full or failing) stalls its category instead
+ * of leaving a hole: later events of that category are not copied, and a
+ * repair timer runs the same catch-up as the start every REPAIR_MS until
+ * it gets through. A Kafka consumer of the topic so sees its category's
+ * events late, never out of order or with one missing. A topic with more partitions
  * (created by a Kafka client) gets each stream on murmur2(stream) % n, as
  * Kafka's own partitioner would.
  *
@@ -97,6 +102,7 @@
 #define SCAN_CHUNK (1024 * 1024)
 #define MAX_COPY_HEADERS 8
 #define PING_MS 15000
+#define REPAIR_MS 1000
 
 enum { EXP_ANY = -2, EXP_NO_STREAM = -1, EXP_EXISTS = -4 };
 enum { SUB_ALL, SUB_CATEGORY, SUB_STREAM };
@@ -116,7 +122,8 @@ typedef struct scat {
     int64_t *pos; /* positions of the category's events, ascending */
     size_t n, cap;
     bool kafka;  /* copied to the topic of the same name */
-    bool warned; /* a copy failed (logged once) */
+    bool warned;  /* a copy failed (logged once) */
+    bool stalled; /* a copy failed: nothing more is copied until a repair gets through */
 } scat;
 
 typedef struct sstream {
@@ -214,8 +221,10 @@ struct elog_streams {
     size_t nsubs;
     bool draining, started;
     weft_timer ping;
+    weft_timer repair; /* runs while a category is stalled */
+    size_t nstalled;
     weft_metrics *m;
-    weft_metric m_appends, m_events, m_conflicts, m_idempotent, m_subs, m_streams;
+    weft_metric m_appends, m_events, m_conflicts, m_idempotent, m_subs, m_streams, m_stalled;
 };
 
 static uint64_t fnv1a(const char *p, size_t n)
@@ -682,10 +691,12 @@ static void respond_err(weft_http_req *r, int status, const char *msg)
 
 /* ---- the category topics ---- */
 
-static ktopic *cat_topic(elog_streams *st, scat *c)
+/* The category's topic, created if missing (*created then says so). */
+static ktopic *cat_topic(elog_streams *st, scat *c, bool *created)
 {
     weft_str name = {c->k.name, c->k.len};
     ktopic *t = elog_topic_find(st->e, name);
+    *created = !t;
     if (t)
         return t;
     elog_topic_conf conf = st->e->o.defaults;
@@ -708,8 +719,19 @@ static int32_t partition_of(const ktopic *t, weft_str key)
     return t->npart == 1 ? 0 : (int32_t)((murmur2(key.p, key.n) & 0x7fffffff) % (uint32_t)t->npart);
 }
 
+/* Stop copying c's events until repair_cats catches it up, after_ms from
+ * now (or sooner, if a repair is due sooner). */
+static void stall(elog_streams *st, scat *c, uint64_t after_ms)
+{
+    c->stalled = true;
+    weft_metric_gauge_add(st->m, st->m_stalled, 1);
+    if (!st->nstalled++ || !after_ms)
+        weft_timer_start(st->loop, &st->repair, after_ms);
+}
+
 /* Copy the records of one __weft_streams batch from position `from` on
- * (all of one append, so of one stream) to their category topic. */
+ * (all of one append, so of one stream) to their category topic; nothing
+ * while the category is stalled. A failure stalls it. */
 static int copy_batch(elog_streams *st, const uint8_t *bp, const kf_batch *b, int64_t from)
 {
     size_t cnt = (size_t)b->last_offset_delta + 1, n = 0, at = 0;
@@ -741,7 +763,18 @@ static int copy_batch(elog_streams *st, const uint8_t *bp, const kf_batch *b, in
     scat *c = n && rc == 0 && recs[0].key.p
                   ? cat_find(st, recs[0].key.p, category_len(recs[0].key.p, recs[0].key.n))
                   : NULL;
-    ktopic *t = c && c->kafka ? cat_topic(st, c) : NULL;
+    bool created = false;
+    ktopic *t = c && c->kafka && !c->stalled ? cat_topic(st, c, &created) : NULL;
+    if (t && created && c->pos[0] < from) {
+        /* the topic was deleted (by a Kafka client) while running: the
+         * category's earlier events must go in first, in order. The repair
+         * copies them, and this batch after them, at once (not from here:
+         * it reads back with the reader this batch is in) */
+        weft_log(WEFT_LOG_INFO, "streams: category topic created again; copying its events",
+                 WEFT_KV_STR("topic", c->k.name));
+        stall(st, c, 0);
+        t = NULL;
+    }
     if (t) {
         kpart *p = &t->parts[partition_of(t, recs[0].key)];
         weft_buf_init(&out, t->conf.log.max_batch_bytes);
@@ -751,9 +784,16 @@ static int copy_batch(elog_streams *st, const uint8_t *bp, const kf_batch *b, in
             rc = plog_append(p->log, (uint8_t *)weft_buf_rptr(&out), weft_buf_used(&out), 0, &base);
         if (rc == 0)
             elog_fetch_wake(p);
-        else if (!c->warned) {
+    } else if (c && c->kafka && !c->stalled) {
+        rc = WEFT_EIO; /* cat_topic has logged why */
+    }
+    if (rc < 0 && c && c->kafka && !c->stalled) {
+        stall(st, c, REPAIR_MS);
+        if (!c->warned) {
             c->warned = true;
-            weft_log(WEFT_LOG_ERROR, "streams: cannot copy events to their category topic",
+            weft_log(WEFT_LOG_ERROR,
+                     "streams: cannot copy events to their category topic; its copies wait "
+                     "and are retried in order",
                      WEFT_KV_STR("topic", c->k.name), WEFT_KV_STR("error", weft_strerror(rc)));
         }
     }
@@ -809,36 +849,45 @@ static int64_t highest_copied(kpart *p)
     return best;
 }
 
-/* At start: copy what a crash kept out of one category's topic. */
-static void recopy_category(elog_streams *st, scat *c)
+/* Copy the category's events below end that its topic is missing (after
+ * a crash, or a failed copy: see stall): those after the highest
+ * weft.position of each partition. Returns false if a copy failed. */
+static bool recopy_category(elog_streams *st, scat *c, int64_t end)
 {
     ktopic *t = elog_topic_find(st->e, (weft_str){c->k.name, c->k.len});
     int32_t np = t ? t->npart : 1;
     int64_t *hi = calloc((size_t)np, sizeof *hi);
     if (!hi)
-        return;
+        return false;
     int64_t lo = INT64_MAX;
     for (int32_t k = 0; k < np; k++) {
         hi[k] = t ? highest_copied(&t->parts[k]) : -1;
         lo = hi[k] < lo ? hi[k] : lo;
     }
     size_t copied = 0;
+    bool ok = true;
     /* lo may come from any producer's header: INT64_MAX is past every event */
-    for (size_t i = lo < INT64_MAX ? lower_bound(c->pos, c->n, lo + 1) : c->n; i < c->n;) {
+    for (size_t i = lo < INT64_MAX ? lower_bound(c->pos, c->n, lo + 1) : c->n;
+         i < c->n && c->pos[i] < end;) {
         const uint8_t *bp;
         kf_batch b;
         kf_record rec;
         size_t at = 0;
-        if (rdr_batch(&st->rd, c->pos[i], &bp, &b) != 1 || kf_record_next(bp, &b, &at, &rec) != 1)
+        if (rdr_batch(&st->rd, c->pos[i], &bp, &b) != 1 ||
+            kf_record_next(bp, &b, &at, &rec) != 1) {
+            ok = false;
             break;
+        }
         t = elog_topic_find(st->e, (weft_str){c->k.name, c->k.len});
         int32_t k = t && t->npart == np ? partition_of(t, rec.key) : 0;
         if (c->pos[i] <= hi[k]) {
             i++;
             continue;
         }
-        if (copy_batch(st, bp, &b, c->pos[i]) < 0)
+        if (copy_batch(st, bp, &b, c->pos[i]) < 0) {
+            ok = false;
             break;
+        }
         size_t next = lower_bound(c->pos, c->n, b.base_offset + b.last_offset_delta + 1);
         copied += next - i;
         i = next;
@@ -847,6 +896,34 @@ static void recopy_category(elog_streams *st, scat *c)
     if (copied)
         weft_log(WEFT_LOG_INFO, "streams: events copied again to their category topic",
                  WEFT_KV_STR("topic", c->k.name), WEFT_KV_UINT("events", copied));
+    return ok;
+}
+
+/* Every REPAIR_MS while a category is stalled: catch each one up; one that
+ * gets through copies live again. */
+static void repair_cats(weft_loop *loop, weft_timer *t)
+{
+    elog_streams *st = t->data;
+    for (size_t i = 0; i < st->cats.cap; i++) {
+        scat *c = (scat *)st->cats.slot[i];
+        if (!c || !c->stalled)
+            continue;
+        c->stalled = false;
+        st->nstalled--;
+        weft_metric_gauge_add(st->m, st->m_stalled, -1);
+        bool ok = recopy_category(st, c, st->mirrored);
+        if (c->stalled)
+            continue; /* a copy failed (or the topic went again) and stalled it */
+        if (ok) {
+            weft_log(WEFT_LOG_INFO, "streams: category topic caught up; copies go on",
+                     WEFT_KV_STR("topic", c->k.name));
+            c->warned = false;
+        } else {
+            stall(st, c, REPAIR_MS); /* failed before copying (reading back) */
+        }
+    }
+    if (st->nstalled && !weft_timer_active(t))
+        weft_timer_start(loop, t, REPAIR_MS);
 }
 
 /* ---- subscriptions ---- */
@@ -1628,6 +1705,9 @@ elog_streams *elog_streams_new(elog *e)
                        &st->m_subs);
     weft_metrics_gauge(st->m, "weft_log_streams", "Streams in the streams log.", NULL,
                        &st->m_streams);
+    weft_metrics_gauge(st->m, "weft_log_streams_categories_stalled",
+                       "Categories whose Kafka topic copy failed and waits for a repair.", NULL,
+                       &st->m_stalled);
     return st;
 }
 
@@ -1701,12 +1781,14 @@ int elog_streams_start(elog_streams *st, weft_loop *loop)
     int rc = rebuild(st);
     if (rc < 0)
         return rc;
+    weft_timer_init(&st->repair, repair_cats, st);
+    int64_t durable = plog_durable_offset(st->p->log);
     for (size_t i = 0; i < st->cats.cap; i++) {
         scat *c = (scat *)st->cats.slot[i];
-        if (c && c->kafka)
-            recopy_category(st, c);
+        if (c && c->kafka && !recopy_category(st, c, durable) && !c->stalled)
+            stall(st, c, REPAIR_MS);
     }
-    st->mirrored = st->advanced = plog_durable_offset(st->p->log);
+    st->mirrored = st->advanced = durable;
     weft_timer_init(&st->ping, ping_subs, st);
     weft_timer_start(loop, &st->ping, PING_MS);
     st->started = true;
@@ -1722,8 +1804,11 @@ void elog_streams_drain(elog_streams *st)
 
 void elog_streams_stop(elog_streams *st)
 {
-    if (st->started)
+    if (st->started) {
         weft_timer_stop(st->loop, &st->ping);
+        if (weft_timer_active(&st->repair))
+            weft_timer_stop(st->loop, &st->repair);
+    }
     while (st->subs)
         sub_free((ssub *)st->subs);
     while (st->ops) { /* their waits go with the topic (elog_stop) */

@@ -104,14 +104,63 @@ int fdatasync(int fd)
 """
 
 
-def failing_fdatasync(tmp_path):
-    """Build the shim; return (flag path, env for Log(env=...)): while the
-    flag file exists, the broker's fdatasync calls fail with EIO."""
-    shim = Path(tmp_path) / "failsync.so"
-    src = Path(tmp_path) / "failsync.c"
-    src.write_text(FAIL_SHIM)
+# Another shim: pwrite fails with ENOSPC while the flag file exists, for
+# files whose path contains WEFT_TEST_FAIL_WRITES_IN (one topic's
+# directory, say), the way a full disk makes a write fail.
+WRITE_SHIM = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static int failing(int fd)
+{
+    const char *flag = getenv("WEFT_TEST_FAIL_WRITES"), *in = getenv("WEFT_TEST_FAIL_WRITES_IN");
+    if (!flag || !in || access(flag, F_OK) != 0)
+        return 0;
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0)
+        return 0;
+    path[n] = 0;
+    return strstr(path, in) != NULL;
+}
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    if (failing(fd)) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return syscall(SYS_pwrite64, fd, buf, n, off);
+}
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) { return pwrite(fd, buf, n, off); }
+"""
+
+
+def _shim_env(tmp_path, name, source, env):
+    """Build an LD_PRELOAD shim from source; return (flag path, env for
+    Log(env=...)) with the flag's path under the variable named env[0]."""
+    shim = Path(tmp_path) / f"{name}.so"
+    src = Path(tmp_path) / f"{name}.c"
+    src.write_text(source)
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(src)], check=True)
-    flag = Path(tmp_path) / "fail-now"
-    return flag, {"LD_PRELOAD": str(shim), "WEFT_TEST_FAIL_FDATASYNC": str(flag),
+    flag = Path(tmp_path) / f"{name}-now"
+    return flag, {"LD_PRELOAD": str(shim), env[0]: str(flag), **env[1],
                   # the shim comes before the sanitizer runtime in the load order
                   "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:verify_asan_link_order=0"}
+
+
+def failing_writes(tmp_path, path_part):
+    """(flag, env): while the flag file exists, pwrite to files whose path
+    contains path_part fails with ENOSPC."""
+    return _shim_env(tmp_path, "failwrite", WRITE_SHIM,
+                     ("WEFT_TEST_FAIL_WRITES", {"WEFT_TEST_FAIL_WRITES_IN": path_part}))
+
+
+def failing_fdatasync(tmp_path):
+    """(flag, env): while the flag file exists, the broker's fdatasync calls
+    fail with EIO."""
+    return _shim_env(tmp_path, "failsync", FAIL_SHIM, ("WEFT_TEST_FAIL_FDATASYNC", {}))

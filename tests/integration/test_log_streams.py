@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -14,7 +15,7 @@ import time
 import pytest
 import requests
 
-from kafkautil import Log
+from kafkautil import Log, exchange, failing_writes, frame, kstr
 from svcutil import wait_until
 from weftutil import SSE
 
@@ -475,6 +476,60 @@ def test_category_topic_is_rebuilt_at_start(tmp_path):
     finally:
         if lg2.alive():
             lg2.stop()
+
+
+def test_failed_category_copy_waits_and_is_retried_in_order(tmp_path):
+    """A copy to a category topic that fails while running (its disk full)
+    must not leave a hole: the category's later events wait (other
+    categories go on), and once writes work again the topic catches up in
+    order and copies go on live."""
+    flag, env = failing_writes(tmp_path, "/acct-0/")
+    lg = Log(tmp_path, http=True, env=env)
+    try:
+        assert append(lg, "acct-1", [ev("a1")]).status_code == 200
+        wait_until(lambda: len(kcat_consume(lg, "acct")) == 1, timeout=10)
+        flag.touch()
+        assert append(lg, "acct-1", [ev("a2")]).status_code == 200  # the event store is fine
+        assert append(lg, "acct-2", [ev("a3"), ev("a3b")]).status_code == 200
+        assert append(lg, "shop-1", [ev("s1")]).status_code == 200
+        wait_until(lambda: len(kcat_consume(lg, "shop")) == 1, timeout=10)
+        wait_until(lambda: "cannot copy events to their category topic" in lg.text(), timeout=10)
+        time.sleep(1.5)  # a retry has run, and failed
+        assert [h["weft.id"] for _, h, _ in kcat_consume(lg, "acct")] == ["a1"]
+        metrics = requests.get(f"{lg.url}/metrics", timeout=10).text
+        assert re.search(r"^weft_log_streams_categories_stalled 1$", metrics, re.M), metrics
+        flag.unlink()
+        wait_until(lambda: len(kcat_consume(lg, "acct")) == 4, timeout=10)
+        assert "caught up" in lg.text()
+        assert append(lg, "acct-1", [ev("a4")]).status_code == 200
+        wait_until(lambda: len(kcat_consume(lg, "acct")) == 5, timeout=10)
+        metrics = requests.get(f"{lg.url}/metrics", timeout=10).text
+        assert re.search(r"^weft_log_streams_categories_stalled 0$", metrics, re.M)
+        recs = kcat_consume(lg, "acct")
+        assert [h["weft.id"] for _, h, _ in recs] == ["a1", "a2", "a3", "a3b", "a4"]
+        cat = read_all(lg, "/categories/acct")
+        assert [int(h["weft.position"]) for _, h, _ in recs] == [e["position"] for e in cat]
+    finally:
+        lg.stop()
+
+
+def test_category_topic_deleted_while_running_is_rebuilt_whole(log):
+    """A Kafka client deletes a category topic while the log runs: the next
+    event of that category recreates it with every earlier event first, in
+    order, instead of starting it at that event."""
+    for i in range(3):
+        assert append(log, f"shop-{i}", [ev(f"s{i}")]).status_code == 200
+    wait_until(lambda: len(kcat_consume(log, "shop")) == 3, timeout=10)
+    body = struct.pack(">i", 1) + kstr("shop") + struct.pack(">i", 5000)
+    resp, closed = exchange(log.port, frame(20, 0, 9, body))
+    assert not closed
+    assert struct.unpack(">h", resp[-2:]) == (0,), "DeleteTopics must succeed"
+    assert append(log, "shop-9", [ev("s9")]).status_code == 200
+    wait_until(lambda: len(kcat_consume(log, "shop")) == 4, timeout=10)
+    recs = kcat_consume(log, "shop")
+    assert [h["weft.id"] for _, h, _ in recs] == ["s0", "s1", "s2", "s9"]
+    cat = read_all(log, "/categories/shop")
+    assert [int(h["weft.position"]) for _, h, _ in recs] == [e["position"] for e in cat]
 
 
 def test_foreign_weft_position_header_at_int64_max(tmp_path):

@@ -802,14 +802,36 @@ static int topic_config(elog_topic_conf *c, weft_str key, weft_str val, const ch
     return KE_NONE;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    const weft_str *x = a, *y = b;
+    int c = memcmp(x->p, y->p, x->n < y->n ? x->n : y->n);
+    return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/* Whether name is in the sorted list of names that appear more than once. */
+static bool is_dup(const weft_str *dups, size_t n, weft_str name)
+{
+    return n && bsearch(&name, dups, n, sizeof *dups, cmp_str) != NULL;
+}
+
 static void h_create_topics(elog *e, kreq *q, kf_reader *r)
 {
     int16_t v = q->api_version;
     kf_reader first = *r;
-    /* pass 1: structure */
+    /* pass 1: structure, and the names (a name given twice is refused in
+     * both places, as Kafka does: which of the two would win is unclear) */
     int32_t nt = kf_array(r, 12, false);
+    weft_str *names = nt > 1 ? malloc((size_t)nt * sizeof *names) : NULL;
+    size_t ndup = 0;
+    if (nt > 1 && !names) {
+        elog_fail_request(e, q, "out of memory");
+        return;
+    }
     for (int32_t i = 0; i < nt && kf_ok(r); i++) {
-        kf_str(r);
+        weft_str name = kf_str(r);
+        if (names)
+            names[i] = name;
         kf_i32(r);
         kf_i16(r);
         int32_t na = kf_array(r, 8, false);
@@ -828,8 +850,16 @@ static void h_create_topics(elog *e, kreq *q, kf_reader *r)
     kf_i32(r);
     bool validate_only = v >= 1 && kf_i8(r) != 0;
     if (!kf_ok(r)) {
+        free(names);
         elog_fail_request(e, q, "malformed create topics request");
         return;
+    }
+    if (names) { /* keep the names seen more than once, sorted, at the front */
+        qsort(names, (size_t)nt, sizeof *names, cmp_str);
+        for (int32_t i = 1; i < nt; i++)
+            if (!cmp_str(&names[i], &names[i - 1]) &&
+                (!ndup || cmp_str(&names[i], &names[ndup - 1])))
+                names[ndup++] = names[i];
     }
     /* pass 2: act */
     *r = first;
@@ -842,8 +872,9 @@ static void h_create_topics(elog *e, kreq *q, kf_reader *r)
         weft_str name = kf_str(r);
         int32_t np = kf_i32(r);
         int16_t rf = kf_i16(r);
-        int err = KE_NONE;
-        const char *why = NULL;
+        bool dup = is_dup(names, ndup, name);
+        int err = dup ? KE_INVALID_REQUEST : KE_NONE;
+        const char *why = dup ? "the topic is named more than once in the request" : NULL;
         int32_t na = kf_array(r, 8, false);
         for (int32_t k = 0; k < na; k++) {
             kf_i32(r);
@@ -899,6 +930,7 @@ static void h_create_topics(elog *e, kreq *q, kf_reader *r)
         if (v >= 1)
             kf_w_str(w, why ? weft_str_from(why) : WEFT_STR_NULL);
     }
+    free(names);
     kreq_complete(q);
 }
 

@@ -734,3 +734,28 @@ def test_unchanged_rejoin_while_syncing_gets_the_current_generation(glog):
     fc.join("resync", fid, protos=(("range", b"other"),))
     assert fc.parked()
     assert lc.heartbeat("resync", gen, lid) == 27
+
+
+def test_create_topics_naming_one_topic_twice_refuses_both(log):
+    """A CreateTopics request that names a topic twice gets INVALID_REQUEST
+    (42) for both entries, as Kafka answers, and creates neither; the other
+    topics of the request are created."""
+    def topic(name):
+        return kstr(name) + struct.pack(">ihii", 1, 1, 0, 0)
+    body = struct.pack(">i", 3) + topic("twice") + topic("once") + topic("twice") + \
+        struct.pack(">ib", 5000, 0)
+    resp, closed = exchange(log.port, frame(19, 2, 11, body))
+    assert not closed
+    at, out = 4 + 4, []  # correlation id, throttle time
+    (n,) = struct.unpack(">i", resp[at:at + 4])
+    at += 4
+    for _ in range(n):
+        (ln,) = struct.unpack(">h", resp[at:at + 2])
+        name = resp[at + 2:at + 2 + ln].decode()
+        at += 2 + ln
+        err, mlen = struct.unpack(">hh", resp[at:at + 4])
+        at += 4 + max(mlen, 0)
+        out.append((name, err))
+    assert out == [("twice", 42), ("once", 0), ("twice", 42)]
+    listing = kcat("-L", "-b", log.bootstrap).stdout
+    assert 'topic "once"' in listing and 'topic "twice"' not in listing

@@ -414,11 +414,18 @@ static void es_decide(es_cmd *k)
 {
     json_decref(k->events);
     k->events = k->c.decide(k->c.state, k->version, k->c.ud);
+    /* checked before the size: json_array_size of an object is 0 too, and
+     * a single event returned without its array must not read as "nothing
+     * to append" */
+    if (k->events && !json_is_array(k->events)) {
+        es_done(k, WEFT_EINVAL, "decide must return an array of event objects");
+        return;
+    }
     if (!k->events || json_array_size(k->events) == 0) {
         es_done(k, 0, NULL); /* nothing to append */
         return;
     }
-    if (!json_is_array(k->events) || add_ids(k) < 0) {
+    if (add_ids(k) < 0) {
         es_done(k, WEFT_EINVAL, "decide must return an array of event objects");
         return;
     }

@@ -369,8 +369,13 @@ static void es_unlink_free(es_cmd *k)
 
 static void es_done(es_cmd *k, int err, const char *reason)
 {
-    k->c.done(err, reason, k->version, k->attempts, k->c.ud);
+    /* k is freed before done runs: done may free the weft_es (which frees
+     * every command still linked) or start another command */
+    weft_es_command c = k->c;
+    int64_t version = k->version;
+    int attempts = k->attempts;
     es_unlink_free(k);
+    c.done(err, reason, version, attempts, c.ud);
 }
 
 static void es_on_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
@@ -579,11 +584,11 @@ static void es_post(es_cmd *k)
         es_done(k, WEFT_ENOMEM, "out of memory");
         return;
     }
+    k->from = 0; /* a conflict reloads from the start */
     char target[512];
     snprintf(target, sizeof target, "/streams/%s", k->stream);
-    es_request(k, "POST", target, body);
+    es_request(k, "POST", target, body); /* last: a request that cannot be sent frees k */
     free(body);
-    k->from = 0; /* a conflict reloads from the start */
 }
 
 weft_es *weft_es_new(weft_loop *loop, const char *url)

@@ -68,3 +68,11 @@ def test_decide_returning_an_object_is_refused_not_reported_done(tmp_path):
     finally:
         log.stop()
 
+
+def test_done_may_free_the_event_store(tmp_path):
+    log = Log(tmp_path, http=True)
+    try:
+        res = es_probe(log, "probe-2", "free")
+        assert res["err"] == 0 and res["version"] == 0, res
+    finally:
+        log.stop()

@@ -47,10 +47,11 @@ struct kconn {
     elog *e;
     weft_io io;
     weft_timer idle;
+    weft_timer resume; /* reading resumes with whole frames already buffered */
     weft_buf in;
     kreq *head, *tail;
     size_t inflight;
-    bool dead, reading;
+    bool dead;
     bool busy; /* handlers running from conn_read: flushes wait until it ends */
     char peer[64];
 };
@@ -152,13 +153,34 @@ static void kreq_free(kreq *q)
 
 /* ---- connections ---- */
 
+static uint32_t frame_size(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Whether c->in holds a whole frame (or a size conn_parse refuses). */
+static bool frame_buffered(const kconn *c)
+{
+    size_t used = weft_buf_used(&c->in);
+    if (used < 4)
+        return false;
+    uint32_t size = frame_size((const uint8_t *)weft_buf_rptr(&c->in));
+    return size < 8 || size > c->e->o.max_request || used >= 4 + (size_t)size;
+}
+
 static void conn_interest(kconn *c)
 {
     if (c->dead)
         return;
     bool want_read = c->inflight < MAX_INFLIGHT && !c->e->draining;
     unsigned ev = (want_read ? WEFT_IO_READ : 0) | (c->head && c->head->done ? WEFT_IO_WRITE : 0);
-    c->reading = want_read;
+    /* Parsing stopped at the in-flight limit with frames still in c->in: a
+     * pipelining client may have sent them all and now only waits for
+     * answers, so no read event will come for them. Handle them from the
+     * loop (not here: this runs inside kreq_complete, from other
+     * connections' and groups' code). */
+    if (want_read && frame_buffered(c) && !weft_timer_active(&c->resume))
+        weft_timer_start(c->e->loop, &c->resume, 0);
     weft_io_start(c->e->loop, &c->io, ev);
 }
 
@@ -170,6 +192,7 @@ static void conn_close(kconn *c)
     elog *e = c->e;
     weft_io_stop(e->loop, &c->io);
     weft_timer_stop(e->loop, &c->idle);
+    weft_timer_stop(e->loop, &c->resume);
     close(c->io.fd);
     /* parked requests drop out of the topics and groups that hold them */
     for (kreq *q = c->head; q; q = q->next) {
@@ -302,9 +325,44 @@ static int parse_frame(kconn *c, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* Handle every whole frame in c->in while below the in-flight limit.
+ * false: the connection closed. */
+static bool conn_parse(kconn *c)
+{
+    elog *e = c->e;
+    while (!c->dead && weft_buf_used(&c->in) >= 4 && c->inflight < MAX_INFLIGHT) {
+        const uint8_t *p = (const uint8_t *)weft_buf_rptr(&c->in);
+        uint32_t size = frame_size(p);
+        if (size < 8 || size > e->o.max_request) {
+            weft_log(WEFT_LOG_WARN, "kafka: bad frame size; closing", WEFT_KV_STR("peer", c->peer),
+                     WEFT_KV_UINT("size", size));
+            conn_close(c);
+            return false;
+        }
+        if (weft_buf_used(&c->in) < 4 + (size_t)size)
+            break;
+        c->busy = true;
+        int rc = parse_frame(c, p + 4, size);
+        c->busy = false;
+        if (rc < 0 || c->dead) {
+            if (!c->dead) {
+                weft_log(WEFT_LOG_WARN, "kafka: malformed request header; closing",
+                         WEFT_KV_STR("peer", c->peer));
+                conn_close(c);
+            }
+            return false;
+        }
+        weft_buf_consume(&c->in, 4 + (size_t)size);
+    }
+    return !c->dead;
+}
+
 static void conn_read(kconn *c)
 {
     elog *e = c->e;
+    /* frames left in the buffer when the in-flight limit stopped parsing */
+    if (!conn_parse(c))
+        return;
     for (int round = 0; round < 16 && !c->dead && c->inflight < MAX_INFLIGHT; round++) {
         if (weft_buf_reserve(&c->in, READ_CHUNK) < 0) {
             conn_close(c);
@@ -322,31 +380,8 @@ static void conn_read(kconn *c)
         }
         weft_buf_commit(&c->in, (size_t)n);
         weft_timer_start(e->loop, &c->idle, IDLE_MS);
-        /* every whole frame in the buffer */
-        while (!c->dead && weft_buf_used(&c->in) >= 4 && c->inflight < MAX_INFLIGHT) {
-            const uint8_t *p = (const uint8_t *)weft_buf_rptr(&c->in);
-            uint32_t size = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-            if (size < 8 || size > e->o.max_request) {
-                weft_log(WEFT_LOG_WARN, "kafka: bad frame size; closing", WEFT_KV_STR("peer", c->peer),
-                         WEFT_KV_UINT("size", size));
-                conn_close(c);
-                return;
-            }
-            if (weft_buf_used(&c->in) < 4 + (size_t)size)
-                break;
-            c->busy = true;
-            int rc = parse_frame(c, p + 4, size);
-            c->busy = false;
-            if (rc < 0 || c->dead) {
-                if (!c->dead) {
-                    weft_log(WEFT_LOG_WARN, "kafka: malformed request header; closing",
-                             WEFT_KV_STR("peer", c->peer));
-                    conn_close(c);
-                }
-                return;
-            }
-            weft_buf_consume(&c->in, 4 + (size_t)size);
-        }
+        if (!conn_parse(c))
+            return;
         if ((size_t)n < READ_CHUNK)
             break;
     }
@@ -354,6 +389,12 @@ static void conn_read(kconn *c)
         weft_buf_shrink_if_empty(&c->in);
         conn_flush(c);
     }
+}
+
+static void resume_cb(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    conn_read(t->data);
 }
 
 static void conn_cb(weft_loop *loop, weft_io *io, unsigned ev)
@@ -403,6 +444,7 @@ static void accept_cb(weft_loop *loop, weft_io *io, unsigned ev)
         weft_buf_init(&c->in, e->o.max_request + 4 + READ_CHUNK);
         weft_io_init(&c->io, fd, conn_cb, c);
         weft_timer_init(&c->idle, idle_cb, c);
+        weft_timer_init(&c->resume, resume_cb, c);
         weft_timer_start(loop, &c->idle, IDLE_MS);
         c->next = e->conns;
         if (e->conns)

@@ -369,8 +369,13 @@ static void es_unlink_free(es_cmd *k)
 
 static void es_done(es_cmd *k, int err, const char *reason)
 {
-    k->c.done(err, reason, k->version, k->attempts, k->c.ud);
+    /* k is freed before done runs: done may free the weft_es (which frees
+     * every command still linked) or start another command */
+    weft_es_command c = k->c;
+    int64_t version = k->version;
+    int attempts = k->attempts;
     es_unlink_free(k);
+    c.done(err, reason, version, attempts, c.ud);
 }
 
 static void es_on_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
@@ -414,11 +419,18 @@ static void es_decide(es_cmd *k)
 {
     json_decref(k->events);
     k->events = k->c.decide(k->c.state, k->version, k->c.ud);
+    /* checked before the size: json_array_size of an object is 0 too, and
+     * a single event returned without its array must not read as "nothing
+     * to append" */
+    if (k->events && !json_is_array(k->events)) {
+        es_done(k, WEFT_EINVAL, "decide must return an array of event objects");
+        return;
+    }
     if (!k->events || json_array_size(k->events) == 0) {
         es_done(k, 0, NULL); /* nothing to append */
         return;
     }
-    if (!json_is_array(k->events) || add_ids(k) < 0) {
+    if (add_ids(k) < 0) {
         es_done(k, WEFT_EINVAL, "decide must return an array of event objects");
         return;
     }
@@ -572,11 +584,11 @@ static void es_post(es_cmd *k)
         es_done(k, WEFT_ENOMEM, "out of memory");
         return;
     }
+    k->from = 0; /* a conflict reloads from the start */
     char target[512];
     snprintf(target, sizeof target, "/streams/%s", k->stream);
-    es_request(k, "POST", target, body);
+    es_request(k, "POST", target, body); /* last: a request that cannot be sent frees k */
     free(body);
-    k->from = 0; /* a conflict reloads from the start */
 }
 
 weft_es *weft_es_new(weft_loop *loop, const char *url)

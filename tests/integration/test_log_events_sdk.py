@@ -45,3 +45,34 @@ def test_concurrent_commands_and_a_projection(tmp_path):
         assert proj["events"] == 122 and proj["balances"] == {"account-7": 400}
     finally:
         log.stop()
+
+
+ES_PROBE = str(BIN_DIR / "weft-test-es-probe")
+
+
+def es_probe(log, stream, mode):
+    r = subprocess.run([ES_PROBE, log.url, stream, mode], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_decide_returning_an_object_is_refused_not_reported_done(tmp_path):
+    # a single event object instead of an array of them: EINVAL, not
+    # "nothing to append" (err 0) with the event silently dropped
+    log = Log(tmp_path, http=True)
+    try:
+        res = es_probe(log, "probe-1", "object")
+        assert res["err"] == -2 and "array" in res["reason"], res
+        assert get_json(log.http_port, "/streams/probe-1")[0] == 404
+    finally:
+        log.stop()
+
+
+def test_done_may_free_the_event_store(tmp_path):
+    log = Log(tmp_path, http=True)
+    try:
+        res = es_probe(log, "probe-2", "free")
+        assert res["err"] == 0 and res["version"] == 0, res
+    finally:
+        log.stop()

@@ -759,3 +759,30 @@ def test_create_topics_naming_one_topic_twice_refuses_both(log):
     assert out == [("twice", 42), ("once", 0), ("twice", 42)]
     listing = kcat("-L", "-b", log.bootstrap).stdout
     assert 'topic "once"' in listing and 'topic "twice"' not in listing
+
+
+def test_pipelined_requests_beyond_the_inflight_limit_are_all_answered(log):
+    # More requests than the broker keeps in flight (1024), sent in one go
+    # while nothing is read: the ones it stopped parsing at the limit sit in
+    # its input buffer, and nothing more arrives on the socket to wake it.
+    n = 3000
+    s = socket.create_connection(("127.0.0.1", log.port), timeout=10)
+    try:
+        s.sendall(b"".join(frame(18, 0, i, b"") for i in range(n)))
+        for i in range(n):
+            head = b""
+            while len(head) < 4:
+                d = s.recv(4 - len(head))
+                assert d, f"closed after {i} responses"
+                head += d
+            (size,) = struct.unpack(">i", head)
+            body = b""
+            while len(body) < size:
+                d = s.recv(size - len(body))
+                assert d, f"closed inside response {i}"
+                body += d
+            assert struct.unpack(">i", body[:4])[0] == i
+    except socket.timeout:
+        pytest.fail(f"no response {i} of {n}")
+    finally:
+        s.close()

@@ -92,13 +92,17 @@
  *
  * Recovery (plog_open)
  * --------------------
- * Every segment but the last is checked cheaply: index and time index
+ * Every segment but the last two is checked cheaply: index and time index
  * well formed (sizes, order, first entry, the last offset entry pointing at
  * a batch header with the expected offset), the batch headers after the
  * last index entry parse and continue each other up to exactly the end of
  * the file, and no batch among them should have had an index entry. A
  * segment failing the check is scanned in full and its indexes rebuilt.
- * The last segment is always scanned in full: each batch must parse
+ * The last two segments are always scanned in full (the one before the
+ * last may have been rolled but not yet synced, and then any page
+ * appended to it since the last flush may be missing, which the cheap
+ * check, reading only headers after the last index entry, would not
+ * see): each batch must parse
  * (kf_batch_parse), pass its CRC (kf_batch_crc_ok) and continue the offsets
  * of the one before; the file is cut (ftruncate + fsync) at the first batch
  * that does not, the number of bytes dropped is logged, and its indexes are
@@ -1074,8 +1078,13 @@ out:
 }
 
 /* Recover one segment: cheap index check for finished segments, full scan
- * (cutting a bad tail) for the last one or when the check fails. */
-static int seg_recover(plog *l, seg *s, bool last, rdr *r)
+ * (cutting a bad tail) for the last one, when the check fails, or when
+ * full is set: the segment before the last may have been rolled and not
+ * yet synced when the process died, and then any page appended to it
+ * since the last flush can be missing (zeros), also before its last
+ * index entry or inside a batch whose header survived, which the cheap
+ * check does not look at. */
+static int seg_recover(plog *l, seg *s, bool last, bool full, rdr *r)
 {
     int64_t fsize = file_size(s->log_fd);
     if (fsize < 0)
@@ -1088,12 +1097,14 @@ static int seg_recover(plog *l, seg *s, bool last, rdr *r)
             rc = check_times(s, tail_max, &why);
         if (rc < 0)
             return rc;
-        if (rc == 0)
+        if (rc == 0 && !full)
             return 0;
-        weft_log(WEFT_LOG_WARN, "plog: rebuilding segment indexes", WEFT_KV_STR("dir", l->dir),
-                 WEFT_KV_INT("segment", s->base),
-                 WEFT_KV_STR("reason", why ? why : "empty finished segment"));
-        l->rec.index_rebuilds++;
+        if (rc != 0) {
+            weft_log(WEFT_LOG_WARN, "plog: rebuilding segment indexes",
+                     WEFT_KV_STR("dir", l->dir), WEFT_KV_INT("segment", s->base),
+                     WEFT_KV_STR("reason", why ? why : "empty finished segment"));
+            l->rec.index_rebuilds++;
+        }
     }
     const char *damage;
     int rc = seg_scan(l, s, (uint64_t)fsize, r, &damage);
@@ -1237,7 +1248,7 @@ static int recover(plog *l)
     /* finished segments first; the first hole ends the log there */
     for (size_t i = 0; i + 1 < l->nsegs; i++) {
         seg *s = l->segs[i];
-        if ((rc = seg_recover(l, s, false, &r)) != 0)
+        if ((rc = seg_recover(l, s, false, i + 2 == l->nsegs, &r)) != 0)
             goto out;
         if (s->end != l->segs[i + 1]->base) {
             drop_after(l, i + 1,
@@ -1246,7 +1257,7 @@ static int recover(plog *l)
             break; /* it is the active segment now: scanned in full below */
         }
     }
-    rc = seg_recover(l, active_seg(l), true, &r);
+    rc = seg_recover(l, active_seg(l), true, true, &r);
 out:
     free(r.p);
     free(bases);

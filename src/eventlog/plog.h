@@ -53,9 +53,10 @@ void plog_opts_default(plog_opts *o);
  * must be told now rather than wait for ever. */
 typedef void (*plog_durable_cb)(plog *l, int64_t durable_end, void *ud);
 
-/* Open (creating the directory if needed) and recover: the last segment's
- * batches are checked (header sanity + CRC) and a torn or corrupt tail is
- * truncated to the last whole batch; a missing or damaged index is rebuilt
+/* Open (creating the directory if needed) and recover: the last two
+ * segments' batches are checked (header sanity + CRC) and a torn or
+ * corrupt tail is truncated to the last whole batch (segments after a cut
+ * one are deleted); a missing or damaged index is rebuilt
  * from the log. Never fails because of a torn tail. Returns 0 or a WEFT_E*
  * error (I/O errors on the directory). The recovery outcome is logged. */
 int plog_open(weft_loop *loop, const char *dir, const plog_opts *o, plog_durable_cb cb, void *ud,

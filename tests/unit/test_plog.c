@@ -828,6 +828,54 @@ static void test_damage_before_last_segment(void **state)
     check_all(c, 0);
 }
 
+/* A crash between a roll and the fsync of the finished segment can leave
+ * any page of what was appended to it since the last flush unwritten
+ * (zeros), not only its end: a batch whose body is zeros but whose header
+ * is intact, after the last index entry or before it. The segment before
+ * the last is checked batch by batch (CRC) like the last one: cut at the
+ * first bad batch, later segments dropped, instead of being served. */
+static void test_torn_segment_before_last(void **state)
+{
+    tctx *c = *state;
+    int64_t bases[64];
+    size_t nb = fill_and_close(c, 3000, 400, 60, bases);
+    assert_true(nb >= 3);
+    /* the last batch of the segment before the last: its final bytes */
+    size_t k = model_at(c, bases[nb - 1] - 1);
+    const char *path = seg_path(c, bases[nb - 2], "log");
+    uint8_t zeros[16] = {0};
+    patch_file(path, size_of(path) - (off_t)sizeof zeros, zeros, sizeof zeros);
+    open_log(c);
+    plog_stats st = stats(c);
+    assert_int_equal(st.segments, nb - 1);
+    assert_int_equal(st.segments_dropped, 1);
+    assert_int_equal(st.truncated_bytes, c->m[k].size);
+    assert_true(logged(c, "crc mismatch"));
+    model_cut(c, c->m[k].base);
+    assert_int_equal(plog_end_offset(c->l), c->m[k].base);
+    check_all(c, 0);
+
+    /* the first batch of the (new) segment before the last, far before
+     * its last index entry */
+    append_many(c, 20);
+    close_log(c);
+    nb = list_bases(c, bases, 64);
+    assert_true(nb >= 3);
+    k = model_at(c, bases[nb - 2]);
+    assert_true(c->m[k].size > 61 + sizeof zeros);
+    patch_file(seg_path(c, bases[nb - 2], "log"), 61, zeros, sizeof zeros);
+    open_log(c);
+    st = stats(c);
+    assert_int_equal(st.segments, nb - 1);
+    model_cut(c, c->m[k].base);
+    assert_int_equal(plog_end_offset(c->l), bases[nb - 2]);
+    check_all(c, 0);
+    append_many(c, 5);
+    close_log(c);
+    open_log(c);
+    check_all(c, 0);
+}
+
 static int64_t brute_for_time(const tctx *c, int64_t ts)
 {
     for (size_t i = 0; i < c->nm; i++)
@@ -1182,6 +1230,7 @@ int main(void)
         T(test_crc_damage_cuts_from_bad_batch),
         T(test_damaged_indexes_rebuilt),
         T(test_damage_before_last_segment),
+        T(test_torn_segment_before_last),
         T(test_offset_for_time),
         T(test_retention_by_bytes),
         T(test_retention_by_time),

@@ -385,6 +385,16 @@ static conn *pool_take(host_pool *hp)
     return cn;
 }
 
+/* Close hp's least recently used idle connection (the list's tail). */
+static void close_lru_idle(host_pool *hp)
+{
+    conn *cn = hp->idle_head;
+    while (cn && cn->next)
+        cn = cn->next;
+    if (cn)
+        conn_close(cn);
+}
+
 static host_pool *pool_find(weft_http_client *c, const char *host, uint16_t port)
 {
     for (host_pool *hp = c->pools; hp; hp = hp->next)
@@ -906,6 +916,14 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         cn->reused = true;
     } else {
         host_pool *hp = q->hp;
+        if (!allow_pool && hp->idle_head && c->opts.max_conns_per_host &&
+            hp->nconns >= c->opts.max_conns_per_host)
+            /* A request that may not use a pooled connection (streamed
+             * body, stale-connection retry) must not wait behind idle
+             * ones, which only a pooled request would ever free: the
+             * dispatcher would hand it the slot, see it queue again and
+             * spin. Close the least recently used idle one for it. */
+            close_lru_idle(hp);
         if (c->opts.max_conns_per_host && hp->nconns >= c->opts.max_conns_per_host) {
             /* at the connection limit: wait for a slot, within bounds */
             if (hp->nwait >= c->opts.max_pending_per_host)

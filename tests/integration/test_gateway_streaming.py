@@ -235,3 +235,27 @@ def test_upstream_pool_idle_timeout_closes_idle_connections(gateway, origins):
     t0 = time.monotonic()
     wait_until(lambda: o.open_connections() == 0, 3, what="gateway closing its idle connection")
     assert time.monotonic() - t0 < 1.0
+
+
+def test_streamed_request_waiting_for_a_connection_gets_one_when_it_goes_idle(gateway, origins):
+    """With max_connections, a streamed (chunked) request that waits for a
+    slot must get one when the busy connection returns to the pool: it may
+    not take a pooled connection (a streamed body cannot be resent on a
+    stale one), so the idle one is closed for it, not waited behind."""
+    o, = origins(1)
+    o.set_mode("sleep", delay_ms=400)
+    g = gateway(pool_cfg(o, "    max_connections: 1"))
+    slow = Client(g.port)
+    slow.sock = None
+    slow._connect()
+    slow.sock.sendall(build_request("GET", "/first"))  # holds the only connection
+    wait_until(lambda: o.count(path="/first") == 1, 3, what="the first request at the origin")
+    with Client(g.port, timeout=5) as c:
+        body = b"5\r\nhello\r\n0\r\n\r\n"
+        r = c.request("POST", "/streamed", headers={"Transfer-Encoding": "chunked"}, body=body)
+        assert r.status == 200, r
+    assert slow.rd.read_response(method="GET").status == 200
+    slow.close()
+    assert [x.body for x in o.recs() if x.path == "/streamed"] == [b"hello"]
+    # the worker is still serving
+    assert g.get("/after", timeout=5).status == 200

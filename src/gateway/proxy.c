@@ -117,6 +117,19 @@ static int append(weft_buf *b, weft_str a, weft_str sep, weft_str v)
 
 static const weft_str COLON = {": ", 2};
 
+/* "<head><list>, <v>\r\n" as one reservation. The line must go in whole or
+ * not at all, and the error must stay negative: a head cut off after
+ * "<name>: " would be sent with the client's Content-Length glued onto that
+ * line, and the upstream would read the body as a second request. */
+static int append_list(weft_buf *b, weft_str head, weft_str list, weft_str v)
+{
+    int rc = weft_buf_reserve(b, head.n + list.n + 2 + v.n + 2);
+    if (rc < 0)
+        return rc;
+    weft_buf_append(b, head.p, head.n);
+    return append(b, list, WEFT_STR(", "), v);
+}
+
 /* Peer IP without the port. */
 static weft_str peer_ip(weft_http_req *r)
 {
@@ -200,8 +213,7 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
     if (cfg->xff && rc == 0) {
         weft_str ip = peer_ip(r);
         if (xff.n) /* "X-Forwarded-For: <existing>, <client>" */
-            rc = weft_buf_append(b, "X-Forwarded-For: ", 17) ||
-                 append(b, xff, WEFT_STR(", "), ip);
+            rc = append_list(b, WEFT_STR("X-Forwarded-For: "), xff, ip);
         else
             rc = append(b, WEFT_STR("X-Forwarded-For"), COLON, ip);
         weft_str host = weft_http_req_header(r, WEFT_STR("Host"));
@@ -212,7 +224,7 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
     }
     if (cfg->via && rc == 0) {
         if (via.n) /* "Via: <existing>, 1.1 weft" */
-            rc = weft_buf_append(b, "Via: ", 5) || append(b, via, WEFT_STR(", "), WEFT_STR("1.1 weft"));
+            rc = append_list(b, WEFT_STR("Via: "), via, WEFT_STR("1.1 weft"));
         else
             rc = append(b, WEFT_STR("Via"), COLON, WEFT_STR("1.1 weft"));
     }

@@ -839,6 +839,9 @@ void gw_start_attempt(gw_req *g)
         .body_stream = g->body_mode == GW_BODY_STREAM,
         .stream_length = g->stream_length,
         .on_send_drain = up_send_drain,
+        /* the pool's stale-connection resend is a retry like ours: a
+         * method we may not retry must not be sent twice behind our back */
+        .no_replay = !g->route->retry.all_methods && !idempotent(weft_http_req_method(g->r)),
     };
     char method[32];
     weft_str ms = weft_http_req_method_str(g->r);

@@ -19,7 +19,9 @@
  *
  * A request that fails on a *reused* connection before any response byte
  * arrived (EOF, reset, write error) is retried once on a fresh connection:
- * the server cannot have processed it, it lost a race with the idle close.
+ * it most likely lost a race with the idle close. The server may also have
+ * processed it and died before answering, so a caller sets no_replay for
+ * requests that must not run twice (non-idempotent ones).
  *
  * Re-entrancy: callbacks may cancel their own request, cancel other
  * requests and submit new ones (not free the client). Two rules make that
@@ -103,6 +105,7 @@ struct weft_http_creq {
     int pending_err;     /* failure found at submit, reported from the timer */
     bool got_bytes;      /* a response byte arrived: no retry any more */
     bool retried;
+    bool no_replay; /* never resend after a stale pooled connection */
     bool linked;
     bool in_cb;
     bool canceled;
@@ -557,7 +560,8 @@ static void arm_timer(weft_http_creq *q, uint32_t ms)
 static void req_conn_lost(weft_http_creq *q, int err)
 {
     conn *cn = q->cn;
-    bool retry = cn && cn->reused && !q->got_bytes && !q->retried && !q->c->freeing;
+    bool retry = cn && cn->reused && !q->got_bytes && !q->retried && !q->no_replay &&
+                 !q->c->freeing;
     if (!retry) {
         req_fail(q, err);
         return;
@@ -1141,6 +1145,7 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
     q->stream_left = o->body_stream && o->stream_length > 0 ? o->stream_length : 0;
     q->stream_ended = o->body_stream && o->stream_length == 0;
     q->on_send_drain = o->on_send_drain;
+    q->no_replay = o->no_replay;
     weft_timer_init(&q->timer, req_timer_cb, q);
     q->next = c->reqs;
     if (c->reqs)

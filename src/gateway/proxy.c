@@ -707,7 +707,9 @@ static void up_done(weft_http_creq *q, int err, void *ud)
     }
     if (maybe_retry(g, err_cond(err) | (connect_failed ? GW_RETRY_CONNECT : 0)))
         return;
-    int status = err == WEFT_ETIMEDOUT && !connect_failed ? 504 : 502;
+    /* a connect cut short by the route's deadline is the route timing out */
+    bool deadline = weft_loop_now_ms(g->w->loop) >= g->deadline_ms;
+    int status = err == WEFT_ETIMEDOUT && (!connect_failed || deadline) ? 504 : 502;
     gw_respond_local(g, status, err == WEFT_ETIMEDOUT ? "upstream timeout" : "upstream unavailable",
                   NULL, NULL);
 }

@@ -955,7 +955,12 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         rc = weft_io_start(c->loop, &cn->io, WEFT_IO_WRITE);
         if (rc < 0)
             goto fail_close;
-        weft_timer_start(c->loop, &q->timer, c->opts.connect_timeout_ms);
+        /* the request's own timeout bounds the connect too: a caller with
+         * a deadline shorter than connect_timeout_ms must not wait past it */
+        uint32_t ct = c->opts.connect_timeout_ms;
+        if (q->timeout_ms && q->timeout_ms < ct)
+            ct = q->timeout_ms;
+        weft_timer_start(c->loop, &q->timer, ct);
         return 0;
     }
     /* Pooled, or connected at once. A pooled socket is almost always

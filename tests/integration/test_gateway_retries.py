@@ -294,3 +294,24 @@ def test_post_on_a_pooled_connection_closed_without_answer_is_not_resent(gateway
         r = c.get("/read")
         assert r.status == 502, r
         assert o.count(path="/read") >= 2, o.recs()
+
+
+def test_route_timeout_bounds_a_hanging_connect(gateway, blackhole):
+    """The route timeout covers the whole request: a connect that hangs
+    (cluster connect_timeout left at its 2 s default) is given up when the
+    route's 300 ms run out, and that is a gateway timeout (504)."""
+    g = gateway(f"""
+clusters:
+  hole:
+    endpoints: [{blackhole.addr}]
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: hole
+    cluster: hole
+    timeout: 300ms
+""")
+    with Client(g.port) as c:
+        r = c.get("/hole")
+        assert r.status == 504, r
+        assert 0.25 <= r.elapsed < 0.8, f"route timeout 300ms, answered after {r.elapsed:.2f}s"

@@ -659,6 +659,20 @@ static void up_body(weft_http_creq *q, weft_str data, void *ud)
     }
 }
 
+/* End a request whose response head already went out: the status can no
+ * longer change, so the client's connection is closed to show the answer
+ * is incomplete. The attempt must already be accounted for. */
+static void abort_started(gw_req *g)
+{
+    if (g->cache_fill)
+        gw_edge_cache_done(g, false);
+    gw_count_final(g, g->status);
+    weft_http_req *r = g->r;
+    weft_http_req_on_abort(r, NULL, NULL);
+    gw_req_free(g);
+    weft_http_resp_abort(r);
+}
+
 static void up_done(weft_http_creq *q, int err, void *ud)
 {
     gw_req *g = ud;
@@ -695,14 +709,7 @@ static void up_done(weft_http_creq *q, int err, void *ud)
     attempt_done(g, err_outcome(err), false, true);
     g->error = connect_failed ? "connect timeout" : weft_strerror(err);
     if (g->resp_started) {
-        if (g->cache_fill)
-            gw_edge_cache_done(g, false);
-        /* failed mid-body: the client must see a truncated response */
-        gw_count_final(g, g->status);
-        weft_http_req *r = g->r;
-        weft_http_req_on_abort(r, NULL, NULL);
-        gw_req_free(g);
-        weft_http_resp_abort(r);
+        abort_started(g); /* failed mid-body: the client must see a truncated response */
         return;
     }
     if (maybe_retry(g, err_cond(err) | (connect_failed ? GW_RETRY_CONNECT : 0)))
@@ -885,8 +892,21 @@ static void body_stream(weft_http_req *r, weft_str data, void *ud)
 {
     gw_req *g = ud;
     g->body_seen += data.n;
-    if (g->body_seen > g->w->rt->max_body && !g->resp_started) {
-        body_too_large(g); /* a chunked body that outgrew the limit */
+    if (g->body_seen > g->w->rt->max_body) {
+        /* a chunked body that outgrew the limit */
+        if (!g->resp_started) {
+            body_too_large(g);
+            return;
+        }
+        /* the upstream already answers: too late for a 413, but the limit
+         * still holds, so stop both sides instead of streaming on */
+        if (g->q) {
+            weft_http_creq_cancel(g->q);
+            g->q = NULL;
+            attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
+        }
+        g->error = "request body too large";
+        abort_started(g);
         return;
     }
     if (!g->q)

@@ -257,6 +257,13 @@ typedef struct weft_http_creq_opts {
      * on a stale pooled one). */
     bool body_stream;
     int64_t stream_length;
+    /* A request that fails on a reused pooled connection before any
+     * response byte is normally resent once on a fresh connection (it most
+     * likely lost a race with the server's idle close). The server may
+     * also have read it and died before answering: set no_replay for a
+     * request that must not reach the server twice (a non-idempotent
+     * method the caller does not retry itself); it then fails instead. */
+    bool no_replay;
     void (*on_send_drain)(weft_http_creq *q, void *ud); /* queued body fell below low water */
     /* callbacks (any may be NULL) */
     void (*on_response)(weft_http_creq *q, const weft_http_cresp *resp, void *ud);

@@ -117,6 +117,19 @@ static int append(weft_buf *b, weft_str a, weft_str sep, weft_str v)
 
 static const weft_str COLON = {": ", 2};
 
+/* "<head><list>, <v>\r\n" as one reservation. The line must go in whole or
+ * not at all, and the error must stay negative: a head cut off after
+ * "<name>: " would be sent with the client's Content-Length glued onto that
+ * line, and the upstream would read the body as a second request. */
+static int append_list(weft_buf *b, weft_str head, weft_str list, weft_str v)
+{
+    int rc = weft_buf_reserve(b, head.n + list.n + 2 + v.n + 2);
+    if (rc < 0)
+        return rc;
+    weft_buf_append(b, head.p, head.n);
+    return append(b, list, WEFT_STR(", "), v);
+}
+
 /* Peer IP without the port. */
 static weft_str peer_ip(weft_http_req *r)
 {
@@ -200,8 +213,7 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
     if (cfg->xff && rc == 0) {
         weft_str ip = peer_ip(r);
         if (xff.n) /* "X-Forwarded-For: <existing>, <client>" */
-            rc = weft_buf_append(b, "X-Forwarded-For: ", 17) ||
-                 append(b, xff, WEFT_STR(", "), ip);
+            rc = append_list(b, WEFT_STR("X-Forwarded-For: "), xff, ip);
         else
             rc = append(b, WEFT_STR("X-Forwarded-For"), COLON, ip);
         weft_str host = weft_http_req_header(r, WEFT_STR("Host"));
@@ -212,7 +224,7 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
     }
     if (cfg->via && rc == 0) {
         if (via.n) /* "Via: <existing>, 1.1 weft" */
-            rc = weft_buf_append(b, "Via: ", 5) || append(b, via, WEFT_STR(", "), WEFT_STR("1.1 weft"));
+            rc = append_list(b, WEFT_STR("Via: "), via, WEFT_STR("1.1 weft"));
         else
             rc = append(b, WEFT_STR("Via"), COLON, WEFT_STR("1.1 weft"));
     }
@@ -647,6 +659,20 @@ static void up_body(weft_http_creq *q, weft_str data, void *ud)
     }
 }
 
+/* End a request whose response head already went out: the status can no
+ * longer change, so the client's connection is closed to show the answer
+ * is incomplete. The attempt must already be accounted for. */
+static void abort_started(gw_req *g)
+{
+    if (g->cache_fill)
+        gw_edge_cache_done(g, false);
+    gw_count_final(g, g->status);
+    weft_http_req *r = g->r;
+    weft_http_req_on_abort(r, NULL, NULL);
+    gw_req_free(g);
+    weft_http_resp_abort(r);
+}
+
 static void up_done(weft_http_creq *q, int err, void *ud)
 {
     gw_req *g = ud;
@@ -683,19 +709,14 @@ static void up_done(weft_http_creq *q, int err, void *ud)
     attempt_done(g, err_outcome(err), false, true);
     g->error = connect_failed ? "connect timeout" : weft_strerror(err);
     if (g->resp_started) {
-        if (g->cache_fill)
-            gw_edge_cache_done(g, false);
-        /* failed mid-body: the client must see a truncated response */
-        gw_count_final(g, g->status);
-        weft_http_req *r = g->r;
-        weft_http_req_on_abort(r, NULL, NULL);
-        gw_req_free(g);
-        weft_http_resp_abort(r);
+        abort_started(g); /* failed mid-body: the client must see a truncated response */
         return;
     }
     if (maybe_retry(g, err_cond(err) | (connect_failed ? GW_RETRY_CONNECT : 0)))
         return;
-    int status = err == WEFT_ETIMEDOUT && !connect_failed ? 504 : 502;
+    /* a connect cut short by the route's deadline is the route timing out */
+    bool deadline = weft_loop_now_ms(g->w->loop) >= g->deadline_ms;
+    int status = err == WEFT_ETIMEDOUT && (!connect_failed || deadline) ? 504 : 502;
     gw_respond_local(g, status, err == WEFT_ETIMEDOUT ? "upstream timeout" : "upstream unavailable",
                   NULL, NULL);
 }
@@ -827,6 +848,9 @@ void gw_start_attempt(gw_req *g)
         .body_stream = g->body_mode == GW_BODY_STREAM,
         .stream_length = g->stream_length,
         .on_send_drain = up_send_drain,
+        /* the pool's stale-connection resend is a retry like ours: a
+         * method we may not retry must not be sent twice behind our back */
+        .no_replay = !g->route->retry.all_methods && !idempotent(weft_http_req_method(g->r)),
     };
     char method[32];
     weft_str ms = weft_http_req_method_str(g->r);
@@ -868,8 +892,21 @@ static void body_stream(weft_http_req *r, weft_str data, void *ud)
 {
     gw_req *g = ud;
     g->body_seen += data.n;
-    if (g->body_seen > g->w->rt->max_body && !g->resp_started) {
-        body_too_large(g); /* a chunked body that outgrew the limit */
+    if (g->body_seen > g->w->rt->max_body) {
+        /* a chunked body that outgrew the limit */
+        if (!g->resp_started) {
+            body_too_large(g);
+            return;
+        }
+        /* the upstream already answers: too late for a 413, but the limit
+         * still holds, so stop both sides instead of streaming on */
+        if (g->q) {
+            weft_http_creq_cancel(g->q);
+            g->q = NULL;
+            attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
+        }
+        g->error = "request body too large";
+        abort_started(g);
         return;
     }
     if (!g->q)

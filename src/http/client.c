@@ -19,7 +19,9 @@
  *
  * A request that fails on a *reused* connection before any response byte
  * arrived (EOF, reset, write error) is retried once on a fresh connection:
- * the server cannot have processed it, it lost a race with the idle close.
+ * it most likely lost a race with the idle close. The server may also have
+ * processed it and died before answering, so a caller sets no_replay for
+ * requests that must not run twice (non-idempotent ones).
  *
  * Re-entrancy: callbacks may cancel their own request, cancel other
  * requests and submit new ones (not free the client). Two rules make that
@@ -103,6 +105,7 @@ struct weft_http_creq {
     int pending_err;     /* failure found at submit, reported from the timer */
     bool got_bytes;      /* a response byte arrived: no retry any more */
     bool retried;
+    bool no_replay; /* never resend after a stale pooled connection */
     bool linked;
     bool in_cb;
     bool canceled;
@@ -385,6 +388,16 @@ static conn *pool_take(host_pool *hp)
     return cn;
 }
 
+/* Close hp's least recently used idle connection (the list's tail). */
+static void close_lru_idle(host_pool *hp)
+{
+    conn *cn = hp->idle_head;
+    while (cn && cn->next)
+        cn = cn->next;
+    if (cn)
+        conn_close(cn);
+}
+
 static host_pool *pool_find(weft_http_client *c, const char *host, uint16_t port)
 {
     for (host_pool *hp = c->pools; hp; hp = hp->next)
@@ -547,7 +560,8 @@ static void arm_timer(weft_http_creq *q, uint32_t ms)
 static void req_conn_lost(weft_http_creq *q, int err)
 {
     conn *cn = q->cn;
-    bool retry = cn && cn->reused && !q->got_bytes && !q->retried && !q->c->freeing;
+    bool retry = cn && cn->reused && !q->got_bytes && !q->retried && !q->no_replay &&
+                 !q->c->freeing;
     if (!retry) {
         req_fail(q, err);
         return;
@@ -906,6 +920,14 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         cn->reused = true;
     } else {
         host_pool *hp = q->hp;
+        if (!allow_pool && hp->idle_head && c->opts.max_conns_per_host &&
+            hp->nconns >= c->opts.max_conns_per_host)
+            /* A request that may not use a pooled connection (streamed
+             * body, stale-connection retry) must not wait behind idle
+             * ones, which only a pooled request would ever free: the
+             * dispatcher would hand it the slot, see it queue again and
+             * spin. Close the least recently used idle one for it. */
+            close_lru_idle(hp);
         if (c->opts.max_conns_per_host && hp->nconns >= c->opts.max_conns_per_host) {
             /* at the connection limit: wait for a slot, within bounds */
             if (hp->nwait >= c->opts.max_pending_per_host)
@@ -933,7 +955,12 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         rc = weft_io_start(c->loop, &cn->io, WEFT_IO_WRITE);
         if (rc < 0)
             goto fail_close;
-        weft_timer_start(c->loop, &q->timer, c->opts.connect_timeout_ms);
+        /* the request's own timeout bounds the connect too: a caller with
+         * a deadline shorter than connect_timeout_ms must not wait past it */
+        uint32_t ct = c->opts.connect_timeout_ms;
+        if (q->timeout_ms && q->timeout_ms < ct)
+            ct = q->timeout_ms;
+        weft_timer_start(c->loop, &q->timer, ct);
         return 0;
     }
     /* Pooled, or connected at once. A pooled socket is almost always
@@ -1123,6 +1150,7 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
     q->stream_left = o->body_stream && o->stream_length > 0 ? o->stream_length : 0;
     q->stream_ended = o->body_stream && o->stream_length == 0;
     q->on_send_drain = o->on_send_drain;
+    q->no_replay = o->no_replay;
     weft_timer_init(&q->timer, req_timer_cb, q);
     q->next = c->reqs;
     if (c->reqs)

@@ -270,3 +270,48 @@ def test_retry_on_retriable_status(gateway, origins):
     rs = sequential(g.port, 10, target="/rs")
     assert all(r.status == 200 and origin_of(r) == b.name for r in rs), rs
     assert a.count() == 10 and b.count() == 10
+
+
+def test_post_on_a_pooled_connection_closed_without_answer_is_not_resent(gateway, origins):
+    """An upstream that reads a POST on a kept-alive connection and closes
+    without answering may have acted on it: the gateway must not send it
+    again on a fresh connection (RFC 9110 9.2.2), whatever the pool's
+    stale-connection retry does for idempotent requests. A GET is resent."""
+    o, = origins(1)
+    g = gateway(cfg([o]))
+    with Client(g.port) as c:
+        assert c.get("/warm").status == 200  # leaves a pooled connection
+        o.set_mode("close")
+        r = c.request("POST", "/pay", body=b"charge=1")
+        assert r.status == 502, r
+        assert o.count(path="/pay", method="POST") == 1, o.recs()
+        o.set_mode("ok")
+        assert c.get("/warm").status == 200
+        o.set_mode("close")
+        c.close()
+        # an idempotent request may be resent (stale-connection retry and
+        # the route's reset retry): it reached the origin more than once
+        r = c.get("/read")
+        assert r.status == 502, r
+        assert o.count(path="/read") >= 2, o.recs()
+
+
+def test_route_timeout_bounds_a_hanging_connect(gateway, blackhole):
+    """The route timeout covers the whole request: a connect that hangs
+    (cluster connect_timeout left at its 2 s default) is given up when the
+    route's 300 ms run out, and that is a gateway timeout (504)."""
+    g = gateway(f"""
+clusters:
+  hole:
+    endpoints: [{blackhole.addr}]
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: hole
+    cluster: hole
+    timeout: 300ms
+""")
+    with Client(g.port) as c:
+        r = c.get("/hole")
+        assert r.status == 504, r
+        assert 0.25 <= r.elapsed < 0.8, f"route timeout 300ms, answered after {r.elapsed:.2f}s"

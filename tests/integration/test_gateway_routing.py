@@ -367,3 +367,56 @@ routes:
         assert "x-hop" not in names and "keep-alive" not in names, r
         assert r.header("X-End") == "ok"
         assert c.get("/again").status == 200
+
+
+@pytest.mark.parametrize("forwarded", ["X-Forwarded-For", "Via"])
+def test_head_that_outgrows_the_forward_buffer_is_431_not_truncated(gateway, origins, forwarded):
+    """The forwarded head is built in a 256 KiB per-worker buffer. With a
+    large http.max_header_bytes, a head that fills it up to just before the
+    appended X-Forwarded-For / Via value must be refused (431), never sent
+    cut off mid-line: the client's Content-Length would then be glued onto
+    that line, the upstream would see no length, and the body would be
+    read as a second, smuggled request."""
+    from gwutil import Client
+    o, = origins(1)
+    g = gateway(f"""
+http: {{max_header_bytes: 512KiB}}
+clusters:
+  a: {{endpoints: [{o.addr}]}}
+routes:
+  - cluster: a
+""")
+    limit = 256 * 1024
+    prefix = len(f"{forwarded}: ")
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    # forwarded bytes before the gateway's own lines: Host, the padding and
+    # (for Via) the X-Forwarded-For line, which is appended first
+    host = len("Host: 127.0.0.1\r\n")
+    xff_line = len("X-Forwarded-For: 127.0.0.1\r\n") if forwarded == "Via" else 0
+    if forwarded == "Via":
+        xff_line += len("X-Forwarded-Proto: http\r\n") + len("X-Forwarded-Host: 127.0.0.1\r\n")
+    # sweep the window where "<name>: " still fits and the value does not
+    statuses = []
+    for used in range(limit - prefix - 24, limit - prefix + 1, 2):
+        pad_total = used - host - xff_line
+        hs = [("Host", "127.0.0.1")]
+        n = 0
+        while pad_total > 0:
+            name = f"X-Pad-{n:02d}"
+            line = len(name) + 2 + 2
+            v = min(8000, pad_total - line)
+            if v < 1:  # cannot express the remainder: widen the previous one
+                k, pv = hs[-1]
+                hs[-1] = (k, pv + "p" * (pad_total))
+                break
+            hs.append((name, "p" * v))
+            pad_total -= line + v
+            n += 1
+        hs.append((forwarded, "1.2.3.4" if forwarded == "X-Forwarded-For" else "1.1 edge"))
+        with Client(g.port, timeout=5) as c:
+            r = c.request("POST", "/form", headers=hs, body=smuggled)
+            assert r.status in (200, 431), r
+            statuses.append(r.status)
+    assert 431 in statuses, "the sweep missed the buffer's end"
+    assert o.count(path="/smuggled") == 0, "the body was read as a request"
+    assert all(x.body == smuggled for x in o.recs()), o.recs()[:1]

@@ -235,3 +235,101 @@ def test_upstream_pool_idle_timeout_closes_idle_connections(gateway, origins):
     t0 = time.monotonic()
     wait_until(lambda: o.open_connections() == 0, 3, what="gateway closing its idle connection")
     assert time.monotonic() - t0 < 1.0
+
+
+def test_streamed_request_waiting_for_a_connection_gets_one_when_it_goes_idle(gateway, origins):
+    """With max_connections, a streamed (chunked) request that waits for a
+    slot must get one when the busy connection returns to the pool: it may
+    not take a pooled connection (a streamed body cannot be resent on a
+    stale one), so the idle one is closed for it, not waited behind."""
+    o, = origins(1)
+    o.set_mode("sleep", delay_ms=400)
+    g = gateway(pool_cfg(o, "    max_connections: 1"))
+    slow = Client(g.port)
+    slow.sock = None
+    slow._connect()
+    slow.sock.sendall(build_request("GET", "/first"))  # holds the only connection
+    wait_until(lambda: o.count(path="/first") == 1, 3, what="the first request at the origin")
+    with Client(g.port, timeout=5) as c:
+        body = b"5\r\nhello\r\n0\r\n\r\n"
+        r = c.request("POST", "/streamed", headers={"Transfer-Encoding": "chunked"}, body=body)
+        assert r.status == 200, r
+    assert slow.rd.read_response(method="GET").status == 200
+    slow.close()
+    assert [x.body for x in o.recs() if x.path == "/streamed"] == [b"hello"]
+    # the worker is still serving
+    assert g.get("/after", timeout=5).status == 200
+
+
+def test_chunked_upload_over_max_body_is_cut_even_after_the_answer_began(gateway):
+    """http.max_body limits every request body. An upstream that starts its
+    answer before reading the upload (an echo, a progress stream) must not
+    lift the limit: past it the gateway ends both sides (the answer cannot
+    become a 413 any more) instead of streaming on without bound."""
+    import threading
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)
+    ls.settimeout(10)
+    received = [0]
+    done = threading.Event()
+
+    def origin():
+        try:
+            c, _ = ls.accept()
+        except OSError:
+            return
+        c.settimeout(10)
+        try:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += c.recv(65536)
+            # answer at once, then read the upload until the gateway stops
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nack\n\r\n")
+            received[0] = len(buf.split(b"\r\n\r\n", 1)[1])
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                received[0] += len(d)
+        except OSError:
+            pass
+        finally:
+            c.close()
+            done.set()
+
+    t = threading.Thread(target=origin, daemon=True)
+    t.start()
+    port = ls.getsockname()[1]
+    g = gateway(f"""
+http: {{max_body: 256KiB}}
+clusters:
+  c:
+    endpoints: [127.0.0.1:{port}]
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: r
+    cluster: c
+""")
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    rd = weftutil.Reader(s)
+    head = rd.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    chunk = b"%x\r\n" % 65536 + b"u" * 65536 + b"\r\n"
+    sent = 0
+    cut = False
+    deadline = time.monotonic() + 10
+    while sent < 8 * 1024 * 1024 and time.monotonic() < deadline:  # 32x the limit at most
+        try:
+            s.sendall(chunk)
+        except OSError:
+            cut = True
+            break
+        sent += 65536
+    s.close()
+    assert done.wait(10), "the gateway kept the upstream request open"
+    ls.close()
+    assert received[0] <= 512 * 1024 + 65536 * 4, (received[0], sent)
+    assert cut or sent < 8 * 1024 * 1024

@@ -928,7 +928,7 @@ static void body_end(weft_http_req *r, int err, void *ud)
             attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
         }
         g->error = "client body error";
-        access_log(g, 400);
+        gw_count_final(g, 400); /* counted and logged like every other end */
         weft_http_req_on_abort(r, NULL, NULL);
         g->body_mode = GW_BODY_NONE; /* callbacks are being torn down by the server */
         gw_req_free(g);

@@ -5,7 +5,10 @@
  * a connection of its own at submit time: an idle pooled connection to the
  * same host:port if there is one (most recently used first, since it is the
  * least likely to have been closed by the peer), else a new non-blocking
- * connect. There is no per-host connection limit and hence no wait queue;
+ * connect. With max_conns_per_host set, a request over the limit waits in
+ * a per-host FIFO (at most max_pending_per_host of them, each within its
+ * timeout) and a zero-delay dispatch timer hands it the next connection
+ * slot that frees up or goes idle; without it there is no limit and
  * admission control belongs to the resilience layer above.
  *
  * The response is parsed in place from a small per-connection input buffer

@@ -2,6 +2,7 @@
 JSON access log."""
 import json
 import re
+import socket
 import subprocess
 import time
 
@@ -89,6 +90,32 @@ def test_requests_total_counts_exactly(gateway, origins):
     hist = metric(m1, "weft_gateway_request_duration_seconds_count", route="api")
     assert hist == n_api
     assert o.count() == n_api
+
+
+def test_broken_request_body_is_counted(gateway, origins):
+    """A request whose chunked body breaks (a malformed chunk size) ends as
+    400: it is counted in the request metrics and logged, like every
+    other request."""
+    o, = origins(1)
+    g = gateway(cfg(o, closed_port()))
+    m0 = g.metrics()
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    s.sendall(b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhello\r\nzz\r\n")
+    reply = b""
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+        reply += d
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:80]
+
+    def counted():
+        m1 = g.metrics()
+        return (metric(m1, "weft_gateway_requests_total", route="api", code="4xx") -
+                metric(m0, "weft_gateway_requests_total", route="api", code="4xx"))
+    wait_until(lambda: counted() == 1, timeout=5)
 
 
 def test_upstream_responses_total(gateway, origins):

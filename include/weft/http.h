@@ -288,6 +288,9 @@ int weft_http_creq_end(weft_http_creq *q);
 /* Whether q's connection was established (false: it failed or timed out
  * while connecting). Valid until on_done returns. */
 bool weft_http_creq_connected(const weft_http_creq *q);
+/* Whether q never got a connection slot (it waited behind
+ * max_conns_per_host and timed out there). Valid until on_done returns. */
+bool weft_http_creq_waited(const weft_http_creq *q);
 /* Stop (true) or resume (false) reading the response body: backpressure for
  * a proxy whose downstream is slower than its upstream. */
 void weft_http_creq_pause(weft_http_creq *q, bool paused);

@@ -695,13 +695,21 @@ static void up_done(weft_http_creq *q, int err, void *ud)
         weft_http_resp_end(r);
         return;
     }
-    if (err == WEFT_ETOOBIG && !g->resp_started) {
-        /* the cluster's pending queue is full: local overflow, not the
-         * endpoint's fault (no outlier or breaker outcome) */
+    bool waited = err == WEFT_ETIMEDOUT && weft_http_creq_waited(q);
+    if ((err == WEFT_ETOOBIG || waited) && !g->resp_started) {
+        /* the cluster's pending queue is full, or the request timed out in
+         * it: local overload, not the endpoint's fault (no outlier or
+         * breaker outcome, as Envoy's pending overflow); at the route's
+         * deadline it is the route timing out */
         attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
         weft_metric_inc(g->w->rt->m, g->cl->m_overload);
-        g->error = "upstream pending queue full";
-        gw_respond_local(g, 503, "upstream connection limit reached", "X-Weft-Overloaded", "true");
+        g->error = waited ? "timed out waiting for an upstream connection"
+                          : "upstream pending queue full";
+        if (waited && weft_loop_now_ms(g->w->loop) >= g->deadline_ms)
+            gw_respond_local(g, 504, "upstream timeout", NULL, NULL);
+        else
+            gw_respond_local(g, 503, "upstream connection limit reached", "X-Weft-Overloaded",
+                             "true");
         return;
     }
     /* a connect timeout is a connect failure (Envoy's connect-failure) */

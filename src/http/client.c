@@ -1265,6 +1265,11 @@ bool weft_http_creq_connected(const weft_http_creq *q)
     return q && q->phase != Q_CONNECT && q->phase != Q_QUEUED;
 }
 
+bool weft_http_creq_waited(const weft_http_creq *q)
+{
+    return q && q->phase == Q_QUEUED;
+}
+
 /* A connection slot freed up or went idle: start waiting requests, FIFO. */
 static void dispatch_cb(weft_loop *loop, weft_timer *t)
 {

@@ -9,7 +9,7 @@ import time
 
 import weftutil
 from gwutil import (Client, build_request, gateway, origin_of, origins, parallel,  # noqa: F401
-                    sha256, wait_until)
+                    metric, sha256, wait_until)
 
 
 def cfg(o, top=""):
@@ -333,3 +333,45 @@ routes:
     ls.close()
     assert received[0] <= 512 * 1024 + 65536 * 4, (received[0], sent)
     assert cut or sent < 8 * 1024 * 1024
+
+
+def test_timeout_waiting_for_a_connection_slot_is_not_the_endpoints_fault(gateway, origins):
+    """A request that times out waiting for one of max_connections is local
+    overload: it is answered (504 at the route's deadline) without being
+    recorded as the endpoint failing, so the circuit breaker (here: open
+    after one failure) stays closed and the next request goes through."""
+    o, = origins(1)
+    o.set_mode("sleep", delay_ms=800)
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: [{o.addr}]
+    max_connections: 1
+    outlier_detection: false
+    circuit_breaker: {{window: 10s, min_requests: 1, error_percent: 1, sleep_window: 30s}}
+routes:
+  - name: slow
+    match: {{prefix: /slow}}
+    cluster: c
+    timeout: 5s
+    retry: false
+  - name: fast
+    match: {{prefix: /fast}}
+    cluster: c
+    timeout: 300ms
+    retry: false
+""")
+    slow = Client(g.port)
+    slow.sock = None
+    slow._connect()
+    slow.sock.sendall(build_request("GET", "/slow"))  # holds the only connection
+    wait_until(lambda: o.count(path="/slow") == 1, 3, what="the slow request at the origin")
+    r = g.get("/fast/1", timeout=5)
+    assert r.status == 504, r
+    o.set_mode("ok")
+    assert slow.rd.read_response(method="GET").status == 200
+    slow.close()
+    r = g.get("/fast/2", timeout=5)
+    assert r.status == 200 and "X-Weft-Circuit" not in r.headers, r
+    m = g.metrics()
+    assert metric(m, "weft_gateway_overload_rejections_total", cluster="c") == 1

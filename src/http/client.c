@@ -107,6 +107,7 @@ struct weft_http_creq {
     int phase;           /* enum req_phase */
     int pending_err;     /* failure found at submit, reported from the timer */
     bool got_bytes;      /* a response byte arrived: no retry any more */
+    uint64_t connect_ms; /* when the current connect began (loop clock) */
     bool retried;
     bool no_replay; /* never resend after a stale pooled connection */
     bool linked;
@@ -839,7 +840,10 @@ static void conn_connected(conn *cn)
     weft_http_creq *q = cn->q;
     cn->state = CN_ACTIVE;
     q->phase = Q_HEAD;
-    arm_timer(q, q->timeout_ms);
+    /* the connect used part of the request's time: a slow connect must not
+     * buy the upstream a whole timeout_ms more (the caller's deadline) */
+    uint64_t took = weft_loop_now_ms(q->c->loop) - q->connect_ms;
+    arm_timer(q, !q->timeout_ms ? 0 : took < q->timeout_ms ? q->timeout_ms - (uint32_t)took : 1);
     conn_flush(cn);
 }
 
@@ -964,6 +968,7 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         if (q->timeout_ms && q->timeout_ms < ct)
             ct = q->timeout_ms;
         weft_timer_start(c->loop, &q->timer, ct);
+        q->connect_ms = weft_loop_now_ms(c->loop);
         return 0;
     }
     /* Pooled, or connected at once. A pooled socket is almost always

@@ -107,7 +107,8 @@ struct weft_http_creq {
     int phase;           /* enum req_phase */
     int pending_err;     /* failure found at submit, reported from the timer */
     bool got_bytes;      /* a response byte arrived: no retry any more */
-    uint64_t connect_ms; /* when the current connect began (loop clock) */
+    uint64_t start_ms;   /* submitted (loop clock) */
+    uint32_t wait_ms;    /* spent getting a connection (queue, connect, resend) */
     bool retried;
     bool no_replay; /* never resend after a stale pooled connection */
     bool linked;
@@ -579,6 +580,25 @@ static void req_conn_lost(weft_http_creq *q, int err)
         req_finish(q, rc);
 }
 
+/* The wait for the response head: timeout_ms less the time the request
+ * spent getting a connection, so that a slow connect or a wait for a slot
+ * does not buy the server a whole timeout more (the caller's timeout is
+ * its deadline). Uploading does not count: while sending, the timeout is
+ * one of inactivity. */
+static uint32_t head_timeout(const weft_http_creq *q)
+{
+    return !q->timeout_ms ? 0 : q->wait_ms < q->timeout_ms ? q->timeout_ms - q->wait_ms : 1;
+}
+
+/* The connection is ready to send on (connected, or taken from the pool). */
+static void conn_ready(weft_http_creq *q)
+{
+    uint64_t waited = weft_loop_now_ms(q->c->loop) - q->start_ms;
+    q->wait_ms = waited > UINT32_MAX ? UINT32_MAX : (uint32_t)waited;
+    q->phase = Q_HEAD;
+    arm_timer(q, head_timeout(q));
+}
+
 /* Send what is left of the request. Returns false if the request ended. */
 static bool conn_flush(conn *cn)
 {
@@ -607,10 +627,10 @@ static bool conn_flush(conn *cn)
         return false;
     }
     /* While sending, the timeout is one of inactivity; once everything is
-     * out, the head must arrive within timeout_ms of the last byte. Head
+     * out, the head must arrive within head_timeout of the last byte. Head
      * bytes do not extend it. */
     if (progress && (q->phase == Q_HEAD || q->stream) && !q->got_bytes)
-        arm_timer(q, q->timeout_ms);
+        arm_timer(q, head_timeout(q));
     if (progress && q->stream && !q->stream_ended && q->on_send_drain &&
         q->out_len - q->out_off <= SEND_HIGH_WATER / 2) {
         q->in_cb = true;
@@ -839,11 +859,7 @@ static void conn_connected(conn *cn)
 {
     weft_http_creq *q = cn->q;
     cn->state = CN_ACTIVE;
-    q->phase = Q_HEAD;
-    /* the connect used part of the request's time: a slow connect must not
-     * buy the upstream a whole timeout_ms more (the caller's deadline) */
-    uint64_t took = weft_loop_now_ms(q->c->loop) - q->connect_ms;
-    arm_timer(q, !q->timeout_ms ? 0 : took < q->timeout_ms ? q->timeout_ms - (uint32_t)took : 1);
+    conn_ready(q);
     conn_flush(cn);
 }
 
@@ -962,20 +978,22 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         rc = weft_io_start(c->loop, &cn->io, WEFT_IO_WRITE);
         if (rc < 0)
             goto fail_close;
-        /* the request's own timeout bounds the connect too: a caller with
-         * a deadline shorter than connect_timeout_ms must not wait past it */
-        uint32_t ct = c->opts.connect_timeout_ms;
-        if (q->timeout_ms && q->timeout_ms < ct)
-            ct = q->timeout_ms;
+        /* the request's own timeout (less any wait for a slot) bounds the
+         * connect too: a caller with a deadline shorter than
+         * connect_timeout_ms must not wait past it */
+        uint64_t waited = weft_loop_now_ms(c->loop) - q->start_ms;
+        uint32_t ct = c->opts.connect_timeout_ms,
+                 left = waited < q->timeout_ms ? q->timeout_ms - (uint32_t)waited : 1;
+        if (q->timeout_ms && left < ct)
+            ct = left;
         weft_timer_start(c->loop, &q->timer, ct);
-        q->connect_ms = weft_loop_now_ms(c->loop);
         return 0;
     }
     /* Pooled, or connected at once. A pooled socket is almost always
      * writable: send now and skip two epoll_ctl calls per request. Errors
      * are left for the event loop to report (the caller must never see a
      * callback from inside submit). */
-    q->phase = Q_HEAD;
+    conn_ready(q);
     ssize_t n;
     do {
         n = send(cn->fd, q->out, q->out_len, MSG_NOSIGNAL);
@@ -986,8 +1004,7 @@ static int req_start(weft_http_creq *q, bool allow_pool)
     rc = weft_io_start(c->loop, &cn->io, want);
     if (rc < 0)
         goto fail_close;
-    arm_timer(q, q->timeout_ms);
-    return 0;
+    return 0; /* conn_ready armed the head timeout */
 
 fail_close:
     conn_close(cn);
@@ -1149,6 +1166,7 @@ int weft_http_client_request(weft_http_client *c, const weft_http_creq_opts *o,
         goto fail_free;
     }
     q->timeout_ms = o->timeout_ms ? o->timeout_ms : c->opts.response_timeout_ms;
+    q->start_ms = weft_loop_now_ms(c->loop);
     q->on_response = o->on_response;
     q->on_body = o->on_body;
     q->on_done = o->on_done;

@@ -315,3 +315,59 @@ routes:
         r = c.get("/hole")
         assert r.status == 504, r
         assert 0.25 <= r.elapsed < 0.8, f"route timeout 300ms, answered after {r.elapsed:.2f}s"
+
+
+def test_route_timeout_counts_a_slow_connect(gateway, blackhole):
+    """A connect that succeeds late (the SYN is dropped once, the kernel
+    resends it a second later) uses up part of the route timeout: the
+    response head must still come within the route's 1.5 s, so an upstream
+    that answers 1.5 s after the connect gets 504 at the deadline, not 200
+    a second past it."""
+    import threading
+    stop = threading.Event()
+
+    def handle(c):
+        c.settimeout(3)
+        try:
+            if c.recv(65536):  # the gateway's request (the fillers send nothing)
+                time.sleep(1.5)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                c.recv(1)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def serve():
+        time.sleep(0.3)  # after the gateway's first SYN was dropped
+        blackhole.ls.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = blackhole.ls.accept()
+            except OSError:
+                continue
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+    g = gateway(f"""
+clusters:
+  late:
+    endpoints: [{blackhole.addr}]
+    connect_timeout: 3s
+    outlier_detection: false
+    circuit_breaker: false
+routes:
+  - name: late
+    cluster: late
+    timeout: 1500ms
+    retry: false
+""")
+    t = threading.Thread(target=serve, daemon=True)
+    try:
+        with Client(g.port, timeout=10) as c:
+            t.start()
+            r = c.get("/late")
+            assert r.status == 504, r
+            assert 1.3 <= r.elapsed < 2.2, f"route timeout 1.5s, answered after {r.elapsed:.2f}s"
+    finally:
+        stop.set()
+        t.join(timeout=5)

@@ -563,6 +563,12 @@ static bool cache_lookup(gw_req *g, bool allow_wait)
         return false;
     }
     weft_metric_inc(m, g->w->m_cache_miss);
+    /* Only the owner of the key's fetch may end it: an abandon from a
+     * request fetching alongside (a HEAD, or a waiter whose Vary differed)
+     * would release the GETs waiting for the owner's answer and send them
+     * all upstream. Such a request fetches without storing. */
+    if (!hit.fetcher)
+        return true;
     if (head) {
         /* a HEAD answer has no body: it must not become the entry GETs get */
         weft_cache_abandon(g->w->cache, (weft_str){key, klen});

@@ -999,6 +999,37 @@ def test_cache_waiters_disconnecting(gateway, origins):
     assert o.count() == 1
 
 
+def test_cache_head_during_pending_fetch_keeps_coalescing(gateway, origins):
+    """A HEAD that arrives while a GET fetch is in flight goes upstream on
+    its own; it must not release the GETs coalesced behind that fetch (they
+    would all go upstream too: one miss, many fetches)."""
+    g, o = cache_gw(gateway, origins)
+    o.set_mode("sleep", delay_ms=600)
+    u = url("/c/headcoal", serial=1)
+    rs = [None] * 5
+
+    def one(i):
+        with Client(g.port) as c:
+            rs[i] = c.get(u)
+
+    ts = [threading.Thread(target=one, args=(0,))]
+    ts[0].start()
+    wait_until(lambda: o.count() >= 1, what="the first GET upstream")
+    before = lookups(g, "coalesced")
+    for i in range(1, len(rs)):
+        ts.append(threading.Thread(target=one, args=(i,)))
+        ts[-1].start()
+    wait_until(lambda: lookups(g, "coalesced") - before >= len(rs) - 1, what="GETs coalesced")
+    with Client(g.port) as c:
+        h = c.request("HEAD", u)
+    for t in ts:
+        t.join(10)
+    assert h.status == 200, h
+    assert all(r is not None and r.status == 200 for r in rs), rs
+    assert [json.loads(r.body)["serial"] for r in rs] == [1] * len(rs), rs
+    assert o.count(method="GET") == 1, o.recs()
+
+
 def test_cache_lfu_keeps_popular_entry(gateway, origins):
     g, o = cache_gw(gateway, origins, top="cache: {max_bytes: 64KiB, policy: lfu}")
     hot = url("/c/hot", size=8192)

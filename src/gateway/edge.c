@@ -455,11 +455,14 @@ static void respond_hit(gw_req *g, weft_cache_hit *hit)
             ctype = hit->values[i];
         else if (weft_str_ieq(n, WEFT_STR("Content-Encoding")))
             cenc = hit->values[i];
-        if (weft_str_ieq(n, WEFT_STR("Content-Type")) || weft_str_ieq(n, WEFT_STR("Date")) ||
-            weft_str_ieq(n, WEFT_STR("Age")))
+        /* stored headers are end-to-end (see gw_edge_cache_response); the
+         * route's response_headers apply to hits as to proxied answers */
+        if (weft_str_ieq(n, WEFT_STR("Content-Type")) || weft_str_ieq(n, WEFT_STR("Age")) ||
+            !gw_resp_header_passes(g, WEFT_STR_NULL, n))
             continue;
         weft_http_resp_header(r, n, hit->values[i]);
     }
+    gw_resp_header_ops(g);
     weft_http_resp_header(r, WEFT_STR("X-Cache"), WEFT_STR("HIT"));
     add_uint_header(r, "Age", hit->age_s);
     int status = hit->status;
@@ -591,14 +594,15 @@ void gw_edge_cache_response(gw_req *g, const weft_http_cresp *resp)
         gw_edge_cache_done(g, false);
         return;
     }
+    /* Only end-to-end headers are stored: hop-by-hop ones (including those
+     * the upstream's Connection names, which a hit could no longer tell
+     * apart) belong to the connection that carried the miss. */
+    weft_str uconn = gw_resp_conn_tokens(resp->names, resp->values, n);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         weft_str name = resp->names[i];
-        if (weft_str_ieq(name, WEFT_STR("Connection")) ||
-            weft_str_ieq(name, WEFT_STR("Keep-Alive")) ||
-            weft_str_ieq(name, WEFT_STR("Transfer-Encoding")) ||
-            weft_str_ieq(name, WEFT_STR("Content-Length")) ||
-            weft_str_ieq(name, WEFT_STR("Date")) || weft_str_ieq(name, WEFT_STR("Server")))
+        if (gw_resp_hop_by_hop(uconn, name) || weft_str_ieq(name, WEFT_STR("Date")) ||
+            weft_str_ieq(name, WEFT_STR("Server")))
             continue;
         char *nc = weft_http_req_alloc(g->r, name.n + resp->values[i].n + 1);
         if (!nc) {

@@ -1030,6 +1030,40 @@ def test_cache_head_during_pending_fetch_keeps_coalescing(gateway, origins):
     assert o.count(method="GET") == 1, o.recs()
 
 
+def test_cache_hit_applies_route_response_headers(gateway, origins):
+    """A hit is answered with the same header treatment as the miss that
+    stored it: the route's response_headers set/add/remove and the
+    hop-by-hop rules hold for cached answers too."""
+    (o,) = origins(1)
+    o.extra_headers = [("X-Internal", "secret"), ("X-Set-Me", "origin"),
+                       ("Connection", "X-Hop"), ("X-Hop", "hop-secret"), ("Upgrade", "h2c")]
+    g = gateway(f"""
+clusters:
+  a:
+    endpoints: [{o.addr}]
+routes:
+  - name: c
+    match: {{prefix: /c/}}
+    cluster: a
+    cache: {{ttl: 60s}}
+    response_headers:
+      set: {{X-Set-Me: gateway}}
+      add: {{X-Added: "1"}}
+      remove: [X-Internal]
+""")
+    with Client(g.port) as c:
+        rs = [c.get("/c/hdrs") for _ in range(2)]
+    assert [r.header("X-Cache") for r in rs] == ["MISS", "HIT"], rs
+    for r in rs:
+        assert r.status == 200, r
+        assert r.header("X-Internal") is None, r
+        assert r.header("X-Hop") is None and r.header("Upgrade") is None, r
+        assert r.header("X-Set-Me") == "gateway", r
+        assert r.header("X-Added") == "1", r
+    assert rs[1].body == rs[0].body
+    assert o.count() == 1
+
+
 def test_cache_lfu_keeps_popular_entry(gateway, origins):
     g, o = cache_gw(gateway, origins, top="cache: {max_bytes: 64KiB, policy: lfu}")
     hot = url("/c/hot", size=8192)

@@ -673,6 +673,7 @@ typedef struct agg_part {
     gw_epset *set; /* held while the part is in flight */
     int ep;
     uint64_t start_us;
+    weft_timer timer; /* the part's timeout: a deadline for the whole part */
 } agg_part;
 
 struct gw_agg {
@@ -752,34 +753,51 @@ static void part_response(weft_http_creq *q, const weft_http_cresp *resp, void *
     p->status = resp->status;
 }
 
+/*
+ * End a part, once, whatever ended it (its response, a failure, an
+ * oversized body or its deadline); the last part to end composes the
+ * answer, which frees the aggregation and so p: nothing may touch p after.
+ */
+static void part_end(agg_part *p, int err)
+{
+    struct gw_agg *a = p->agg;
+    if (p->done)
+        return;
+    p->done = true;
+    p->err = err;
+    weft_timer_stop(a->g->w->loop, &p->timer);
+    if (p->q) {
+        weft_http_creq_cancel(p->q);
+        p->q = NULL;
+    }
+    part_release(p, weft_now_us() - p->start_us);
+    if (++a->ndone == a->n)
+        agg_finish(a);
+}
+
 static void part_body(weft_http_creq *q, weft_str data, void *ud)
 {
+    (void)q;
     agg_part *p = ud;
-    if (weft_buf_append(&p->body, data.p, data.n) < 0) {
-        p->err = WEFT_ETOOBIG;
-        weft_http_creq_cancel(q);
-        p->q = NULL;
-        p->done = true;
-        part_release(p, weft_now_us() - p->start_us);
-        struct gw_agg *a = p->agg;
-        if (++a->ndone == a->n)
-            agg_finish(a); /* frees p: nothing below touches it */
-    }
+    if (weft_buf_append(&p->body, data.p, data.n) < 0)
+        part_end(p, WEFT_ETOOBIG);
 }
 
 static void part_done(weft_http_creq *q, int err, void *ud)
 {
     (void)q;
     agg_part *p = ud;
-    struct gw_agg *a = p->agg;
-    p->q = NULL;
-    if (p->done)
-        return;
-    p->done = true;
-    p->err = err;
-    part_release(p, weft_now_us() - p->start_us);
-    if (++a->ndone == a->n)
-        agg_finish(a);
+    p->q = NULL; /* finished: nothing to cancel */
+    part_end(p, err);
+}
+
+/* The client's timeout only bounds silence (the head, then each gap in the
+ * body), so an upstream that trickles its body would hold the whole answer
+ * far past the part's timeout: this timer bounds the part as documented. */
+static void part_timeout(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    part_end(t->data, WEFT_ETIMEDOUT);
 }
 
 void gw_edge_aggregate(gw_req *g)
@@ -804,6 +822,7 @@ void gw_edge_aggregate(gw_req *g)
         p->agg = a;
         p->idx = i;
         p->ep = -1;
+        weft_timer_init(&p->timer, part_timeout, p);
         weft_buf_init(&p->body, 1u << 20);
         p->cl = &g->gen->clusters[pc->cluster];
         gw_epset *set = p->cl->set;
@@ -837,6 +856,8 @@ void gw_edge_aggregate(gw_req *g)
             p->err = WEFT_EIO;
             p->done = true;
             a->ndone++;
+        } else if (pc->timeout_ms) {
+            weft_timer_start(g->w->loop, &p->timer, pc->timeout_ms);
         }
     }
     if (a->ndone == a->n)
@@ -851,6 +872,7 @@ void gw_edge_aggregate_cancel(gw_req *g)
     g->agg = NULL;
     for (size_t i = 0; i < a->n; i++) {
         agg_part *p = &a->parts[i];
+        weft_timer_stop(g->w->loop, &p->timer);
         if (p->q)
             weft_http_creq_cancel(p->q);
         part_release(p, 0);

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -1411,3 +1412,81 @@ def test_aggregate_client_abort(agg_gw):
     slow.set_mode("ok")
     r = g.get("/agg-par")
     assert r.status == 200 and r.header("X-Weft-Partial") is None, r
+
+
+class Drip:
+    """An upstream that answers the head at once and then sends its JSON
+    body one byte every `every` seconds (at most `seconds` long)."""
+
+    def __init__(self, every=0.15, seconds=4.0):
+        self.every, self.seconds = every, seconds
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.ls.settimeout(0.2)
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.ls.getsockname()[1]}"
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            c.settimeout(5)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(4096)
+                if not d:
+                    return
+                buf += d
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n1\r\n[\r\n")
+            end = time.monotonic() + self.seconds
+            while time.monotonic() < end and not self.stop.is_set():
+                time.sleep(self.every)
+                c.sendall(b"1\r\n \r\n")
+            c.sendall(b"1\r\n]\r\n0\r\n\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop.set()
+        self.ls.close()
+        self.t.join(2)
+
+
+def test_aggregate_part_timeout_bounds_a_slow_body(gateway, origins):
+    """A part's timeout bounds the whole part: an upstream that answers the
+    head at once and then trickles the body (never idle for the timeout)
+    still gets the fallback at the timeout, not when it finally ends."""
+    (good,) = origins(1)
+    drip = Drip()
+    try:
+        parts = ('[{name: user, cluster: good, path: /u, timeout: 1s},'
+                 ' {name: slow, cluster: drip, path: /s, timeout: 500ms, fallback: \'"late"\'}]')
+        g = gateway(f"clusters: {{good: {{endpoints: [{good.addr}]}},"
+                    f" drip: {{endpoints: [{drip.addr}]}}}}\n"
+                    f"routes: [{{name: agg, match: {{path: /agg}}, aggregate: {{parts: {parts}}}}}]\n")
+        t0 = time.monotonic()
+        r = g.get("/agg", timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        drip.close()
+    assert r.status == 200, r
+    body = r.json()
+    assert body["slow"] == "late", body
+    assert body["user"]["target"] == "/u", body
+    assert "timed out" in body["_errors"]["slow"], body
+    assert elapsed < 1.5, elapsed

@@ -518,17 +518,29 @@ static void waiter_cb(void *waiter, bool ok, weft_cache_hit *hit)
     gw_start_attempt(g); /* fetch ourselves */
 }
 
+/*
+ * Host, target and, on routes with auth that do not share entries between
+ * callers (authorized: false), the identity headers the gateway forwards:
+ * the upstream is told who asks (X-Weft-Consumer, claim headers) and may
+ * answer per consumer, so one consumer's entry must not serve another.
+ */
 static char *cache_key(gw_req *g, size_t *len)
 {
     weft_str host = weft_http_req_header(g->r, WEFT_STR("Host"));
     weft_str target = weft_http_req_target(g->r);
-    *len = host.n + 1 + target.n;
+    weft_str who = g->route->auth && !g->route->cache_auth ? g->auth_hdrs : WEFT_STR_NULL;
+    *len = host.n + 1 + target.n + (who.n ? 1 + who.n : 0);
     char *k = weft_http_req_alloc(g->r, *len + 1);
     if (!k)
         return NULL;
     memcpy(k, host.p, host.n);
     k[host.n] = ' ';
     memcpy(k + host.n + 1, target.p, target.n);
+    if (who.n) {
+        /* a target never holds a newline, so this cannot be forged */
+        k[host.n + 1 + target.n] = '\n';
+        memcpy(k + host.n + 2 + target.n, who.p, who.n);
+    }
     k[*len] = '\0';
     return k;
 }

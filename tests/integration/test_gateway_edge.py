@@ -684,14 +684,15 @@ routes:
     cache: {{ttl: 60s}}
     auth:
       api_keys:
-        keys: [{{name: alice, hash: "{ALICE}"}}]
+        keys: [{{name: alice, hash: "{ALICE}"}}, {{name: bob, hash: "{BOB}"}}]
 """
 
 
 def cache_gw(gateway, origins, top="", workers=1):
     (o,) = origins(1)
     serve(o)
-    return gateway(CACHE_CONF.format(A=o.addr, TOP=top, ALICE=key_hash("alice-secret-1")),
+    return gateway(CACHE_CONF.format(A=o.addr, TOP=top, ALICE=key_hash("alice-secret-1"),
+                                   BOB=key_hash("bob-secret-2")),
                    workers=workers), o
 
 
@@ -870,6 +871,23 @@ def test_cache_authorized_routes(gateway, origins):
             r = c.get(url("/ck/x", serial=1), h)
             assert r.status == 401 and r.header("X-Cache") is None, (h, r)
             assert b"serial" not in r.body, r
+    assert o.count() == 2
+
+
+def test_cache_api_key_consumers_do_not_share_entries(gateway, origins):
+    """On an API-key route the upstream is told who asks (X-Weft-Consumer)
+    and may answer per consumer: without `authorized: true` one consumer's
+    cached answer must never be served to another."""
+    g, o = cache_gw(gateway, origins)
+    u = url("/ck/me", serial=1, echo="X-Weft-Consumer")
+    alice, bob = [("X-API-Key", "alice-secret-1")], [("X-API-Key", "bob-secret-2")]
+    with Client(g.port) as c:
+        a1, b1, a2, b2 = c.get(u, alice), c.get(u, bob), c.get(u, alice), c.get(u, bob)
+    assert json.loads(a1.body)["echo"] == "alice" and a1.header("X-Cache") == "MISS", a1
+    assert json.loads(b1.body)["echo"] == "bob" and b1.header("X-Cache") == "MISS", b1
+    # each consumer still gets its own hits
+    assert a2.header("X-Cache") == "HIT" and a2.body == a1.body, a2
+    assert b2.header("X-Cache") == "HIT" and b2.body == b1.body, b2
     assert o.count() == 2
 
 

@@ -941,8 +941,10 @@ int weft_cache_lookup(weft_cache *c, weft_str key, const weft_hdrs *req, uint64_
     c->st.misses++;
     if (!r)
         r = record_get(c, key, h); /* NULL: out of memory, just no coalescing */
-    if (r)
+    if (r) {
         r->pending = true;
+        hit->fetcher = true;
+    }
     return WEFT_CACHE_MISS;
 }
 

@@ -69,6 +69,11 @@ typedef struct weft_cache_hit {
     size_t nheaders;
     weft_str body;
     uint64_t age_s;          /* for the Age header */
+    /* MISS only: true when this caller now owns the key's fetch and must end
+     * it with weft_cache_fill or weft_cache_abandon; false when a fetch by
+     * someone else is already in flight (a "fetch alongside": do not
+     * abandon, that would release the other fetch's waiters). */
+    bool fetcher;
 } weft_cache_hit;
 
 /* waiter callback: ok = the fetch filled the entry (then *hit is valid and
@@ -79,7 +84,8 @@ typedef void (*weft_cache_wait_cb)(void *waiter, bool ok, weft_cache_hit *hit);
  * Look up key (method-independent: the caller builds it from host + target)
  * for a request with headers req.
  *   HIT  -> *hit filled (release it when done).
- *   MISS -> caller fetches, then weft_cache_fill() or weft_cache_abandon().
+ *   MISS -> caller fetches; if hit->fetcher it then must call
+ *           weft_cache_fill() or weft_cache_abandon().
  *   WAIT -> another fetch for this key is in flight; `waiter` will be passed
  *           to cb when it completes (coalescing). Pass waiter == NULL to
  *           disable coalescing for this call (then WAIT is never returned).

@@ -455,11 +455,14 @@ static void respond_hit(gw_req *g, weft_cache_hit *hit)
             ctype = hit->values[i];
         else if (weft_str_ieq(n, WEFT_STR("Content-Encoding")))
             cenc = hit->values[i];
-        if (weft_str_ieq(n, WEFT_STR("Content-Type")) || weft_str_ieq(n, WEFT_STR("Date")) ||
-            weft_str_ieq(n, WEFT_STR("Age")))
+        /* stored headers are end-to-end (see gw_edge_cache_response); the
+         * route's response_headers apply to hits as to proxied answers */
+        if (weft_str_ieq(n, WEFT_STR("Content-Type")) || weft_str_ieq(n, WEFT_STR("Age")) ||
+            !gw_resp_header_passes(g, WEFT_STR_NULL, n))
             continue;
         weft_http_resp_header(r, n, hit->values[i]);
     }
+    gw_resp_header_ops(g);
     weft_http_resp_header(r, WEFT_STR("X-Cache"), WEFT_STR("HIT"));
     add_uint_header(r, "Age", hit->age_s);
     int status = hit->status;
@@ -515,17 +518,29 @@ static void waiter_cb(void *waiter, bool ok, weft_cache_hit *hit)
     gw_start_attempt(g); /* fetch ourselves */
 }
 
+/*
+ * Host, target and, on routes with auth that do not share entries between
+ * callers (authorized: false), the identity headers the gateway forwards:
+ * the upstream is told who asks (X-Weft-Consumer, claim headers) and may
+ * answer per consumer, so one consumer's entry must not serve another.
+ */
 static char *cache_key(gw_req *g, size_t *len)
 {
     weft_str host = weft_http_req_header(g->r, WEFT_STR("Host"));
     weft_str target = weft_http_req_target(g->r);
-    *len = host.n + 1 + target.n;
+    weft_str who = g->route->auth && !g->route->cache_auth ? g->auth_hdrs : WEFT_STR_NULL;
+    *len = host.n + 1 + target.n + (who.n ? 1 + who.n : 0);
     char *k = weft_http_req_alloc(g->r, *len + 1);
     if (!k)
         return NULL;
     memcpy(k, host.p, host.n);
     k[host.n] = ' ';
     memcpy(k + host.n + 1, target.p, target.n);
+    if (who.n) {
+        /* a target never holds a newline, so this cannot be forged */
+        k[host.n + 1 + target.n] = '\n';
+        memcpy(k + host.n + 2 + target.n, who.p, who.n);
+    }
     k[*len] = '\0';
     return k;
 }
@@ -563,6 +578,12 @@ static bool cache_lookup(gw_req *g, bool allow_wait)
         return false;
     }
     weft_metric_inc(m, g->w->m_cache_miss);
+    /* Only the owner of the key's fetch may end it: an abandon from a
+     * request fetching alongside (a HEAD, or a waiter whose Vary differed)
+     * would release the GETs waiting for the owner's answer and send them
+     * all upstream. Such a request fetches without storing. */
+    if (!hit.fetcher)
+        return true;
     if (head) {
         /* a HEAD answer has no body: it must not become the entry GETs get */
         weft_cache_abandon(g->w->cache, (weft_str){key, klen});
@@ -585,14 +606,15 @@ void gw_edge_cache_response(gw_req *g, const weft_http_cresp *resp)
         gw_edge_cache_done(g, false);
         return;
     }
+    /* Only end-to-end headers are stored: hop-by-hop ones (including those
+     * the upstream's Connection names, which a hit could no longer tell
+     * apart) belong to the connection that carried the miss. */
+    weft_str uconn = gw_resp_conn_tokens(resp->names, resp->values, n);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         weft_str name = resp->names[i];
-        if (weft_str_ieq(name, WEFT_STR("Connection")) ||
-            weft_str_ieq(name, WEFT_STR("Keep-Alive")) ||
-            weft_str_ieq(name, WEFT_STR("Transfer-Encoding")) ||
-            weft_str_ieq(name, WEFT_STR("Content-Length")) ||
-            weft_str_ieq(name, WEFT_STR("Date")) || weft_str_ieq(name, WEFT_STR("Server")))
+        if (gw_resp_hop_by_hop(uconn, name) || weft_str_ieq(name, WEFT_STR("Date")) ||
+            weft_str_ieq(name, WEFT_STR("Server")))
             continue;
         char *nc = weft_http_req_alloc(g->r, name.n + resp->values[i].n + 1);
         if (!nc) {
@@ -663,6 +685,7 @@ typedef struct agg_part {
     gw_epset *set; /* held while the part is in flight */
     int ep;
     uint64_t start_us;
+    weft_timer timer; /* the part's timeout: a deadline for the whole part */
 } agg_part;
 
 struct gw_agg {
@@ -742,34 +765,51 @@ static void part_response(weft_http_creq *q, const weft_http_cresp *resp, void *
     p->status = resp->status;
 }
 
+/*
+ * End a part, once, whatever ended it (its response, a failure, an
+ * oversized body or its deadline); the last part to end composes the
+ * answer, which frees the aggregation and so p: nothing may touch p after.
+ */
+static void part_end(agg_part *p, int err)
+{
+    struct gw_agg *a = p->agg;
+    if (p->done)
+        return;
+    p->done = true;
+    p->err = err;
+    weft_timer_stop(a->g->w->loop, &p->timer);
+    if (p->q) {
+        weft_http_creq_cancel(p->q);
+        p->q = NULL;
+    }
+    part_release(p, weft_now_us() - p->start_us);
+    if (++a->ndone == a->n)
+        agg_finish(a);
+}
+
 static void part_body(weft_http_creq *q, weft_str data, void *ud)
 {
+    (void)q;
     agg_part *p = ud;
-    if (weft_buf_append(&p->body, data.p, data.n) < 0) {
-        p->err = WEFT_ETOOBIG;
-        weft_http_creq_cancel(q);
-        p->q = NULL;
-        p->done = true;
-        part_release(p, weft_now_us() - p->start_us);
-        struct gw_agg *a = p->agg;
-        if (++a->ndone == a->n)
-            agg_finish(a); /* frees p: nothing below touches it */
-    }
+    if (weft_buf_append(&p->body, data.p, data.n) < 0)
+        part_end(p, WEFT_ETOOBIG);
 }
 
 static void part_done(weft_http_creq *q, int err, void *ud)
 {
     (void)q;
     agg_part *p = ud;
-    struct gw_agg *a = p->agg;
-    p->q = NULL;
-    if (p->done)
-        return;
-    p->done = true;
-    p->err = err;
-    part_release(p, weft_now_us() - p->start_us);
-    if (++a->ndone == a->n)
-        agg_finish(a);
+    p->q = NULL; /* finished: nothing to cancel */
+    part_end(p, err);
+}
+
+/* The client's timeout only bounds silence (the head, then each gap in the
+ * body), so an upstream that trickles its body would hold the whole answer
+ * far past the part's timeout: this timer bounds the part as documented. */
+static void part_timeout(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    part_end(t->data, WEFT_ETIMEDOUT);
 }
 
 void gw_edge_aggregate(gw_req *g)
@@ -794,6 +834,7 @@ void gw_edge_aggregate(gw_req *g)
         p->agg = a;
         p->idx = i;
         p->ep = -1;
+        weft_timer_init(&p->timer, part_timeout, p);
         weft_buf_init(&p->body, 1u << 20);
         p->cl = &g->gen->clusters[pc->cluster];
         gw_epset *set = p->cl->set;
@@ -827,6 +868,8 @@ void gw_edge_aggregate(gw_req *g)
             p->err = WEFT_EIO;
             p->done = true;
             a->ndone++;
+        } else if (pc->timeout_ms) {
+            weft_timer_start(g->w->loop, &p->timer, pc->timeout_ms);
         }
     }
     if (a->ndone == a->n)
@@ -841,6 +884,7 @@ void gw_edge_aggregate_cancel(gw_req *g)
     g->agg = NULL;
     for (size_t i = 0; i < a->n; i++) {
         agg_part *p = &a->parts[i];
+        weft_timer_stop(g->w->loop, &p->timer);
         if (p->q)
             weft_http_creq_cancel(p->q);
         part_release(p, 0);

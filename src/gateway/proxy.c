@@ -575,6 +575,48 @@ static void on_drain(weft_http_req *r, void *ud)
     }
 }
 
+/* The upstream's Connection header when it names other headers (which are
+ * then hop-by-hop too), else empty. */
+weft_str gw_resp_conn_tokens(const weft_str *names, const weft_str *values, size_t n)
+{
+    weft_str uconn = WEFT_STR_NULL;
+    for (size_t i = 0; i < n; i++)
+        if (weft_str_ieq(names[i], WEFT_STR("Connection")))
+            uconn = values[i];
+    if (weft_str_ieq(uconn, WEFT_STR("keep-alive")) || weft_str_ieq(uconn, WEFT_STR("close")))
+        uconn = WEFT_STR_NULL; /* names no other header: skip the per-header scan */
+    return uconn;
+}
+
+bool gw_resp_hop_by_hop(weft_str uconn, weft_str name)
+{
+    return is_hop_by_hop(name) || (uconn.n && named_in_connection(uconn, name));
+}
+
+/* Whether an upstream response header (other than Content-Type, which goes
+ * with the status line) reaches the client. Proxied answers and cache hits
+ * both use this, so a hit carries exactly what the miss that stored it did. */
+bool gw_resp_header_passes(const gw_req *g, weft_str uconn, weft_str name)
+{
+    const gw_route_conf *rt = g->route;
+    return !gw_resp_hop_by_hop(uconn, name) && !weft_str_ieq(name, WEFT_STR("Date")) &&
+           !weft_str_ieq(name, WEFT_STR("Server")) &&
+           !in_list(rt->resp_ops.remove, rt->resp_ops.nremove, name) &&
+           !in_ops(rt->resp_ops.set, rt->resp_ops.nset, name);
+}
+
+/* The route's response_headers set/add, after the upstream's headers. */
+void gw_resp_header_ops(gw_req *g)
+{
+    const gw_route_conf *rt = g->route;
+    for (size_t i = 0; i < rt->resp_ops.nset; i++)
+        weft_http_resp_header(g->r, weft_str_from(rt->resp_ops.set[i].name),
+                              weft_str_from(rt->resp_ops.set[i].value));
+    for (size_t i = 0; i < rt->resp_ops.nadd; i++)
+        weft_http_resp_header(g->r, weft_str_from(rt->resp_ops.add[i].name),
+                              weft_str_from(rt->resp_ops.add[i].value));
+}
+
 static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
 {
     gw_req *g = ud;
@@ -600,12 +642,7 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
     weft_str ctype = WEFT_STR_NULL, cenc = WEFT_STR_NULL;
     if (g->cache_fill)
         gw_edge_cache_response(g, resp);
-    weft_str uconn = WEFT_STR_NULL;
-    for (size_t i = 0; i < resp->nheaders; i++)
-        if (weft_str_ieq(resp->names[i], WEFT_STR("Connection")))
-            uconn = resp->values[i];
-    if (weft_str_ieq(uconn, WEFT_STR("keep-alive")) || weft_str_ieq(uconn, WEFT_STR("close")))
-        uconn = WEFT_STR_NULL; /* names no other header: skip the per-header scan */
+    weft_str uconn = gw_resp_conn_tokens(resp->names, resp->values, resp->nheaders);
     for (size_t i = 0; i < resp->nheaders; i++) {
         weft_str name = resp->names[i];
         if (uconn.n && named_in_connection(uconn, name))
@@ -616,19 +653,10 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
         }
         if (weft_str_ieq(name, WEFT_STR("Content-Encoding")))
             cenc = resp->values[i];
-        if (is_hop_by_hop(name) || weft_str_ieq(name, WEFT_STR("Date")) ||
-            weft_str_ieq(name, WEFT_STR("Server")) ||
-            in_list(rt->resp_ops.remove, rt->resp_ops.nremove, name) ||
-            in_ops(rt->resp_ops.set, rt->resp_ops.nset, name))
-            continue;
-        weft_http_resp_header(r, name, resp->values[i]);
+        if (gw_resp_header_passes(g, uconn, name))
+            weft_http_resp_header(r, name, resp->values[i]);
     }
-    for (size_t i = 0; i < rt->resp_ops.nset; i++)
-        weft_http_resp_header(r, weft_str_from(rt->resp_ops.set[i].name),
-                              weft_str_from(rt->resp_ops.set[i].value));
-    for (size_t i = 0; i < rt->resp_ops.nadd; i++)
-        weft_http_resp_header(r, weft_str_from(rt->resp_ops.add[i].name),
-                              weft_str_from(rt->resp_ops.add[i].value));
+    gw_resp_header_ops(g);
     int status = resp->status < 200 ? 502 : resp->status;
     int64_t clen = resp->content_length;
     if (weft_http_req_method(r) == WEFT_METHOD_HEAD || status == 204 || status == 304)

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -683,14 +684,15 @@ routes:
     cache: {{ttl: 60s}}
     auth:
       api_keys:
-        keys: [{{name: alice, hash: "{ALICE}"}}]
+        keys: [{{name: alice, hash: "{ALICE}"}}, {{name: bob, hash: "{BOB}"}}]
 """
 
 
 def cache_gw(gateway, origins, top="", workers=1):
     (o,) = origins(1)
     serve(o)
-    return gateway(CACHE_CONF.format(A=o.addr, TOP=top, ALICE=key_hash("alice-secret-1")),
+    return gateway(CACHE_CONF.format(A=o.addr, TOP=top, ALICE=key_hash("alice-secret-1"),
+                                   BOB=key_hash("bob-secret-2")),
                    workers=workers), o
 
 
@@ -872,6 +874,23 @@ def test_cache_authorized_routes(gateway, origins):
     assert o.count() == 2
 
 
+def test_cache_api_key_consumers_do_not_share_entries(gateway, origins):
+    """On an API-key route the upstream is told who asks (X-Weft-Consumer)
+    and may answer per consumer: without `authorized: true` one consumer's
+    cached answer must never be served to another."""
+    g, o = cache_gw(gateway, origins)
+    u = url("/ck/me", serial=1, echo="X-Weft-Consumer")
+    alice, bob = [("X-API-Key", "alice-secret-1")], [("X-API-Key", "bob-secret-2")]
+    with Client(g.port) as c:
+        a1, b1, a2, b2 = c.get(u, alice), c.get(u, bob), c.get(u, alice), c.get(u, bob)
+    assert json.loads(a1.body)["echo"] == "alice" and a1.header("X-Cache") == "MISS", a1
+    assert json.loads(b1.body)["echo"] == "bob" and b1.header("X-Cache") == "MISS", b1
+    # each consumer still gets its own hits
+    assert a2.header("X-Cache") == "HIT" and a2.body == a1.body, a2
+    assert b2.header("X-Cache") == "HIT" and b2.body == b1.body, b2
+    assert o.count() == 2
+
+
 def test_cache_lru_bound(gateway, origins):
     g, o = cache_gw(gateway, origins, top="cache: {max_bytes: 64KiB, policy: lru}")
     urls = [url(f"/c/lru{i}", size=8192) for i in range(20)]
@@ -996,6 +1015,71 @@ def test_cache_waiters_disconnecting(gateway, origins):
     time.sleep(0.1)
     r = g.get(u)
     assert r.header("X-Cache") == "HIT" and json.loads(r.body)["serial"] == 1, r
+    assert o.count() == 1
+
+
+def test_cache_head_during_pending_fetch_keeps_coalescing(gateway, origins):
+    """A HEAD that arrives while a GET fetch is in flight goes upstream on
+    its own; it must not release the GETs coalesced behind that fetch (they
+    would all go upstream too: one miss, many fetches)."""
+    g, o = cache_gw(gateway, origins)
+    o.set_mode("sleep", delay_ms=600)
+    u = url("/c/headcoal", serial=1)
+    rs = [None] * 5
+
+    def one(i):
+        with Client(g.port) as c:
+            rs[i] = c.get(u)
+
+    ts = [threading.Thread(target=one, args=(0,))]
+    ts[0].start()
+    wait_until(lambda: o.count() >= 1, what="the first GET upstream")
+    before = lookups(g, "coalesced")
+    for i in range(1, len(rs)):
+        ts.append(threading.Thread(target=one, args=(i,)))
+        ts[-1].start()
+    wait_until(lambda: lookups(g, "coalesced") - before >= len(rs) - 1, what="GETs coalesced")
+    with Client(g.port) as c:
+        h = c.request("HEAD", u)
+    for t in ts:
+        t.join(10)
+    assert h.status == 200, h
+    assert all(r is not None and r.status == 200 for r in rs), rs
+    assert [json.loads(r.body)["serial"] for r in rs] == [1] * len(rs), rs
+    assert o.count(method="GET") == 1, o.recs()
+
+
+def test_cache_hit_applies_route_response_headers(gateway, origins):
+    """A hit is answered with the same header treatment as the miss that
+    stored it: the route's response_headers set/add/remove and the
+    hop-by-hop rules hold for cached answers too."""
+    (o,) = origins(1)
+    o.extra_headers = [("X-Internal", "secret"), ("X-Set-Me", "origin"),
+                       ("Connection", "X-Hop"), ("X-Hop", "hop-secret"), ("Upgrade", "h2c")]
+    g = gateway(f"""
+clusters:
+  a:
+    endpoints: [{o.addr}]
+routes:
+  - name: c
+    match: {{prefix: /c/}}
+    cluster: a
+    cache: {{ttl: 60s}}
+    response_headers:
+      set: {{X-Set-Me: gateway}}
+      add: {{X-Added: "1"}}
+      remove: [X-Internal]
+""")
+    with Client(g.port) as c:
+        rs = [c.get("/c/hdrs") for _ in range(2)]
+    assert [r.header("X-Cache") for r in rs] == ["MISS", "HIT"], rs
+    for r in rs:
+        assert r.status == 200, r
+        assert r.header("X-Internal") is None, r
+        assert r.header("X-Hop") is None and r.header("Upgrade") is None, r
+        assert r.header("X-Set-Me") == "gateway", r
+        assert r.header("X-Added") == "1", r
+    assert rs[1].body == rs[0].body
     assert o.count() == 1
 
 
@@ -1346,3 +1430,81 @@ def test_aggregate_client_abort(agg_gw):
     slow.set_mode("ok")
     r = g.get("/agg-par")
     assert r.status == 200 and r.header("X-Weft-Partial") is None, r
+
+
+class Drip:
+    """An upstream that answers the head at once and then sends its JSON
+    body one byte every `every` seconds (at most `seconds` long)."""
+
+    def __init__(self, every=0.15, seconds=4.0):
+        self.every, self.seconds = every, seconds
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(8)
+        self.ls.settimeout(0.2)
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.ls.getsockname()[1]}"
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            c.settimeout(5)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(4096)
+                if not d:
+                    return
+                buf += d
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n1\r\n[\r\n")
+            end = time.monotonic() + self.seconds
+            while time.monotonic() < end and not self.stop.is_set():
+                time.sleep(self.every)
+                c.sendall(b"1\r\n \r\n")
+            c.sendall(b"1\r\n]\r\n0\r\n\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop.set()
+        self.ls.close()
+        self.t.join(2)
+
+
+def test_aggregate_part_timeout_bounds_a_slow_body(gateway, origins):
+    """A part's timeout bounds the whole part: an upstream that answers the
+    head at once and then trickles the body (never idle for the timeout)
+    still gets the fallback at the timeout, not when it finally ends."""
+    (good,) = origins(1)
+    drip = Drip()
+    try:
+        parts = ('[{name: user, cluster: good, path: /u, timeout: 1s},'
+                 ' {name: slow, cluster: drip, path: /s, timeout: 500ms, fallback: \'"late"\'}]')
+        g = gateway(f"clusters: {{good: {{endpoints: [{good.addr}]}},"
+                    f" drip: {{endpoints: [{drip.addr}]}}}}\n"
+                    f"routes: [{{name: agg, match: {{path: /agg}}, aggregate: {{parts: {parts}}}}}]\n")
+        t0 = time.monotonic()
+        r = g.get("/agg", timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        drip.close()
+    assert r.status == 200, r
+    body = r.json()
+    assert body["slow"] == "late", body
+    assert body["user"]["target"] == "/u", body
+    assert "timed out" in body["_errors"]["slow"], body
+    assert elapsed < 1.5, elapsed

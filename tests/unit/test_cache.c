@@ -1192,6 +1192,31 @@ static void test_no_coalescing_without_waiter(void **state)
     weft_cache_free(c);
 }
 
+/* A MISS says whether the caller owns the key's fetch: only the owner may
+ * abandon it, so a request fetching alongside (the gateway's HEADs) can
+ * tell that it must leave the owner's waiters alone. */
+static void test_miss_reports_fetch_owner(void **state)
+{
+    (void)state;
+    weft_cache *c = weft_cache_new(1u << 20, WEFT_CACHE_LRU);
+    weft_cache_hit hit;
+    struct waiter w = {.c = c};
+    assert_int_equal(weft_cache_lookup(c, S("k"), NULL, 0, &hit, &w, waiter_cb), WEFT_CACHE_MISS);
+    assert_true(hit.fetcher);
+    assert_int_equal(weft_cache_lookup(c, S("k"), NULL, 0, &hit, &w, waiter_cb), WEFT_CACHE_WAIT);
+    assert_false(hit.fetcher);
+    assert_int_equal(weft_cache_lookup(c, S("k"), NULL, 0, &hit, NULL, NULL), WEFT_CACHE_MISS);
+    assert_false(hit.fetcher); /* alongside: the first caller still owns the fetch */
+    assert_int_equal(w.calls, 0);
+    assert_int_equal(fill_simple(c, "k", "v", 60000, 0), 0);
+    assert_int_equal(w.calls, 1);
+    assert_true(w.ok);
+    assert_int_equal(weft_cache_lookup(c, S("k"), NULL, 0, &hit, NULL, NULL), WEFT_CACHE_HIT);
+    assert_false(hit.fetcher);
+    weft_cache_hit_release(c, &hit);
+    weft_cache_free(c);
+}
+
 static void test_waiters_get_fetched_variant(void **state)
 {
     (void)state;
@@ -1501,6 +1526,7 @@ int main(void)
         cmocka_unit_test(test_coalesce_abandon),
         cmocka_unit_test(test_cancel_wait),
         cmocka_unit_test(test_no_coalescing_without_waiter),
+        cmocka_unit_test(test_miss_reports_fetch_owner),
         cmocka_unit_test(test_waiters_get_fetched_variant),
         cmocka_unit_test(test_hit_ref_survives_eviction),
         cmocka_unit_test(test_hit_ref_survives_expiry),

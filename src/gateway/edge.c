@@ -366,6 +366,29 @@ int64_t gw_edge_gzip_start(gw_req *g, int status, weft_str ctype, weft_str cenc,
     return -1; /* length unknown: chunked */
 }
 
+/* Forward the upstream's ETag. A body we gzip is another representation:
+ * a strong validator must not claim it is byte-identical to the upstream's
+ * (a cache combining ranges would mix the two), so it is weakened as nginx
+ * does; one too long to rewrite here is dropped rather than kept strong. */
+static void add_etag(weft_http_req *r, weft_str etag, bool gzipped)
+{
+    if (!gzipped || (etag.n >= 2 && etag.p[0] == 'W' && etag.p[1] == '/')) {
+        weft_http_resp_header(r, WEFT_STR("ETag"), etag);
+        return;
+    }
+    char weak[256];
+    if (etag.n + 2 > sizeof weak)
+        return;
+    memcpy(weak, "W/", 2);
+    memcpy(weak + 2, etag.p, etag.n);
+    weft_http_resp_header(r, WEFT_STR("ETag"), (weft_str){weak, etag.n + 2});
+}
+
+void gw_edge_etag(gw_req *g, weft_str etag)
+{
+    add_etag(g->r, etag, g->gz != NULL);
+}
+
 static int gz_pump(gw_req *g, const void *in, size_t n, int flush)
 {
     z_stream *zs = &g->gz->zs;
@@ -448,7 +471,7 @@ static void respond_hit(gw_req *g, weft_cache_hit *hit)
 {
     weft_http_req *r = g->r;
     gw_worker *w = g->w;
-    weft_str ctype = WEFT_STR_NULL, cenc = WEFT_STR_NULL;
+    weft_str ctype = WEFT_STR_NULL, cenc = WEFT_STR_NULL, etag = WEFT_STR_NULL;
     for (size_t i = 0; i < hit->nheaders; i++) {
         weft_str n = hit->names[i];
         if (weft_str_ieq(n, WEFT_STR("Content-Type")))
@@ -460,6 +483,10 @@ static void respond_hit(gw_req *g, weft_cache_hit *hit)
         if (weft_str_ieq(n, WEFT_STR("Content-Type")) || weft_str_ieq(n, WEFT_STR("Age")) ||
             !gw_resp_header_passes(g, WEFT_STR_NULL, n))
             continue;
+        if (g->route->compress && weft_str_ieq(n, WEFT_STR("ETag"))) {
+            etag = hit->values[i]; /* after the gzip decision, as gw_edge_etag */
+            continue;
+        }
         weft_http_resp_header(r, n, hit->values[i]);
     }
     gw_resp_header_ops(g);
@@ -480,6 +507,8 @@ static void respond_hit(gw_req *g, weft_cache_hit *hit)
             body = (weft_str){(const char *)gz, gzlen};
         }
     }
+    if (etag.n)
+        add_etag(r, etag, gz != NULL);
     gw_count_final(g, status);
     weft_http_req_on_abort(r, NULL, NULL);
     gw_req_free(g);

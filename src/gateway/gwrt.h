@@ -207,6 +207,8 @@ void gw_edge_cache_cancel(gw_req *g);
 /* Compression: decide at response start (adds headers); returns content length to announce. */
 int64_t gw_edge_gzip_start(gw_req *g, int status, weft_str ctype, weft_str content_encoding,
                            int64_t clen);
+/* After gzip_start: add the upstream's ETag, weakened when gzipping. */
+void gw_edge_etag(gw_req *g, weft_str etag);
 int gw_edge_gzip_write(gw_req *g, weft_str data); /* resp_write's return convention */
 void gw_edge_gzip_end(gw_req *g);
 void gw_edge_gzip_free(gw_req *g);

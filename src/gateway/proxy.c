@@ -639,7 +639,7 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
     }
     /* Forward the head. */
     weft_http_req *r = g->r;
-    weft_str ctype = WEFT_STR_NULL, cenc = WEFT_STR_NULL;
+    weft_str ctype = WEFT_STR_NULL, cenc = WEFT_STR_NULL, etag = WEFT_STR_NULL;
     if (g->cache_fill)
         gw_edge_cache_response(g, resp);
     weft_str uconn = gw_resp_conn_tokens(resp->names, resp->values, resp->nheaders);
@@ -653,8 +653,13 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
         }
         if (weft_str_ieq(name, WEFT_STR("Content-Encoding")))
             cenc = resp->values[i];
-        if (gw_resp_header_passes(g, uconn, name))
-            weft_http_resp_header(r, name, resp->values[i]);
+        if (!gw_resp_header_passes(g, uconn, name))
+            continue;
+        if (rt->compress && weft_str_ieq(name, WEFT_STR("ETag"))) {
+            etag = resp->values[i]; /* after the gzip decision */
+            continue;
+        }
+        weft_http_resp_header(r, name, resp->values[i]);
     }
     gw_resp_header_ops(g);
     int status = resp->status < 200 ? 502 : resp->status;
@@ -663,6 +668,8 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
         clen = resp->content_length >= 0 ? resp->content_length : 0;
     else if (g->route->compress)
         clen = gw_edge_gzip_start(g, status, ctype, cenc, clen);
+    if (etag.n)
+        gw_edge_etag(g, etag);
     if (g->route->cache)
         weft_http_resp_header(r, WEFT_STR("X-Cache"), WEFT_STR("MISS"));
     if (weft_http_resp_start(r, status, ctype, clen) < 0) {

@@ -82,7 +82,8 @@ def serve(origin):
         st = int(q.get("status", status))
         h = [f"HTTP/1.1 {st} {'OK' if st == 200 else 'Status'}",
              f"Content-Type: {q.get('ct', 'application/json')}", f"X-Origin: {origin.name}"]
-        for key, name in (("cc", "Cache-Control"), ("vary", "Vary"), ("ce", "Content-Encoding")):
+        for key, name in (("cc", "Cache-Control"), ("vary", "Vary"), ("ce", "Content-Encoding"),
+                          ("etag", "ETag")):
             if key in q:
                 h.append(f"{name}: {q[key]}")
         if q.get("sc"):
@@ -1226,6 +1227,36 @@ def test_gzip_min_size_and_non_2xx(zgw):
     # a route without compress never compresses
     r = g.get(url("/p/x", size=3000), gzh)
     assert r.header("Content-Encoding") is None and r.body == make_body({"size": "3000"}), r
+
+
+@pytest.mark.parametrize("etag,ae,want", [
+    ('"v1"', "gzip", 'W/"v1"'),      # gzipped: no longer the upstream's bytes
+    ('"v1"', None, '"v1"'),          # passed through unchanged
+    ('W/"v1"', "gzip", 'W/"v1"'),    # already weak
+])
+def test_gzip_weakens_a_strong_etag(zgw, etag, ae, want):
+    """A response the gateway gzips is a different representation from the
+    upstream's, so a strong ETag is weakened (as nginx does); uncompressed
+    answers keep it."""
+    g, o = zgw
+    q = {"size": "3000", "etag": etag}
+    r = g.get(url("/z/e", **q), [("Accept-Encoding", ae)] if ae else [])
+    assert r.status == 200, r
+    assert (r.header("Content-Encoding") == "gzip") == (ae == "gzip"), r
+    assert r.header_all("ETag") == [want], r
+
+
+def test_cache_hit_gzip_weakens_a_strong_etag(gateway, origins):
+    """The same for cache hits compressed for gzip clients."""
+    g, o = cache_gw(gateway, origins)
+    q = {"size": "3000", "etag": '"v2"'}
+    m = g.get(url("/cz/e", **q))
+    assert m.header("X-Cache") == "MISS" and m.header_all("ETag") == ['"v2"'], m
+    h = g.get(url("/cz/e", **q), [("Accept-Encoding", "gzip")])
+    assert h.header("X-Cache") == "HIT" and h.header("Content-Encoding") == "gzip", h
+    assert h.header_all("ETag") == ['W/"v2"'], h
+    p = g.get(url("/cz/e", **q))
+    assert p.header("X-Cache") == "HIT" and p.header_all("ETag") == ['"v2"'], p
 
 
 def test_gzip_already_encoded_passes_through(zgw):

@@ -1547,6 +1547,15 @@ static void start_request(conn *c, weft_http_req *r, size_t head_len)
     }
 }
 
+/* The client half-closed and every request it sent has been handled: end
+ * the connection once the queued output is out (conn_flush then closes). */
+static void end_after_eof(conn *c)
+{
+    c->keep_alive = false;
+    if (!weft_buf_used(&c->out))
+        conn_close(c);
+}
+
 static void conn_process(conn *c)
 {
     weft_http_server *s = c->w->srv;
@@ -1571,8 +1580,11 @@ static void conn_process(conn *c)
         }
         if (!c->keep_alive)
             return; /* no further request on this connection */
-        if (weft_buf_used(&c->in) == 0)
+        if (weft_buf_used(&c->in) == 0) {
+            if (c->peer_eof)
+                end_after_eof(c);
             return;
+        }
         if (weft_buf_used(&c->out) > s->o.out_high_water)
             return; /* pipelined requests wait until the client reads */
         weft_http_req *r = req_get(c->w);
@@ -1584,6 +1596,10 @@ static void conn_process(conn *c)
                                          weft_buf_used(&c->in), &r->head);
         if (rc == WEFT_EAGAIN) {
             req_put(c->w, r);
+            if (c->peer_eof) {
+                end_after_eof(c); /* a head cut off by end-of-file never completes */
+                return;
+            }
             if (c->parser.scanned > 0 && c->deadline_ms > weft_loop_now_ms(c->w->loop) +
                                                                s->o.header_timeout_ms)
                 set_deadline(c, s->o.header_timeout_ms);
@@ -1636,15 +1652,23 @@ static void conn_read(conn *c)
         return;
     }
     if (n == 0) {
+        weft_http_req *r = c->req;
         c->peer_eof = true;
-        /* Client half-closed. A request in progress whose body is complete
-         * may still be answered (e.g. "send, shutdown(WR), read"); anything
-         * else is over. */
-        if (!c->req || !c->req->body_done || (c->req->close_on_eof && !c->req->resp_done)) {
+        /* Client half-closed ("send, shutdown(WR), read"). What it sent
+         * before is still answered: the request in progress if its body is
+         * complete, pipelined requests waiting in the input buffer, and
+         * responses still queued for it (the client is simply not reading
+         * yet). A body cut short, a long-lived response (close_on_eof), or
+         * nothing owed at all ends the connection now. */
+        if ((r && (!r->body_done || (r->close_on_eof && !r->resp_done))) ||
+            (!r && !weft_buf_used(&c->in) && !weft_buf_used(&c->out))) {
             conn_close(c);
             return;
         }
-        c->keep_alive = false;
+        /* Nothing left to parse: this is the last response. Otherwise
+         * conn_process ends keep-alive once the buffered requests run out. */
+        if (!weft_buf_used(&c->in))
+            c->keep_alive = false;
         conn_update_interest(c);
         return;
     }

@@ -1521,6 +1521,12 @@ static void start_request(conn *c, weft_http_req *r, size_t head_len)
     const route *rt = match_route(s, h, &method_miss);
     if (!rt) {
         c->state = C_WAIT;
+        /* Answered without a 100 Continue: an Expect: 100-continue client
+         * may now skip the body it announced (curl does), and reading its
+         * next request as that body would desync the connection. Close
+         * after the answer instead. */
+        if (h->expect_continue && !r->body_done)
+            c->keep_alive = false;
         if (method_miss)
             respond_405(c, r);
         else

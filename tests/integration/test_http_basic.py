@@ -270,6 +270,23 @@ def test_raw_expect_100_continue(shared_weft):
     s.close()
 
 
+def test_expect_continue_early_answer_closes(shared_weft):
+    """A 404/405 answered before any 100 Continue: the client may then skip
+    the body it announced (curl does), so the server must not read the
+    client's next request as that body (a desync); it closes instead."""
+    for method, target, status in (("POST", "/nowhere", 404), ("PATCH", "/health", 405)):
+        s = connect(shared_weft.port)
+        s.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  "Content-Length: 5\r\n\r\n".encode())
+        rd = Reader(s)
+        r = rd.read_response(allow_100=True)
+        assert r.status == status, r
+        assert r.header("Connection") == "close", r
+        s.sendall(request_bytes("GET", "/hello"))  # the body never comes
+        assert rd.at_eof(3.0)
+        s.close()
+
+
 def test_echo_chunked_request(shared_weft):
     s = connect(shared_weft.port)
     rd = Reader(s)

@@ -1150,6 +1150,16 @@ static void set_deadline(conn *c, uint32_t ms)
     /* else: the armed timer fires earlier and re-arms itself (lazy extension) */
 }
 
+/* End a stream route's body: on_end gets 0 or the error, at most once. */
+static void stream_end(weft_http_req *r, int err)
+{
+    weft_http_end_cb cb = r->on_end;
+    r->on_end = NULL;
+    r->body_done = true;
+    if (cb)
+        cb(r, err, r->body_ud);
+}
+
 static void abort_request(conn *c)
 {
     weft_http_req *r = c->req;
@@ -1157,12 +1167,8 @@ static void abort_request(conn *c)
         return;
     c->req = NULL;
     if (!r->resp_done) {
-        if (r->stream && !r->body_done && r->on_end) {
-            weft_http_end_cb cb = r->on_end;
-            r->on_end = NULL;
-            r->body_done = true;
-            cb(r, WEFT_ECLOSED, r->body_ud);
-        }
+        if (r->stream && !r->body_done)
+            stream_end(r, WEFT_ECLOSED);
         if (r->on_abort)
             r->on_abort(r, r->abort_ud);
     }
@@ -1394,6 +1400,29 @@ static void call_handler(conn *c, weft_http_req *r)
     (void)c;
 }
 
+/*
+ * The request body broke (malformed chunk, body timeout). A stream route's
+ * handler is already running and may hold the request past this call (a
+ * proxy streaming the body upstream): its on_end gets err, as documented,
+ * so it lets go before the request is finished and recycled under it. Then
+ * answer `status` unless the handler already answered; the rest of the body
+ * is unread, so the connection ends after the answer.
+ */
+static void body_failed(conn *c, weft_http_req *r, int err, int status, const char *why)
+{
+    weft_buf_clear(&c->in);
+    if (r->stream)
+        stream_end(r, err);
+    r->body_done = true;
+    c->keep_alive = false;
+    if (c->dead || c->req != r)
+        return;
+    if (!r->resp_started)
+        reject(c, status, why);
+    else if (!r->resp_done)
+        conn_close(c); /* a response underway cannot be completed honestly */
+}
+
 /* Feed body bytes from c->in to the request. Returns false if processing
  * must stop (error or the connection died). */
 static bool pump_body(conn *c)
@@ -1414,18 +1443,8 @@ static bool pump_body(conn *c)
             int rc = weft_chunked_decode(&r->chunked, weft_buf_rptr(&c->in),
                                          weft_buf_used(&c->in), &used, &data);
             if (rc == WEFT_EPROTO) {
-                weft_buf_clear(&c->in);
-                if (r->stream && r->on_end) {
-                    weft_http_end_cb cb = r->on_end;
-                    r->on_end = NULL;
-                    r->body_done = true;
-                    cb(r, WEFT_EPROTO, r->body_ud);
-                }
-                r->body_done = true;
-                if (!c->dead && c->req == r && !r->resp_started)
-                    reject(c, 400, r->chunked.error ? r->chunked.error : "bad chunked body");
-                else if (!c->dead)
-                    conn_close(c);
+                body_failed(c, r, WEFT_EPROTO, 400,
+                            r->chunked.error ? r->chunked.error : "bad chunked body");
                 return false;
             }
             if (r->chunked.done)
@@ -1453,11 +1472,7 @@ static bool pump_body(conn *c)
     }
     if (r->body_done) {
         if (r->stream) {
-            if (r->on_end) {
-                weft_http_end_cb cb = r->on_end;
-                r->on_end = NULL;
-                cb(r, 0, r->body_ud);
-            }
+            stream_end(r, 0);
         } else if (c->state == C_BODY) {
             c->state = C_WAIT;
             call_handler(c, r);
@@ -1506,6 +1521,12 @@ static void start_request(conn *c, weft_http_req *r, size_t head_len)
     const route *rt = match_route(s, h, &method_miss);
     if (!rt) {
         c->state = C_WAIT;
+        /* Answered without a 100 Continue: an Expect: 100-continue client
+         * may now skip the body it announced (curl does), and reading its
+         * next request as that body would desync the connection. Close
+         * after the answer instead. */
+        if (h->expect_continue && !r->body_done)
+            c->keep_alive = false;
         if (method_miss)
             respond_405(c, r);
         else
@@ -1532,9 +1553,7 @@ static void start_request(conn *c, weft_http_req *r, size_t head_len)
             return;
         if (r->stream && r->body_done && r->on_end) {
             /* empty body: the stream ends before it starts */
-            weft_http_end_cb cb = r->on_end;
-            r->on_end = NULL;
-            cb(r, 0, r->body_ud);
+            stream_end(r, 0);
             if (c->dead || c->req != r)
                 return;
         }
@@ -1545,6 +1564,15 @@ static void start_request(conn *c, weft_http_req *r, size_t head_len)
         set_deadline(c, s->o.body_timeout_ms);
         pump_body(c);
     }
+}
+
+/* The client half-closed and every request it sent has been handled: end
+ * the connection once the queued output is out (conn_flush then closes). */
+static void end_after_eof(conn *c)
+{
+    c->keep_alive = false;
+    if (!weft_buf_used(&c->out))
+        conn_close(c);
 }
 
 static void conn_process(conn *c)
@@ -1571,8 +1599,11 @@ static void conn_process(conn *c)
         }
         if (!c->keep_alive)
             return; /* no further request on this connection */
-        if (weft_buf_used(&c->in) == 0)
+        if (weft_buf_used(&c->in) == 0) {
+            if (c->peer_eof)
+                end_after_eof(c);
             return;
+        }
         if (weft_buf_used(&c->out) > s->o.out_high_water)
             return; /* pipelined requests wait until the client reads */
         weft_http_req *r = req_get(c->w);
@@ -1584,6 +1615,10 @@ static void conn_process(conn *c)
                                          weft_buf_used(&c->in), &r->head);
         if (rc == WEFT_EAGAIN) {
             req_put(c->w, r);
+            if (c->peer_eof) {
+                end_after_eof(c); /* a head cut off by end-of-file never completes */
+                return;
+            }
             if (c->parser.scanned > 0 && c->deadline_ms > weft_loop_now_ms(c->w->loop) +
                                                                s->o.header_timeout_ms)
                 set_deadline(c, s->o.header_timeout_ms);
@@ -1636,15 +1671,23 @@ static void conn_read(conn *c)
         return;
     }
     if (n == 0) {
+        weft_http_req *r = c->req;
         c->peer_eof = true;
-        /* Client half-closed. A request in progress whose body is complete
-         * may still be answered (e.g. "send, shutdown(WR), read"); anything
-         * else is over. */
-        if (!c->req || !c->req->body_done || (c->req->close_on_eof && !c->req->resp_done)) {
+        /* Client half-closed ("send, shutdown(WR), read"). What it sent
+         * before is still answered: the request in progress if its body is
+         * complete, pipelined requests waiting in the input buffer, and
+         * responses still queued for it (the client is simply not reading
+         * yet). A body cut short, a long-lived response (close_on_eof), or
+         * nothing owed at all ends the connection now. */
+        if ((r && (!r->body_done || (r->close_on_eof && !r->resp_done))) ||
+            (!r && !weft_buf_used(&c->in) && !weft_buf_used(&c->out))) {
             conn_close(c);
             return;
         }
-        c->keep_alive = false;
+        /* Nothing left to parse: this is the last response. Otherwise
+         * conn_process ends keep-alive once the buffered requests run out. */
+        if (!weft_buf_used(&c->in))
+            c->keep_alive = false;
         conn_update_interest(c);
         return;
     }
@@ -1707,7 +1750,10 @@ static void conn_on_timer(weft_loop *loop, weft_timer *t)
                c->parser.scanned == 0) {
         conn_close(c); /* idle keep-alive connection */
     } else if (c->state == C_HEAD || (c->state == C_BODY && c->req && !c->req->resp_started)) {
-        reject(c, 408, c->state == C_HEAD ? "request header timeout" : "request body timeout");
+        if (c->state == C_HEAD)
+            reject(c, 408, "request header timeout");
+        else
+            body_failed(c, c->req, WEFT_ETIMEDOUT, 408, "request body timeout");
         conn_process(c);
         conn_flush(c);
     } else if (weft_buf_used(&c->out) || (c->req && !c->req->body_done)) {

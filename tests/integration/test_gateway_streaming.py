@@ -375,3 +375,29 @@ routes:
     assert r.status == 200 and "X-Weft-Circuit" not in r.headers, r
     m = g.metrics()
     assert metric(m, "weft_gateway_overload_rejections_total", cluster="c") == 1
+
+
+def test_client_body_timeout_ends_the_proxied_request(gateway, origins):
+    """A client that stops sending its request body gets 408 from the
+    server's body timeout. The proxy handler is told (its on_end gets the
+    error) and lets go of the request: before, it kept a pointer to the
+    request the server had already finished and recycled, and used it when
+    the upstream attempt ended (the sanitizers report it at teardown) or
+    leaked it (buffered body)."""
+    o, = origins(1)
+    g = gateway(cfg(o, top="http:\n  body_timeout: 1s\n").replace(
+        "cluster: c\n", "cluster: c\n    timeout: 2s\n"))
+    for clen in (10, 900_000):  # buffered, then streamed to the upstream
+        s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+        s.sendall(f"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {clen}\r\n\r\n".encode()
+                  + b"abc")
+        rd = weftutil.Reader(s)
+        r = rd.read_response()
+        assert r.status == 408, r
+        assert rd.at_eof(3.0)
+        s.close()
+    time.sleep(2.5)  # past the route timeout of the streamed attempt
+    c = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    c.sendall(build_request("GET", "/ok"))
+    assert weftutil.Reader(c).read_response().status == 200
+    c.close()

@@ -270,6 +270,23 @@ def test_raw_expect_100_continue(shared_weft):
     s.close()
 
 
+def test_expect_continue_early_answer_closes(shared_weft):
+    """A 404/405 answered before any 100 Continue: the client may then skip
+    the body it announced (curl does), so the server must not read the
+    client's next request as that body (a desync); it closes instead."""
+    for method, target, status in (("POST", "/nowhere", 404), ("PATCH", "/health", 405)):
+        s = connect(shared_weft.port)
+        s.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  "Content-Length: 5\r\n\r\n".encode())
+        rd = Reader(s)
+        r = rd.read_response(allow_100=True)
+        assert r.status == status, r
+        assert r.header("Connection") == "close", r
+        s.sendall(request_bytes("GET", "/hello"))  # the body never comes
+        assert rd.at_eof(3.0)
+        s.close()
+
+
 def test_echo_chunked_request(shared_weft):
     s = connect(shared_weft.port)
     rd = Reader(s)
@@ -408,6 +425,50 @@ def test_half_close_after_request(shared_weft):
     rd = Reader(s)
     r = rd.read_response()
     assert r.status == 200 and r.body == b'{"delayed_ms":200}'
+    assert rd.at_eof(3.0)
+    s.close()
+
+
+def test_half_close_with_responses_still_queued(shared_weft):
+    """Pipelined requests, shutdown(SHUT_WR), read later: answers that are
+    still queued on the server (the client is not reading yet, the socket
+    buffers are full) and the requests waiting behind them must not be
+    dropped when the server then reads the client's end-of-file."""
+    n, count = 200_000, 40  # 8 MB: more than the socket buffers hold
+    s = connect(shared_weft.port, timeout=10.0)
+    raw = request_bytes("GET", f"/bytes?n={n}") * count
+    s.sendall(raw)
+    s.shutdown(socket.SHUT_WR)
+    time.sleep(0.5)  # the server has filled the socket and is waiting for us
+    rd = Reader(s)
+    want = expected_bytes(n)
+    for i in range(count):
+        r = must_read(rd, f"{count} x /bytes?n={n}, response {i}")
+        assert r.status == 200 and r.body == want
+    assert rd.at_eof(3.0)
+    s.close()
+
+
+def test_half_close_after_pipelined_requests(shared_weft):
+    """Requests pipelined behind an asynchronous one and then a half-close:
+    every request that arrived before the end-of-file is answered."""
+    s = connect(shared_weft.port)
+    raw = (request_bytes("GET", "/delay?ms=300") + request_bytes("GET", "/hello?name=a")
+           + request_bytes("GET", "/hello?name=b"))
+    s.sendall(raw)
+    s.shutdown(socket.SHUT_WR)
+    rd = Reader(s)
+    assert must_read(rd, raw).body == b'{"delayed_ms":300}'
+    assert must_read(rd, raw).json() == {"msg": "hi a"}
+    assert must_read(rd, raw).json() == {"msg": "hi b"}
+    assert rd.at_eof(3.0)
+    s.close()
+    # a head cut off by the half-close is not waited for (nor answered)
+    s = connect(shared_weft.port)
+    s.sendall(request_bytes("GET", "/hello") + b"GET /hello HTTP/1.1\r\nHo")
+    s.shutdown(socket.SHUT_WR)
+    rd = Reader(s)
+    assert must_read(rd, "GET /hello + a partial head").status == 200
     assert rd.at_eof(3.0)
     s.close()
 

@@ -98,6 +98,11 @@
  * last index entry parse and continue each other up to exactly the end of
  * the file, and no batch among them should have had an index entry. A
  * segment failing the check is scanned in full and its indexes rebuilt.
+ * The last time-index entry must be at least the largest maxTimestamp of
+ * the batches after the last offset-index entry (a finished segment's
+ * last time entry is its largest timestamp): one that lost its last
+ * entries would otherwise pass and underestimate the segment's largest
+ * timestamp.
  * The last two segments are always scanned in full (the one before the
  * last may have been rolled but not yet synced, and then any page
  * appended to it since the last flush may be missing, which the cheap
@@ -1068,9 +1073,19 @@ static int check_times(seg *s, int64_t tail_max, const char **why)
         *why = "time index points past the log";
         goto out;
     }
+    /* A finished segment's last time entry holds its largest timestamp
+     * (seg_finish). One below a batch after the last offset entry (read by
+     * check_offsets anyway) means entries were lost; the batches between
+     * the lost entries and the last offset entry are not read here, so
+     * taking the larger of the two would still underestimate the segment's
+     * largest timestamp: retention by time could delete it early and a
+     * lookup by time skip it. Rebuild instead. */
+    if ((int64_t)be64(last) < tail_max) {
+        *why = "time index shorter than the log";
+        goto out;
+    }
     s->tim_n = n;
-    s->tim_last = (int64_t)be64(last);
-    s->max_ts = s->tim_last > tail_max ? s->tim_last : tail_max;
+    s->tim_last = s->max_ts = (int64_t)be64(last);
     rc = 0;
 out:
     free(e);

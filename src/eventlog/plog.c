@@ -124,8 +124,9 @@
  *
  * Retention (plog_enforce_retention)
  * ----------------------------------
- * Whole segments go from the oldest: one whose largest timestamp is older
- * than retention_ms, or while the log is larger than retention_bytes (so
+ * Whole segments go from the oldest: one whose largest timestamp (or, if
+ * its batches carry no timestamps, maxTimestamp -1, its .log file's
+ * modification time, as in Kafka) is older than retention_ms, or while the log is larger than retention_bytes (so
  * at most that much is kept; Kafka instead keeps at least that much). It
  * stops at the first segment that may stay, at the active segment and at
  * anything not yet durable. Files are unlinked oldest first (a crash part
@@ -1665,6 +1666,21 @@ int64_t plog_offset_for_time(plog *l, int64_t ts)
 
 /* ---- retention ---- */
 
+/* The time retention measures a segment by: its largest timestamp, or, when
+ * its batches carry none (maxTimestamp -1: a producer that sets no
+ * timestamps, an old client), the .log file's modification time, its last
+ * append or the cut at its roll, as Kafka does: without it such a segment
+ * would count as expired at once. INT64_MAX (never old) if fstat fails. */
+static int64_t seg_retention_ts(const seg *s)
+{
+    if (s->max_ts >= 0)
+        return s->max_ts;
+    struct stat st;
+    if (fstat(s->log_fd, &st) < 0)
+        return INT64_MAX;
+    return (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+}
+
 int plog_enforce_retention(plog *l, int64_t now_wall_ms)
 {
     size_t k = 0;
@@ -1673,7 +1689,7 @@ int plog_enforce_retention(plog *l, int64_t now_wall_ms)
         seg *s = l->segs[k];
         if (s->end > l->durable)
             break;
-        bool old = l->o.retention_ms >= 0 && s->max_ts < now_wall_ms - l->o.retention_ms;
+        bool old = l->o.retention_ms >= 0 && seg_retention_ts(s) < now_wall_ms - l->o.retention_ms;
         /* "keep at most" (plog.h): unlike Kafka, which deletes a segment
          * only while at least retention.bytes would remain */
         bool big = l->o.retention_bytes >= 0 && total > (uint64_t)l->o.retention_bytes;

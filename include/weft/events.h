@@ -83,18 +83,26 @@ typedef struct weft_consumer_opts {
 } weft_consumer_opts;
 void weft_consumer_opts_default(weft_consumer_opts *o);
 
+/* At most this many headers of a message reach the consumer's callback
+ * (the first ones, in the order they were produced); more are dropped. */
+#define WEFT_EVENT_MAX_HEADERS 64
+
 typedef struct weft_event {
     const char *topic;
     int32_t partition;
     int64_t offset;
     int64_t timestamp_ms;
     weft_str key, value;
-    size_t nheaders;
+    size_t nheaders;                  /* at most WEFT_EVENT_MAX_HEADERS */
     const weft_event_header *headers;
 } weft_event;
 
 weft_consumer *weft_consumer_new(const weft_consumer_opts *o, char *err, size_t errlen);
-/* Wait up to timeout_ms for one event: 1 (cb ran), 0 (none), < 0 error. */
+/* Wait up to timeout_ms for one event: 1 (cb ran), 0 (none, or a
+ * transient error, which is logged and retried by librdkafka), < 0 a fatal
+ * error (WEFT_EIO, say: fenced by another consumer with the same
+ * group.instance.id): the consumer is dead, every later poll returns it
+ * too; free it and make a new one. */
 int weft_consumer_poll(weft_consumer *c, int timeout_ms, void (*cb)(const weft_event *ev, void *ud),
                        void *ud);
 /* Commit the offsets of everything consumed so far (synchronously). */

@@ -98,6 +98,11 @@
  * last index entry parse and continue each other up to exactly the end of
  * the file, and no batch among them should have had an index entry. A
  * segment failing the check is scanned in full and its indexes rebuilt.
+ * The last time-index entry must be at least the largest maxTimestamp of
+ * the batches after the last offset-index entry (a finished segment's
+ * last time entry is its largest timestamp): one that lost its last
+ * entries would otherwise pass and underestimate the segment's largest
+ * timestamp.
  * The last two segments are always scanned in full (the one before the
  * last may have been rolled but not yet synced, and then any page
  * appended to it since the last flush may be missing, which the cheap
@@ -119,8 +124,9 @@
  *
  * Retention (plog_enforce_retention)
  * ----------------------------------
- * Whole segments go from the oldest: one whose largest timestamp is older
- * than retention_ms, or while the log is larger than retention_bytes (so
+ * Whole segments go from the oldest: one whose largest timestamp (or, if
+ * its batches carry no timestamps, maxTimestamp -1, its .log file's
+ * modification time, as in Kafka) is older than retention_ms, or while the log is larger than retention_bytes (so
  * at most that much is kept; Kafka instead keeps at least that much). It
  * stops at the first segment that may stay, at the active segment and at
  * anything not yet durable. Files are unlinked oldest first (a crash part
@@ -1068,9 +1074,19 @@ static int check_times(seg *s, int64_t tail_max, const char **why)
         *why = "time index points past the log";
         goto out;
     }
+    /* A finished segment's last time entry holds its largest timestamp
+     * (seg_finish). One below a batch after the last offset entry (read by
+     * check_offsets anyway) means entries were lost; the batches between
+     * the lost entries and the last offset entry are not read here, so
+     * taking the larger of the two would still underestimate the segment's
+     * largest timestamp: retention by time could delete it early and a
+     * lookup by time skip it. Rebuild instead. */
+    if ((int64_t)be64(last) < tail_max) {
+        *why = "time index shorter than the log";
+        goto out;
+    }
     s->tim_n = n;
-    s->tim_last = (int64_t)be64(last);
-    s->max_ts = s->tim_last > tail_max ? s->tim_last : tail_max;
+    s->tim_last = s->max_ts = (int64_t)be64(last);
     rc = 0;
 out:
     free(e);
@@ -1650,6 +1666,21 @@ int64_t plog_offset_for_time(plog *l, int64_t ts)
 
 /* ---- retention ---- */
 
+/* The time retention measures a segment by: its largest timestamp, or, when
+ * its batches carry none (maxTimestamp -1: a producer that sets no
+ * timestamps, an old client), the .log file's modification time, its last
+ * append or the cut at its roll, as Kafka does: without it such a segment
+ * would count as expired at once. INT64_MAX (never old) if fstat fails. */
+static int64_t seg_retention_ts(const seg *s)
+{
+    if (s->max_ts >= 0)
+        return s->max_ts;
+    struct stat st;
+    if (fstat(s->log_fd, &st) < 0)
+        return INT64_MAX;
+    return (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+}
+
 int plog_enforce_retention(plog *l, int64_t now_wall_ms)
 {
     size_t k = 0;
@@ -1658,7 +1689,7 @@ int plog_enforce_retention(plog *l, int64_t now_wall_ms)
         seg *s = l->segs[k];
         if (s->end > l->durable)
             break;
-        bool old = l->o.retention_ms >= 0 && s->max_ts < now_wall_ms - l->o.retention_ms;
+        bool old = l->o.retention_ms >= 0 && seg_retention_ts(s) < now_wall_ms - l->o.retention_ms;
         /* "keep at most" (plog.h): unlike Kafka, which deletes a segment
          * only while at least retention.bytes would remain */
         bool big = l->o.retention_bytes >= 0 && total > (uint64_t)l->o.retention_bytes;

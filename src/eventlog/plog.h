@@ -34,8 +34,9 @@ enum plog_fsync { PLOG_FSYNC_ALWAYS = 0, PLOG_FSYNC_INTERVAL };
 typedef struct plog_opts {
     uint64_t segment_bytes;        /* roll after this size; default 64 MiB */
     uint32_t index_interval_bytes; /* an index entry every this many bytes; default 4096 */
-    int64_t retention_ms;          /* delete segments whose newest record is older;
-                                      -1 = forever; default 7 days */
+    int64_t retention_ms;          /* delete segments whose newest record is older
+                                      (no timestamps: whose .log was last modified
+                                      before); -1 = forever; default 7 days */
     int64_t retention_bytes;       /* keep at most this much; -1 = no limit (default) */
     int fsync;                     /* PLOG_FSYNC_ALWAYS (default) or _INTERVAL */
     uint32_t fsync_interval_ms;    /* for _INTERVAL; default 1000 */

@@ -8,9 +8,29 @@
  *                             "fsync_interval_ms": I}
  *                            written to NAME.topic.tmp, fsync'd, renamed, directory fsync'd
  *   DATA/NAME-P/             partition P's log (plog.c: segments and indexes)
+ *   DATA/NAME-P.ID-delete/   a tombstone: partition P of a deleted topic,
+ *                            waiting to be removed. ID is 20 hex digits
+ *                            (the delete's wall-clock time in ns and a
+ *                            counter), unique per delete; NAME is cut to
+ *                            TOMB_NAME_MAX characters so the name fits
+ *                            NAME_MAX. Never opened as a partition: a
+ *                            partition directory ends in "-" and digits.
  * A topic exists once its .topic file does; partition directories are
- * created before it, so a crash in between leaves only empty directories
- * that the next CreateTopics reuses.
+ * created before it, so a crash in between leaves only empty directories.
+ *
+ * Deletion is crash-safe (Kafka's "-delete" directories): every partition
+ * directory is renamed to a tombstone and the data directory fsync'd
+ * before the .topic file is unlinked (and the directory fsync'd again);
+ * the tombstones are removed after that. A crash before the unlink
+ * leaves the topic with empty partitions (the delete was not answered;
+ * the client retries it); tombstones a crash or a failed removal leaves
+ * are removed at startup (elog_topics_load). CreateTopics (and
+ * auto-create, and the streams code) discards a partition directory it
+ * finds when there is no NAME.topic (an orphan: left by a delete of an
+ * older version, which unlinked the definition first, or by a crash
+ * during a create) the same way, tombstone first, so a new topic never
+ * starts with the batches and offsets of a deleted one. With a NAME.topic
+ * that could not be loaded, the directories are reused as before.
  *
  * Each partition keeps, on the loop, the produce requests waiting for their
  * data to be durable (a FIFO in offset order: the plog's durable callback
@@ -28,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct pwait {
@@ -69,6 +90,132 @@ static int fsync_dir(const char *dir)
         return weft_err_from_errno(errno);
     int rc = fsync(fd) < 0 ? weft_err_from_errno(errno) : 0;
     close(fd);
+    return rc;
+}
+
+/* ---- tombstones (see the top of this file) ---- */
+
+#define TOMB_SUFFIX "-delete"
+#define TOMB_NAME_MAX 200
+
+static bool is_tombstone(const char *name)
+{
+    size_t n = strlen(name), k = strlen(TOMB_SUFFIX);
+    return n > k && strcmp(name + n - k, TOMB_SUFFIX) == 0;
+}
+
+/* A fresh tombstone id: 20 hex digits, unique in this process and (by
+ * the clock) across restarts. */
+static void tomb_id(char out[24])
+{
+    static unsigned seq;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned long long ns = (unsigned long long)ts.tv_sec * 1000000000ull +
+                            (unsigned long long)ts.tv_nsec;
+    snprintf(out, 24, "%016llx%04x", ns, ++seq & 0xffffu);
+}
+
+static void part_path(const elog *e, const char *topic, int32_t part, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s-%d", e->data_dir, topic, (int)part);
+}
+
+static void tomb_path(const elog *e, const char *topic, int32_t part, const char *id, char *out,
+                      size_t n)
+{
+    snprintf(out, n, "%s/%.*s-%d.%s" TOMB_SUFFIX, e->data_dir, TOMB_NAME_MAX, topic, (int)part, id);
+}
+
+/* Remove a partition directory or tombstone: its files, then itself. 0 if
+ * it is gone (or never was), else a WEFT_E* error (what is left of a
+ * tombstone is removed at the next start). */
+static int remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : weft_err_from_errno(errno);
+    int rc = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT && rc == 0)
+            rc = weft_err_from_errno(errno);
+    }
+    closedir(d);
+    if (rmdir(dir) < 0 && errno != ENOENT && rc == 0)
+        rc = weft_err_from_errno(errno);
+    return rc;
+}
+
+/* Rename the tombstones of the first n partitions back (a delete that
+ * could not finish). Best effort: the renames just succeeded. */
+static void tomb_undo(elog *e, const char *topic, int32_t n, const char *id)
+{
+    char dir[4096], tomb[4096];
+    for (int32_t i = 0; i < n; i++) {
+        part_path(e, topic, i, dir, sizeof dir);
+        tomb_path(e, topic, i, id, tomb, sizeof tomb);
+        rename(tomb, dir);
+    }
+}
+
+/* Rename the partition directories 0..npart-1 of topic (those that exist)
+ * to tombstones of a new id, and make the renames durable: after this no
+ * crash can bring their data back under the topic's name. All or nothing:
+ * on failure the renamed ones are renamed back. 0 or a WEFT_E* error. */
+static int tomb_parts(elog *e, const char *topic, int32_t npart, char id[24])
+{
+    char dir[4096], tomb[4096];
+    bool moved = false;
+    int rc = 0;
+    tomb_id(id);
+    for (int32_t i = 0; i < npart; i++) {
+        part_path(e, topic, i, dir, sizeof dir);
+        tomb_path(e, topic, i, id, tomb, sizeof tomb);
+        if (rename(dir, tomb) == 0) {
+            moved = true;
+        } else if (errno != ENOENT) {
+            rc = weft_err_from_errno(errno);
+            weft_log(WEFT_LOG_ERROR, "cannot rename a partition directory to its tombstone",
+                     WEFT_KV_STR("dir", dir), WEFT_KV_STR("error", weft_strerror(rc)));
+            tomb_undo(e, topic, i, id);
+            return rc;
+        }
+    }
+    if (moved && (rc = fsync_dir(e->data_dir)) < 0)
+        tomb_undo(e, topic, npart, id);
+    return rc;
+}
+
+/* Remove the tombstones of a delete; a failure is logged and left to the
+ * next start. */
+static void tomb_remove(elog *e, const char *topic, int32_t npart, const char *id)
+{
+    char tomb[4096];
+    for (int32_t i = 0; i < npart; i++) {
+        tomb_path(e, topic, i, id, tomb, sizeof tomb);
+        int rc = remove_dir(tomb);
+        if (rc < 0)
+            weft_log(WEFT_LOG_WARN, "cannot remove a deleted partition; removed at the next start",
+                     WEFT_KV_STR("dir", tomb), WEFT_KV_STR("error", weft_strerror(rc)));
+    }
+}
+
+/* Before a create: partition directories of a topic without a definition
+ * file are leftovers (an orphan of an older version's delete, or of a
+ * crashed create); tombstone them and remove them, so the new topic does
+ * not start with their batches. */
+static int discard_orphans(elog *e, const char *topic, int32_t npart)
+{
+    char def[4096], id[24];
+    snprintf(def, sizeof def, "%s/%s.topic", e->data_dir, topic);
+    if (access(def, F_OK) == 0)
+        return 0; /* a definition that could not be loaded: its data stays */
+    int rc = tomb_parts(e, topic, npart, id);
+    if (rc == 0)
+        tomb_remove(e, topic, npart, id);
     return rc;
 }
 
@@ -132,7 +279,7 @@ static int open_parts(elog *e, ktopic *t)
         p->t = t;
         p->index = i;
         char dir[4096];
-        snprintf(dir, sizeof dir, "%s/%s-%d", e->data_dir, t->name, (int)i);
+        part_path(e, t->name, i, dir, sizeof dir);
         int rc = plog_open(e->loop, dir, &t->conf.log, elog_part_durable, p, &p->log);
         if (rc < 0) {
             weft_log(WEFT_LOG_ERROR, "cannot open a partition log", WEFT_KV_STR("dir", dir),
@@ -174,7 +321,9 @@ int elog_topic_create(elog *e, weft_str name, int32_t partitions, const elog_top
     t->npart = partitions;
     t->conf = *conf;
     t->conf.partitions = partitions;
-    int rc = open_parts(e, t);
+    int rc = discard_orphans(e, t->name, partitions);
+    if (rc == 0)
+        rc = open_parts(e, t);
     if (rc == 0)
         rc = write_def(e, t);
     if (rc == 0)
@@ -260,8 +409,16 @@ int elog_topics_load(elog *e)
     int rc = 0;
     while (rc == 0 && (de = readdir(d))) {
         size_t n = strlen(de->d_name);
-        if (n > 6 && strcmp(de->d_name + n - 6, ".topic") == 0)
+        if (n > 6 && strcmp(de->d_name + n - 6, ".topic") == 0) {
             rc = load_one(e, de->d_name);
+        } else if (is_tombstone(de->d_name)) { /* a delete that did not finish */
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", e->data_dir, de->d_name);
+            int r = remove_dir(path);
+            weft_log(r < 0 ? WEFT_LOG_WARN : WEFT_LOG_INFO,
+                     r < 0 ? "cannot remove a deleted partition" : "deleted partition removed",
+                     WEFT_KV_STR("dir", path), WEFT_KV_STR("error", r < 0 ? weft_strerror(r) : ""));
+        }
     }
     closedir(d);
     weft_log(WEFT_LOG_INFO, "topics loaded", WEFT_KV_UINT("topics", e->ntopics));
@@ -277,37 +434,34 @@ void elog_topics_close(elog *e)
     e->ntopics = e->cap_topics = 0;
 }
 
+/* Tombstones first (durably), then the definition, then the data: a crash
+ * at any point leaves either the whole topic (its partitions maybe
+ * already empty) or no topic and only tombstones (see the top). */
 int elog_topic_delete(elog *e, ktopic *t)
 {
-    char path[4096];
+    char path[4096], id[24];
+    int rc = tomb_parts(e, t->name, t->npart, id);
+    if (rc < 0)
+        return rc;
     snprintf(path, sizeof path, "%s/%s.topic", e->data_dir, t->name);
-    if (unlink(path) < 0)
-        return weft_err_from_errno(errno);
-    fsync_dir(e->data_dir);
+    if (unlink(path) < 0) {
+        rc = weft_err_from_errno(errno);
+        tomb_undo(e, t->name, t->npart, id); /* the logs are open: the topic goes on */
+        return rc;
+    }
+    if ((rc = fsync_dir(e->data_dir)) < 0)
+        weft_log(WEFT_LOG_WARN, "cannot fsync the data directory after a delete",
+                 WEFT_KV_STR("topic", t->name), WEFT_KV_STR("error", weft_strerror(rc)));
     for (size_t i = 0; i < e->ntopics; i++)
         if (e->topics[i] == t) {
             e->topics[i] = e->topics[--e->ntopics];
             break;
         }
-    /* partition data: segments are removed by deleting the directories */
     for (int32_t i = 0; i < t->npart; i++) {
         plog_close(t->parts[i].log);
         t->parts[i].log = NULL;
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s/%s-%d", e->data_dir, t->name, (int)i);
-        DIR *d = opendir(dir);
-        struct dirent *de;
-        while (d && (de = readdir(d))) {
-            if (de->d_name[0] == '.')
-                continue;
-            char f[4600];
-            snprintf(f, sizeof f, "%s/%s", dir, de->d_name);
-            unlink(f);
-        }
-        if (d)
-            closedir(d);
-        rmdir(dir);
     }
+    tomb_remove(e, t->name, t->npart, id);
     weft_log(WEFT_LOG_INFO, "topic deleted", WEFT_KV_STR("topic", t->name));
     topic_free(t);
     return 0;

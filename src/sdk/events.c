@@ -212,6 +212,7 @@ void weft_producer_free(weft_producer *p)
 
 struct weft_consumer {
     rd_kafka_t *rk;
+    bool fatal_logged;
 };
 
 void weft_consumer_opts_default(weft_consumer_opts *o)
@@ -261,19 +262,41 @@ weft_consumer *weft_consumer_new(const weft_consumer_opts *o, char *err, size_t 
     return c;
 }
 
+/* A fatal error (rd_kafka_fatal_error: fenced by another member with the
+ * same group.instance.id, say) ends the consumer: librdkafka stops
+ * fetching and raises it only once, so a caller told 0 would poll a dead
+ * consumer forever. Logged the first time; 0 if there is none, else a
+ * WEFT_E* code (WEFT_EIO unless the cause maps to a better one). */
+static int consumer_fatal(weft_consumer *c)
+{
+    char why[512];
+    rd_kafka_resp_err_t e = rd_kafka_fatal_error(c->rk, why, sizeof why);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    if (!c->fatal_logged) {
+        weft_log(WEFT_LOG_ERROR, "consumer: fatal error, the consumer is dead",
+                 WEFT_KV_STR("error", why), WEFT_KV_STR("code", rd_kafka_err2name(e)));
+        c->fatal_logged = true;
+    }
+    int rc = map_err(e);
+    return rc < 0 ? rc : WEFT_EIO;
+}
+
 int weft_consumer_poll(weft_consumer *c, int timeout_ms, void (*cb)(const weft_event *ev, void *ud),
                        void *ud)
 {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, timeout_ms);
-    if (!m)
-        return 0;
-    if (m->err) { /* transient (librdkafka retries by itself): reported, not fatal */
-        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+    if (!m) /* a fatal error is raised once: every later poll must see it too */
+        return consumer_fatal(c);
+    if (m->err) {
+        /* transient (librdkafka retries by itself): reported, not fatal */
+        int rc = m->err == RD_KAFKA_RESP_ERR__FATAL ? consumer_fatal(c) : 0;
+        if (rc == 0 && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
             weft_log(WEFT_LOG_WARN, "consumer", WEFT_KV_STR("error", rd_kafka_message_errstr(m)));
         rd_kafka_message_destroy(m);
-        return 0;
+        return rc;
     }
-    weft_event_header hs[64];
+    weft_event_header hs[WEFT_EVENT_MAX_HEADERS];
     size_t nh = 0;
     rd_kafka_headers_t *rh = NULL;
     if (rd_kafka_message_headers(m, &rh) == RD_KAFKA_RESP_ERR_NO_ERROR && rh) {

@@ -3,6 +3,7 @@ joins, one is killed -9), kill -9 of the broker during an acks=all produce
 loop, torn segment tails, retention, ListOffsets by time."""
 import json
 import random
+import shutil
 import struct
 import subprocess
 import threading
@@ -343,6 +344,62 @@ c.close()
                             "-X", "auto.offset.reset=error"], capture_output=True, text=True,
                            timeout=30)
         assert "out of range" in (r.stderr + r.stdout).lower(), r.stderr
+    finally:
+        log2.stop()
+
+
+
+def kcat_put(log, topic, lines):
+    r = subprocess.run(["kcat", "-P", "-b", log.bootstrap, "-t", topic],
+                       input="".join(f"{v}\n" for v in lines), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def kcat_all(log, topic):
+    """Every record of partition 0 from the beginning, as [value, offset]."""
+    r = subprocess.run(["kcat", "-C", "-b", log.bootstrap, "-t", topic, "-p", "0", "-o",
+                        "beginning", "-e", "-f", "%s %o\\n"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    return [line.split() for line in r.stdout.splitlines()]
+
+
+def delete_topic(boot, name):
+    r = run_py(f"""
+from kafka.admin import KafkaAdminClient
+a = KafkaAdminClient(bootstrap_servers="{boot}")
+a.delete_topics(["{name}"], timeout_ms=10000)
+a.close()
+""")
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_deleted_topic_data_never_comes_back_under_a_new_topic(tmp_path):
+    log = Log(tmp_path)
+    data = log.data
+    try:
+        kcat_put(log, "t1", [f"old{i}" for i in range(10)])
+        assert len(kcat_all(log, "t1")) == 10
+    finally:
+        log.stop()
+    # what a crash in the middle of a delete leaves: a tombstone, and (a
+    # delete that unlinked the definition first) an orphan partition
+    # directory full of the old batches
+    tomb = data / "t1-0.0000000000000abc0001-delete"
+    shutil.copytree(data / "t1-0", tomb)
+    (data / "t1.topic").unlink()
+    log2 = Log(tmp_path, data=data, name="log2")
+    try:
+        assert not tomb.exists()  # removed at startup
+        kcat_put(log2, "t1", ["fresh"])  # auto-created: starts empty at offset 0
+        assert kcat_all(log2, "t1") == [["fresh", "0"]]
+        # a normal delete leaves nothing behind; the recreated topic starts empty
+        delete_topic(log2.bootstrap, "t1")
+        left = sorted(p.name for p in data.iterdir() if p.name.startswith("t1"))
+        assert left == [], left
+        kcat_put(log2, "t1", ["again"])
+        assert kcat_all(log2, "t1") == [["again", "0"]]
     finally:
         log2.stop()
 

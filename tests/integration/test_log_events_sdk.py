@@ -3,9 +3,12 @@ from several processes race on one stream (optimistic concurrency, retry
 on conflict, exactly-once deposits), and a consumer-group projection built
 from the Kafka category topic with the SDK's librdkafka consumer."""
 import json
+import socket
+import struct
 import subprocess
+import threading
 
-from kafkautil import Log
+from kafkautil import Log, _recv_exact, kstr
 from svcutil import BIN_DIR, get_json
 
 ACCOUNTS = str(BIN_DIR / "weft-example-accounts")
@@ -76,3 +79,98 @@ def test_done_may_free_the_event_store(tmp_path):
         assert res["err"] == 0 and res["version"] == 0, res
     finally:
         log.stop()
+
+
+CONSUMER_PROBE = str(BIN_DIR / "weft-test-consumer-probe")
+
+
+class FencingBroker:
+    """A scripted one-node Kafka broker on raw sockets that answers every
+    JoinGroup with FENCED_INSTANCE_ID (82): what a real broker answers a
+    static member (group.instance.id) that another process with the same
+    instance id has replaced. librdkafka makes that a fatal error. (weft
+    log does not implement static membership, so it cannot fence.)"""
+
+    # ApiVersions answer: (key, min, max); JoinGroup v5 carries group.instance.id
+    APIS = [(1, 0, 4), (2, 0, 1), (3, 0, 1), (8, 0, 2), (9, 0, 1), (10, 0, 0), (11, 0, 5),
+            (12, 0, 0), (13, 0, 0), (14, 0, 0), (18, 0, 3)]
+
+    def __init__(self, topic):
+        self.topic = topic.encode()
+        self.joins = 0
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        try:
+            while True:
+                head = _recv_exact(s, 4)
+                if head is None:
+                    return
+                req = _recv_exact(s, struct.unpack(">i", head)[0])
+                if req is None:
+                    return
+                key, ver, corr = struct.unpack(">hhi", req[:8])
+                body = self._answer(key, ver)
+                if body is not None:
+                    msg = struct.pack(">i", corr) + body
+                    s.sendall(struct.pack(">i", len(msg)) + msg)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def _answer(self, key, ver):
+        host = kstr("127.0.0.1")
+        if key == 18:  # ApiVersions; v3's body is flexible (compact array, tags)
+            if ver >= 3:
+                apis = b"".join(struct.pack(">hhhb", k, lo, hi, 0) for k, lo, hi in self.APIS)
+                return struct.pack(">hb", 0, len(self.APIS) + 1) + apis + struct.pack(">ib", 0, 0)
+            apis = b"".join(struct.pack(">hhh", *a) for a in self.APIS)
+            return struct.pack(">hi", 0, len(self.APIS)) + apis
+        if key == 3:  # Metadata v0/v1: one broker, the topic with one partition
+            brokers = struct.pack(">ii", 1, 0) + host + struct.pack(">i", self.port)
+            if ver >= 1:
+                brokers += struct.pack(">h", -1) + struct.pack(">i", 0)  # rack, controller
+            part = struct.pack(">hiii", 0, 0, 0, 1) + struct.pack(">ii", 0, 1) + struct.pack(">i", 0)
+            topic = struct.pack(">h", 0) + struct.pack(">h", len(self.topic)) + self.topic
+            if ver >= 1:
+                topic += b"\x00"  # is_internal
+            return brokers + struct.pack(">i", 1) + topic + struct.pack(">i", 1) + part
+        if key == 10:  # FindCoordinator v0: this node
+            return struct.pack(">hi", 0, 0) + host + struct.pack(">i", self.port)
+        if key == 11:  # JoinGroup v5: fenced
+            self.joins += 1
+            return struct.pack(">ihi", 0, 82, -1) + kstr("") + kstr("") + kstr("") + \
+                struct.pack(">i", 0)
+        return None  # anything else goes unanswered
+
+    def close(self):
+        self.srv.close()
+
+
+def test_consumer_poll_returns_a_fatal_error(tmp_path):
+    broker = FencingBroker("fenced")
+    try:
+        r = subprocess.run([CONSUMER_PROBE, f"127.0.0.1:{broker.port}", "g", "fenced", "i-1",
+                            "20"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        assert broker.joins >= 1
+        # the fatal error is returned (WEFT_EIO), not logged and swallowed, and
+        # every later poll of the dead consumer returns it again
+        assert d["rc"] == -4 and d["again"] == -4, (d, r.stderr[-2000:])
+        assert "fatal" in r.stderr.lower()
+    finally:
+        broker.close()

@@ -37,6 +37,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "eventlog/plog.h"
@@ -1005,6 +1006,85 @@ static void test_retention_by_time(void **state)
     assert_int_equal(plog_enforce_retention(c->l, now), 0);
 }
 
+/* A segment whose batches carry no timestamps (maxTimestamp -1) is as old
+ * as its .log file's modification time (Kafka's rule), not expired at once. */
+static void test_retention_by_mtime_without_timestamps(void **state)
+{
+    tctx *c = *state;
+    c->o.segment_bytes = 1500;
+    c->o.retention_ms = 7 * DAY_MS;
+    open_log(c);
+    for (int i = 0; i < 40; i++)
+        append_ts(c, 1, -1); /* no timestamp: maxTimestamp -1 */
+    run_until_durable(c, plog_end_offset(c->l));
+    int64_t bases[64];
+    size_t nb = list_bases(c, bases, 64);
+    assert_true(nb >= 4);
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    int64_t now = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
+    /* just written: nothing is old */
+    assert_int_equal(plog_enforce_retention(c->l, now), 0);
+    assert_int_equal(stats(c).segments, nb);
+    /* the first two last modified ten days ago: they go, the rest stays */
+    struct timespec old[2] = {{.tv_sec = wall.tv_sec - 10 * 86400},
+                              {.tv_sec = wall.tv_sec - 10 * 86400}};
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(utimensat(AT_FDCWD, seg_path(c, bases[i], "log"), old, 0), 0);
+    assert_int_equal(plog_enforce_retention(c->l, now), 2);
+    assert_int_equal(plog_start_offset(c->l), bases[2]);
+    check_all(c, bases[2]);
+}
+
+/* A time index that lost its last entries passes no longer for whole: the
+ * lost entry held the segment's largest timestamp (a young batch before
+ * the last offset-index entry, so not among the batches the cheap check
+ * reads). It is rebuilt, so a lookup by time finds the young batch and
+ * retention by time keeps its segment. */
+static void test_short_time_index_rebuilt(void **state)
+{
+    tctx *c = *state;
+    c->o.segment_bytes = 3000;
+    c->o.index_interval_bytes = 300;
+    c->o.retention_ms = 7 * DAY_MS;
+    int64_t now = 1800000000000LL, young_ts = now - DAY_MS;
+    open_log(c);
+    int64_t young = -1;
+    for (int i = 0; i < 100; i++) {
+        /* the second batch of the second segment is young, all else old */
+        if (young < 0 && plog_segments(c->l) == 2 && c->m[c->nm - 1].base == plog_active_base(c->l))
+            young = append_ts(c, 1, young_ts);
+        else
+            append_ts(c, 1, now - 10 * DAY_MS + i);
+    }
+    close_log(c);
+    int64_t bases[64];
+    size_t nb = list_bases(c, bases, 64);
+    assert_true(young > 0 && nb >= 4 && bases[1] < young && young < bases[2]);
+    const char *tpath = seg_path(c, bases[1], "timeindex");
+    size_t n;
+    uint8_t *tim = read_file(tpath, &n);
+    assert_true(n >= 24 && n % 12 == 0);
+    int64_t last_ts = 0;
+    for (int i = 0; i < 8; i++)
+        last_ts = last_ts << 8 | tim[n - 12 + (size_t)i];
+    assert_int_equal(last_ts, young_ts);
+    assert_int_equal(truncate(tpath, (off_t)n - 12), 0);
+
+    open_log(c);
+    assert_int_equal(stats(c).index_rebuilds, 1);
+    size_t n2;
+    uint8_t *tim2 = read_file(tpath, &n2);
+    assert_int_equal(n2, n);
+    assert_memory_equal(tim2, tim, n);
+    free(tim);
+    free(tim2);
+    assert_int_equal(plog_offset_for_time(c->l, young_ts), young);
+    assert_int_equal(plog_offset_for_time(c->l, young_ts), brute_for_time(c, young_ts));
+    assert_int_equal(plog_enforce_retention(c->l, now), 1);
+    assert_int_equal(plog_start_offset(c->l), bases[1]);
+}
+
 /* Retention never deletes what is not yet durable. */
 static void test_retention_waits_for_durable(void **state)
 {
@@ -1234,6 +1314,8 @@ int main(void)
         T(test_offset_for_time),
         T(test_retention_by_bytes),
         T(test_retention_by_time),
+        T(test_retention_by_mtime_without_timestamps),
+        T(test_short_time_index_rebuilt),
         T(test_retention_waits_for_durable),
         T(test_group_commit),
         T(test_interval_flush),

@@ -970,8 +970,9 @@ static void body_end(weft_http_req *r, int err, void *ud)
             g->q = NULL;
             attempt_done(g, WEFT_OUTCOME_SUCCESS, true, false);
         }
-        g->error = "client body error";
-        gw_count_final(g, 400); /* counted and logged like every other end */
+        /* the server answers 408 for a body timeout, else 400 (or closes) */
+        g->error = err == WEFT_ETIMEDOUT ? "client body timeout" : "client body error";
+        gw_count_final(g, err == WEFT_ETIMEDOUT ? 408 : 400); /* counted and logged */
         weft_http_req_on_abort(r, NULL, NULL);
         g->body_mode = GW_BODY_NONE; /* callbacks are being torn down by the server */
         gw_req_free(g);

@@ -401,3 +401,5 @@ def test_client_body_timeout_ends_the_proxied_request(gateway, origins):
     c.sendall(build_request("GET", "/ok"))
     assert weftutil.Reader(c).read_response().status == 200
     c.close()
+    # both ended requests are counted, as the 4xx the client got
+    assert metric(g.metrics(), "weft_gateway_requests_total", code="4xx") == 2

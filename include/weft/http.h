@@ -112,6 +112,11 @@ weft_str weft_http_req_method_str(const weft_http_req *r);
 weft_str weft_http_req_target(const weft_http_req *r);
 weft_str weft_http_req_path(const weft_http_req *r);
 weft_str weft_http_req_query(const weft_http_req *r);
+/* The host the request is for: the authority of an absolute-form target
+ * (`GET http://a.example/ HTTP/1.1`), which RFC 9112 3.2.2 says overrides
+ * the Host header, else the Host header (empty in an HTTP/1.0 request
+ * without one). Route and forward by this, not by the Host header. */
+weft_str weft_http_req_host(const weft_http_req *r);
 int weft_http_req_version_minor(const weft_http_req *r);
 /* First header with this name (case-insensitive); n == 0 and p == NULL if absent. */
 weft_str weft_http_req_header(const weft_http_req *r, weft_str name);

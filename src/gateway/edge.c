@@ -555,7 +555,7 @@ static void waiter_cb(void *waiter, bool ok, weft_cache_hit *hit)
  */
 static char *cache_key(gw_req *g, size_t *len)
 {
-    weft_str host = weft_http_req_header(g->r, WEFT_STR("Host"));
+    weft_str host = weft_http_req_host(g->r);
     weft_str target = weft_http_req_target(g->r);
     weft_str who = g->route->auth && !g->route->cache_auth ? g->auth_hdrs : WEFT_STR_NULL;
     *len = host.n + 1 + target.n + (who.n ? 1 + who.n : 0);

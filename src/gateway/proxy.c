@@ -173,6 +173,7 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
     weft_str xff = {xffbuf, 0}, via = {viabuf, 0};
     weft_str dl = cfg->deadline_header[0] ? weft_str_from(cfg->deadline_header) : WEFT_STR_NULL;
     int rc = 0;
+    bool saw_host = false;
     size_t n = weft_http_req_header_count(r);
     for (size_t i = 0; i < n && rc == 0; i++) {
         weft_str name, value;
@@ -200,8 +201,16 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
         if (rt->auth && (weft_str_ieq(name, WEFT_STR("X-Weft-Consumer")) ||
                          in_ops_value(rt->auth->forward, rt->auth->nforward, name)))
             continue;
+        if (name.n == 4 && weft_str_ieq(name, WEFT_STR("Host"))) {
+            /* the host routed by: an absolute-form target's authority
+             * replaces the Host header (RFC 9112 3.2.2) */
+            value = weft_http_req_host(r);
+            saw_host = true;
+        }
         rc = append(b, name, COLON, value);
     }
+    if (rc == 0 && !saw_host && weft_http_req_host(r).n) /* HTTP/1.0, absolute-form */
+        rc = append(b, WEFT_STR("Host"), COLON, weft_http_req_host(r));
     if (rc == 0 && g->auth_hdrs.n)
         rc = weft_buf_append(b, g->auth_hdrs.p, g->auth_hdrs.n);
     for (size_t i = 0; i < rt->req_ops.nset && rc == 0; i++)
@@ -216,7 +225,7 @@ static int build_upstream_head(gw_req *g, weft_buf *b)
             rc = append_list(b, WEFT_STR("X-Forwarded-For: "), xff, ip);
         else
             rc = append(b, WEFT_STR("X-Forwarded-For"), COLON, ip);
-        weft_str host = weft_http_req_header(r, WEFT_STR("Host"));
+        weft_str host = weft_http_req_host(r);
         if (rc == 0)
             rc = append(b, WEFT_STR("X-Forwarded-Proto"), COLON, WEFT_STR("http"));
         if (rc == 0 && host.n)

@@ -121,7 +121,7 @@ int gw_route_match(const gw_config *c, const weft_http_req *req)
         default:
             break;
         }
-        if (r->host && !host_matches(r->host, weft_http_req_header(req, WEFT_STR("Host"))))
+        if (r->host && !host_matches(r->host, weft_http_req_host(req)))
             continue;
         bool ok = true;
         for (size_t k = 0; ok && k < r->nheaders; k++)

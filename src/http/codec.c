@@ -674,6 +674,8 @@ static int request_semantics(ctx *c)
         return fail(c, 400, "missing Host");
     if (!valid_host(h->host.p, h->host.n))
         return fail(c, 400, "invalid Host");
+    if (h->authority.n) /* absolute-form: its authority is the host (RFC 9112 3.2.2) */
+        h->host = h->authority;
     if (te.present) {
         if (have_cl)
             return fail(c, 400, "both Content-Length and Transfer-Encoding");

@@ -633,6 +633,7 @@ weft_str weft_http_req_method_str(const weft_http_req *r) { return r->head.metho
 weft_str weft_http_req_target(const weft_http_req *r) { return r->head.target; }
 weft_str weft_http_req_path(const weft_http_req *r) { return r->head.path; }
 weft_str weft_http_req_query(const weft_http_req *r) { return r->head.query; }
+weft_str weft_http_req_host(const weft_http_req *r) { return r->head.host; }
 int weft_http_req_version_minor(const weft_http_req *r) { return r->head.version_minor; }
 int64_t weft_http_req_content_length(const weft_http_req *r)
 {

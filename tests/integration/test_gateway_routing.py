@@ -160,6 +160,23 @@ def test_host_match_exact_and_wildcard_port_ignored(env):
         assert send(g, "GET", "/h/x", [("Host", host)]).status == 404, host
 
 
+def test_absolute_form_target_routes_and_forwards_its_authority(env):
+    """An absolute-form target's authority is the request's host (RFC 9112
+    3.2.2: the Host header is then ignored): routing, the Host sent
+    upstream and X-Forwarded-Host all use it, so a front proxy and the
+    gateway cannot disagree on the virtual host."""
+    g, a, b = env
+    r = send(g, "GET", "http://api.example.org/h/x", [("Host", "shop.example.com")])
+    assert r.status == 200 and origin_of(r) == "B", r
+    last = b.last()
+    assert last.target == "/h/x"
+    assert last.header("Host") == "api.example.org"
+    assert last.header("X-Forwarded-Host") == "api.example.org"
+    r = send(g, "GET", "http://shop.example.com/h/y", [("Host", "api.example.org")])
+    assert r.status == 200 and origin_of(r) == "A", r
+    assert a.last().header("Host") == "shop.example.com"
+
+
 def test_header_match_exact_present_absent(env):
     g, a, b = env
     cases = [

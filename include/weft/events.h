@@ -66,7 +66,9 @@ int weft_producer_poll(weft_producer *p, int timeout_ms);
 int weft_producer_flush(weft_producer *p, int timeout_ms);
 /* Deliver callbacks on this loop from now on (call on the loop's thread). */
 int weft_producer_attach(weft_producer *p, weft_loop *loop);
-/* Flushes for up to 10 s, then frees. Detaches first (on the loop's thread). */
+/* Flushes for up to 10 s, then frees: records still undelivered then are
+ * purged, and their callbacks run (with an error) before it returns.
+ * Detaches first (on the loop's thread). */
 void weft_producer_free(weft_producer *p);
 
 /* ---- consumer ---- */

@@ -200,7 +200,13 @@ void weft_producer_free(weft_producer *p)
         rd_kafka_queue_io_event_enable(q, -1, NULL, 0);
         rd_kafka_queue_destroy(q);
     }
-    rd_kafka_flush(p->rk, 10000);
+    if (rd_kafka_flush(p->rk, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        /* still undelivered (brokers down): purge them so that each one's
+         * delivery callback runs with an error (and its context is freed)
+         * instead of silently going with the handle */
+        rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_flush(p->rk, 1000);
+    }
     rd_kafka_destroy(p->rk);
     for (int i = 0; i < 2; i++)
         if (p->pipefd[i] >= 0)

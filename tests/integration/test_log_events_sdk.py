@@ -174,3 +174,21 @@ def test_consumer_poll_returns_a_fatal_error(tmp_path):
         assert "fatal" in r.stderr.lower()
     finally:
         broker.close()
+
+
+PRODUCER_PROBE = str(BIN_DIR / "weft-test-producer-probe")
+
+
+def test_producer_free_reports_records_it_could_not_deliver(tmp_path):
+    """weft_producer_free waits up to 10 s for deliveries; records still
+    undelivered after that (the broker is down) are purged and each one's
+    callback runs with an error, instead of being dropped with the handle
+    (no report, and the callback's context leaked)."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()  # nothing listens there
+    r = subprocess.run([PRODUCER_PROBE, f"127.0.0.1:{port}", "t", "3"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == {"reports": 3, "errors": 3}, r.stdout

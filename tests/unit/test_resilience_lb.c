@@ -403,6 +403,38 @@ static void test_p2c_ewma_peak_decay(void **state)
     weft_lb_free(lb);
 }
 
+/* An endpoint whose estimate once peaked is never chosen again unless its
+ * cost also decays with time at pick (Finagle decays the estimate toward 0
+ * when it is read): otherwise, with two endpoints, one slow response
+ * starves it for good, since it loses every comparison and never gets the
+ * sample that would lower its estimate. */
+static void test_p2c_ewma_peak_decays_without_samples(void **state)
+{
+    (void)state;
+    weft_rng r;
+    weft_rng_seed(&r, 16);
+    weft_lb *lb = make_lb(WEFT_LB_P2C_EWMA, 2, NULL);
+    uint64_t now = 1000000;
+    weft_lb_on_start(lb, 0);
+    weft_lb_on_done(lb, 0, 1000, now);    /* 1 ms */
+    weft_lb_on_start(lb, 1);
+    weft_lb_on_done(lb, 1, 1000000, now); /* one 1 s spike */
+    int first_back = -1;
+    /* 3000 requests, one every 100 ms: 300 s = 30 τ of simulated time */
+    for (int i = 0; i < 3000 && first_back < 0; i++) {
+        now += 100000;
+        int k = weft_lb_pick(lb, 0, NULL, 0, &r);
+        assert_true(k == 0 || k == 1);
+        if (k == 1)
+            first_back = i;
+        weft_lb_on_start(lb, k);
+        weft_lb_on_done(lb, k, 1000, now);
+    }
+    /* cost 10^6 · e^(−t/τ) falls below 10^3 after τ·ln 1000 ≈ 69 s */
+    assert_true(first_back >= 600 && first_back <= 800);
+    weft_lb_free(lb);
+}
+
 /* ---- panic and exclusion, every algorithm ---- */
 
 static void test_lb_panic_mode(void **state)
@@ -698,6 +730,7 @@ int main(void)
         cmocka_unit_test(test_p2c_ewma_avoids_slow),
         cmocka_unit_test(test_p2c_ewma_costs),
         cmocka_unit_test(test_p2c_ewma_peak_decay),
+        cmocka_unit_test(test_p2c_ewma_peak_decays_without_samples),
         cmocka_unit_test(test_lb_panic_mode),
         cmocka_unit_test(test_lb_exclusion),
         cmocka_unit_test(test_lb_null_rng_uses_own),

@@ -44,8 +44,11 @@
  *    endpoint keeping at least one), binary search for the first point >=
  *    key (found in O(1) expected through an index on the key's top bits),
  *    then walk forward to the first eligible endpoint.
- *  - MAGLEV: table of M slots, M the smallest prime in a fixed list that is
- *    >= 100·n (at least 5003; at most 1048573, which also bounds n), filled
+ *  - MAGLEV: table of M slots, M = 65537 (Envoy's default) while that
+ *    leaves >= 100 slots per endpoint (n <= 655), past that the smallest
+ *    prime in a fixed list that is >= 100·n (at most 1048573, which also
+ *    bounds n). M must not follow small changes of n: a key's slot is
+ *    key mod M, so a new M remaps almost every key. Filled
  *    by each endpoint's offset/skip permutation of two hashes of its id.
  *    Weight is honoured by turns: per round every endpoint accrues its
  *    weight and places one entry per max_weight accrued; the first round
@@ -644,12 +647,15 @@ fail_free:
     return rc;
 }
 
-/* Table sizes. Small tables make Maglev's remapping on set changes coarse:
- * removing one of five endpoints moved up to 19 % of the other endpoints'
- * keys at M = 1009 in our tests (two ids drew the same skip), under 1 % at
- * 5003. So the smallest table is 5003 slots (20 KiB). */
-static const uint32_t maglev_primes[] = {5003,   10007,  20011,  40009,  65537,
-                                         131071, 262147, 524287, 1048573};
+/* Table sizes. The table size is part of every key's mapping (slot = key
+ * mod M), so changing M between two builds moves nearly all keys: M used
+ * to be the smallest prime >= 100·n from 5003 up, and going from 50 to 51
+ * endpoints moved 96 % of the keys between endpoints that stayed. So one
+ * size, Envoy's default 65537 (256 KiB), serves every set of up to 655
+ * endpoints; only larger sets step up, rarely. Small tables also make the
+ * remapping coarse: at M = 1009, removing one of five endpoints moved up
+ * to 19 % of the others' keys in our tests (two ids drew the same skip). */
+static const uint32_t maglev_primes[] = {65537, 131071, 262147, 524287, 1048573};
 
 static int build_maglev(weft_lb *lb)
 {

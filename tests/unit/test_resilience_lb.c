@@ -681,6 +681,62 @@ static void test_maglev_sticky(void **state)
     check_rebuild_without_one(WEFT_LB_MAGLEV, 30); /* Maglev: small, nonzero disruption */
 }
 
+/* A balancer over n endpoints named "h0".."h{n-1}", weight 1. */
+static weft_lb *make_named_lb(int algo, size_t n, char (*names)[16], weft_lb_endpoint *eps)
+{
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], sizeof names[i], "h%u", (unsigned)(i % 100000));
+        eps[i] = (weft_lb_endpoint){.id = names[i], .weight = 1, .healthy = true};
+    }
+    weft_lb *lb = NULL;
+    assert_int_equal(weft_lb_new(algo, eps, n, &lb), 0);
+    return lb;
+}
+
+/* Adding one endpoint must leave the other endpoints' keys where they were
+ * (bar Maglev's small table disruption), whatever the set's size: a table
+ * size that grows with the endpoint count (50 → 51 endpoints crossing a
+ * size step) would remap almost every key. */
+static void test_maglev_consistent_across_sizes(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {10, 50, 100, 200};
+    weft_lb_endpoint *eps = calloc(201, sizeof *eps);
+    char(*names)[16] = calloc(201, sizeof *names);
+    int *before = malloc(NKEYS * sizeof *before), *after = malloc(NKEYS * sizeof *after);
+    assert_true(eps && names && before && after);
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t n = sizes[s];
+        weft_lb *lb = make_named_lb(WEFT_LB_MAGLEV, n, names, eps);
+        map_keys(lb, before, 3);
+        weft_lb_free(lb);
+        lb = make_named_lb(WEFT_LB_MAGLEV, n + 1, names, eps); /* h{n} added */
+        map_keys(lb, after, 3);
+        weft_lb_free(lb);
+        long moved = 0, to_new = 0;
+        for (int i = 0; i < NKEYS; i++) {
+            if ((size_t)after[i] == n)
+                to_new++;
+            else
+                moved += after[i] != before[i];
+        }
+        if (moved * 100 > NKEYS * 3 || to_new == 0) {
+            print_error("%zu -> %zu endpoints: %ld of %d keys moved between old endpoints, "
+                        "%ld to the new one\n",
+                        n, n + 1, moved, NKEYS, to_new);
+            free(after);
+            free(before);
+            free(names);
+            free(eps);
+            fail();
+        }
+    }
+    free(after);
+    free(before);
+    free(names);
+    free(eps);
+}
+
 static void test_maglev_many_endpoints(void **state)
 {
     (void)state;
@@ -740,6 +796,7 @@ int main(void)
         cmocka_unit_test(test_maglev_balanced),
         cmocka_unit_test(test_maglev_sticky),
         cmocka_unit_test(test_maglev_many_endpoints),
+        cmocka_unit_test(test_maglev_consistent_across_sizes),
     };
     return cmocka_run_group_tests_name("resilience_lb", tests, NULL, NULL);
 }

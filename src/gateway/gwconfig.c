@@ -171,8 +171,14 @@ static pcre2_code *compile_re(const char *pattern, char *why, size_t whylen)
 {
     int ec;
     PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec,
-                                   &off, NULL);
+    /* PCRE2_MATCH_INVALID_UTF: subjects are request bytes, and header values
+     * may hold any obs-text byte. The router uses pcre2_jit_match, which
+     * does not validate UTF-8: without this flag an invalid sequence is
+     * undefined behaviour (a lone lead byte swallows the bytes after it and
+     * can read past the value's end). With it, invalid bytes simply match
+     * nothing. */
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
+                                   PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &ec, &off, NULL);
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ec, msg, sizeof msg);

@@ -35,14 +35,20 @@
  *  - P2C_EWMA: two distinct random eligible endpoints, the cheaper wins;
  *    cost = peak-EWMA latency × (inflight+1) / weight, and an endpoint with
  *    no sample costs 0 when idle but 1e12+inflight when busy (Finagle), so
- *    new endpoints get probed once, not flooded.
+ *    new endpoints get probed once, not flooded. The latency term decays
+ *    toward 0 from its last sample to the newest time any weft_lb_on_done
+ *    reported (the balancer's clock; pick takes no time), so an endpoint
+ *    that lost every comparison after one slow response is retried.
  *  - RING_HASH: Ketama ring, 100 × weight points per endpoint hashed from
  *    "id#i" (scaled down if the ring would exceed 256 Ki points, each
  *    endpoint keeping at least one), binary search for the first point >=
  *    key (found in O(1) expected through an index on the key's top bits),
  *    then walk forward to the first eligible endpoint.
- *  - MAGLEV: table of M slots, M the smallest prime in a fixed list that is
- *    >= 100·n (at least 5003; at most 1048573, which also bounds n), filled
+ *  - MAGLEV: table of M slots, M = 65537 (Envoy's default) while that
+ *    leaves >= 100 slots per endpoint (n <= 655), past that the smallest
+ *    prime in a fixed list that is >= 100·n (at most 1048573, which also
+ *    bounds n). M must not follow small changes of n: a key's slot is
+ *    key mod M, so a new M remaps almost every key. Filled
  *    by each endpoint's offset/skip permutation of two hashes of its id.
  *    Weight is honoured by turns: per round every endpoint accrues its
  *    weight and places one entry per max_weight accrued; the first round
@@ -124,6 +130,7 @@ struct weft_lb {
     unsigned ring_bits;
     uint32_t *table; /* MAGLEV */
     uint32_t m;
+    uint64_t clock_us; /* latest now_us seen by weft_lb_on_done (P2C_EWMA's clock) */
 };
 
 static const char *const algo_names[] = {
@@ -247,13 +254,27 @@ static size_t sample_eligible(const weft_lb *lb, const pick_ctx *c, weft_rng *rn
 /* ------------------------------------------------------------------ */
 /* costs */
 
-static double ewma_cost(const weft_lb_endpoint *e)
+/* The estimate as of the balancer's clock: it decays toward 0 from its last
+ * update, as Finagle's PeakEwma does on every read. Without this, an
+ * endpoint whose estimate peaked once loses every comparison, so it never
+ * receives the request whose sample would lower its estimate: one slow
+ * response would starve it for good. With decay it is probed again once
+ * its cost has fallen to its rivals' (after τ·ln(ratio)). τ = 0 means "the
+ * latest sample only", so nothing decays then. */
+static double ewma_now(const weft_lb *lb, const weft_lb_endpoint *e)
+{
+    if (lb->clock_us <= e->ewma_stamp_us || !(lb->tau_us > 0))
+        return e->ewma_us;
+    return e->ewma_us * decay((double)(lb->clock_us - e->ewma_stamp_us) / lb->tau_us);
+}
+
+static double ewma_cost(const weft_lb *lb, const weft_lb_endpoint *e)
 {
     double c;
     if (e->ewma_us <= 0)
         c = e->inflight == 0 ? 0.0 : 1e12 + (double)e->inflight;
     else
-        c = e->ewma_us * ((double)e->inflight + 1.0);
+        c = ewma_now(lb, e) * ((double)e->inflight + 1.0);
     return c / (double)e->weight;
 }
 
@@ -269,7 +290,7 @@ static size_t better(const weft_lb *lb, size_t i, size_t j, bool ewma)
 {
     const weft_lb_endpoint *a = &lb->eps[i], *b = &lb->eps[j];
     if (ewma)
-        return ewma_cost(a) <= ewma_cost(b) ? i : j;
+        return ewma_cost(lb, a) <= ewma_cost(lb, b) ? i : j;
     return lr_cmp(a, b) <= 0 ? i : j;
 }
 
@@ -528,6 +549,8 @@ void weft_lb_on_done(weft_lb *lb, int idx, uint64_t latency_us, uint64_t now_us)
         e->ewma_us = 1.0;
     if (now_us > e->ewma_stamp_us)
         e->ewma_stamp_us = now_us;
+    if (now_us > lb->clock_us)
+        lb->clock_us = now_us;
 }
 
 size_t weft_lb_size(const weft_lb *lb)
@@ -624,12 +647,15 @@ fail_free:
     return rc;
 }
 
-/* Table sizes. Small tables make Maglev's remapping on set changes coarse:
- * removing one of five endpoints moved up to 19 % of the other endpoints'
- * keys at M = 1009 in our tests (two ids drew the same skip), under 1 % at
- * 5003. So the smallest table is 5003 slots (20 KiB). */
-static const uint32_t maglev_primes[] = {5003,   10007,  20011,  40009,  65537,
-                                         131071, 262147, 524287, 1048573};
+/* Table sizes. The table size is part of every key's mapping (slot = key
+ * mod M), so changing M between two builds moves nearly all keys: M used
+ * to be the smallest prime >= 100·n from 5003 up, and going from 50 to 51
+ * endpoints moved 96 % of the keys between endpoints that stayed. So one
+ * size, Envoy's default 65537 (256 KiB), serves every set of up to 655
+ * endpoints; only larger sets step up, rarely. Small tables also make the
+ * remapping coarse: at M = 1009, removing one of five endpoints moved up
+ * to 19 % of the others' keys in our tests (two ids drew the same skip). */
+static const uint32_t maglev_primes[] = {65537, 131071, 262147, 524287, 1048573};
 
 static int build_maglev(weft_lb *lb)
 {
@@ -721,6 +747,8 @@ int weft_lb_new(int algo, const weft_lb_endpoint *eps, size_t n, weft_lb **out)
     char *p = lb->ids;
     for (size_t i = 0; i < n; i++) {
         lb->eps[i] = eps[i];
+        if (eps[i].ewma_stamp_us > lb->clock_us) /* state carried over from an old set */
+            lb->clock_us = eps[i].ewma_stamp_us;
         if (eps[i].id) {
             size_t l = strlen(eps[i].id) + 1;
             memcpy(p, eps[i].id, l);

@@ -93,6 +93,9 @@ routes:
   - name: query-re
     match: {{path: /q, query: {{currency: {{regex: "^[A-Z]{{3}}$"}}}}}}
     direct: {{status: 200, body: "q-currency"}}
+  - name: hdr-one-char
+    match: {{prefix: /one/, headers: {{X-Tag: {{regex: "^a.$"}}}}}}
+    direct: {{status: 200, body: "one"}}
 """
 
 
@@ -206,6 +209,17 @@ def test_header_regex_match(regex_gw):
     for v in ("prod-EU", "prod-", "xprod-eu"):
         assert send(g, "GET", "/hdr/x", [("X-Env", v)]).status == 404, v
     assert send(g, "GET", "/hdr/x").status == 404
+
+
+def test_header_regex_invalid_utf8(regex_gw):
+    """Header values may carry any obs-text byte, so they are not always
+    UTF-8: an invalid sequence is never a character (a lone lead byte must
+    not swallow the bytes after it, or run past the value's end)."""
+    g, b = regex_gw
+    # the client sends header text as latin-1: "\xc3\xa9" is the bytes of é
+    assert send(g, "GET", "/one/x", [("X-Tag", "a\xc3\xa9")]).body == b"one"
+    for v in ("a\xc3b", "a\xf0", "a\xe2\x82", "a\xff"):
+        assert send(g, "GET", "/one/x", [("X-Tag", v)]).status == 404, repr(v)
 
 
 def test_query_regex_match(regex_gw):

@@ -403,6 +403,38 @@ static void test_p2c_ewma_peak_decay(void **state)
     weft_lb_free(lb);
 }
 
+/* An endpoint whose estimate once peaked is never chosen again unless its
+ * cost also decays with time at pick (Finagle decays the estimate toward 0
+ * when it is read): otherwise, with two endpoints, one slow response
+ * starves it for good, since it loses every comparison and never gets the
+ * sample that would lower its estimate. */
+static void test_p2c_ewma_peak_decays_without_samples(void **state)
+{
+    (void)state;
+    weft_rng r;
+    weft_rng_seed(&r, 16);
+    weft_lb *lb = make_lb(WEFT_LB_P2C_EWMA, 2, NULL);
+    uint64_t now = 1000000;
+    weft_lb_on_start(lb, 0);
+    weft_lb_on_done(lb, 0, 1000, now);    /* 1 ms */
+    weft_lb_on_start(lb, 1);
+    weft_lb_on_done(lb, 1, 1000000, now); /* one 1 s spike */
+    int first_back = -1;
+    /* 3000 requests, one every 100 ms: 300 s = 30 τ of simulated time */
+    for (int i = 0; i < 3000 && first_back < 0; i++) {
+        now += 100000;
+        int k = weft_lb_pick(lb, 0, NULL, 0, &r);
+        assert_true(k == 0 || k == 1);
+        if (k == 1)
+            first_back = i;
+        weft_lb_on_start(lb, k);
+        weft_lb_on_done(lb, k, 1000, now);
+    }
+    /* cost 10^6 · e^(−t/τ) falls below 10^3 after τ·ln 1000 ≈ 69 s */
+    assert_true(first_back >= 600 && first_back <= 800);
+    weft_lb_free(lb);
+}
+
 /* ---- panic and exclusion, every algorithm ---- */
 
 static void test_lb_panic_mode(void **state)
@@ -649,6 +681,62 @@ static void test_maglev_sticky(void **state)
     check_rebuild_without_one(WEFT_LB_MAGLEV, 30); /* Maglev: small, nonzero disruption */
 }
 
+/* A balancer over n endpoints named "h0".."h{n-1}", weight 1. */
+static weft_lb *make_named_lb(int algo, size_t n, char (*names)[16], weft_lb_endpoint *eps)
+{
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], sizeof names[i], "h%u", (unsigned)(i % 100000));
+        eps[i] = (weft_lb_endpoint){.id = names[i], .weight = 1, .healthy = true};
+    }
+    weft_lb *lb = NULL;
+    assert_int_equal(weft_lb_new(algo, eps, n, &lb), 0);
+    return lb;
+}
+
+/* Adding one endpoint must leave the other endpoints' keys where they were
+ * (bar Maglev's small table disruption), whatever the set's size: a table
+ * size that grows with the endpoint count (50 → 51 endpoints crossing a
+ * size step) would remap almost every key. */
+static void test_maglev_consistent_across_sizes(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {10, 50, 100, 200};
+    weft_lb_endpoint *eps = calloc(201, sizeof *eps);
+    char(*names)[16] = calloc(201, sizeof *names);
+    int *before = malloc(NKEYS * sizeof *before), *after = malloc(NKEYS * sizeof *after);
+    assert_true(eps && names && before && after);
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t n = sizes[s];
+        weft_lb *lb = make_named_lb(WEFT_LB_MAGLEV, n, names, eps);
+        map_keys(lb, before, 3);
+        weft_lb_free(lb);
+        lb = make_named_lb(WEFT_LB_MAGLEV, n + 1, names, eps); /* h{n} added */
+        map_keys(lb, after, 3);
+        weft_lb_free(lb);
+        long moved = 0, to_new = 0;
+        for (int i = 0; i < NKEYS; i++) {
+            if ((size_t)after[i] == n)
+                to_new++;
+            else
+                moved += after[i] != before[i];
+        }
+        if (moved * 100 > NKEYS * 3 || to_new == 0) {
+            print_error("%zu -> %zu endpoints: %ld of %d keys moved between old endpoints, "
+                        "%ld to the new one\n",
+                        n, n + 1, moved, NKEYS, to_new);
+            free(after);
+            free(before);
+            free(names);
+            free(eps);
+            fail();
+        }
+    }
+    free(after);
+    free(before);
+    free(names);
+    free(eps);
+}
+
 static void test_maglev_many_endpoints(void **state)
 {
     (void)state;
@@ -698,6 +786,7 @@ int main(void)
         cmocka_unit_test(test_p2c_ewma_avoids_slow),
         cmocka_unit_test(test_p2c_ewma_costs),
         cmocka_unit_test(test_p2c_ewma_peak_decay),
+        cmocka_unit_test(test_p2c_ewma_peak_decays_without_samples),
         cmocka_unit_test(test_lb_panic_mode),
         cmocka_unit_test(test_lb_exclusion),
         cmocka_unit_test(test_lb_null_rng_uses_own),
@@ -707,6 +796,7 @@ int main(void)
         cmocka_unit_test(test_maglev_balanced),
         cmocka_unit_test(test_maglev_sticky),
         cmocka_unit_test(test_maglev_many_endpoints),
+        cmocka_unit_test(test_maglev_consistent_across_sizes),
     };
     return cmocka_run_group_tests_name("resilience_lb", tests, NULL, NULL);
 }

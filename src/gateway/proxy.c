@@ -1116,7 +1116,48 @@ static void reg_classes(weft_metrics *m, const char *name, const char *help, cha
         labels[base] = '\0';
 }
 
-static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether two cluster configs take their endpoints from the same DNS name or
+ * registry service (same resolver, type, port; same registry and zone). */
+static bool same_discovery(const gw_cluster_conf *a, const gw_cluster_conf *b)
+{
+    if (a->dns_name)
+        return str_eq(a->dns_name, b->dns_name) && a->dns_srv == b->dns_srv &&
+               a->dns_family == b->dns_family && a->dns_port == b->dns_port &&
+               str_eq(a->dns_resolver, b->dns_resolver);
+    if (a->disc_service)
+        return str_eq(a->disc_service, b->disc_service) && str_eq(a->disc_host, b->disc_host) &&
+               a->disc_port == b->disc_port && str_eq(a->disc_zone, b->disc_zone);
+    return false;
+}
+
+/* The endpoints a cluster of the new generation starts with. A static list is
+ * the config's; a discovered cluster of the same name and source starts from
+ * what the previous generation last discovered, so a reload does not leave
+ * it empty (every request 503) until DNS or the registry answers again. */
+static void initial_endpoints(const gw_gen *prev, const gw_cluster_conf *cc,
+                              const gw_endpoint_conf **eps, size_t *n)
+{
+    *eps = cc->eps;
+    *n = cc->neps;
+    if (!prev || (!cc->dns_name && !cc->disc_service))
+        return;
+    for (size_t i = 0; i < prev->cfg->nclusters; i++) {
+        const gw_cluster_rt *pc = &prev->clusters[i];
+        if (strcmp(pc->conf->name, cc->name) == 0 && pc->set && same_discovery(cc, pc->conf)) {
+            *eps = pc->set->eps;
+            *n = pc->set->n;
+            return;
+        }
+    }
+}
+
+/* prev: the generation being replaced (NULL at worker start). */
+static gw_gen *gen_new(gw_worker *w, gw_config *cfg, const gw_gen *prev)
 {
     weft_metrics *m = w->rt->m;
     gw_gen *gen = calloc(1, sizeof *gen);
@@ -1144,7 +1185,10 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
         co.max_pending_per_host = cc->max_pending;
         co.response_timeout_ms = 0; /* set per attempt from the route */
         cl->client = weft_http_client_new(w->loop, &co);
-        cl->set = gw_epset_new(cl, cc->eps, cc->neps);
+        const gw_endpoint_conf *eps;
+        size_t neps;
+        initial_endpoints(prev, cc, &eps, &neps);
+        cl->set = gw_epset_new(cl, eps, neps);
         if (!cl->set || !cl->client)
             goto fail;
         weft_breaker_init(&cl->breaker, &cc->breaker);
@@ -1409,7 +1453,7 @@ int gw_worker_start(gw_runtime *rt, weft_loop *loop)
         return WEFT_ENOMEM;
     rt->workers[idx] = w;
     gw_config *cfg = gw_runtime_config(rt);
-    w->gen = gen_new(w, cfg);
+    w->gen = gen_new(w, cfg, NULL);
     gw_config_unref(cfg);
     if (!w->gen)
         return WEFT_ENOMEM;
@@ -1455,7 +1499,7 @@ static void install_on_worker(weft_loop *loop, void *arg)
     install_msg *msg = arg;
     gw_worker *w = msg->rt->workers[weft_loop_index(loop)];
     if (w) {
-        gw_gen *ng = gen_new(w, msg->cfg);
+        gw_gen *ng = gen_new(w, msg->cfg, w->gen);
         if (ng) {
             gw_gen *old = w->gen;
             ng->current = true;

@@ -25,6 +25,12 @@
 typedef struct weft_metrics weft_metrics;
 typedef uint32_t weft_metric;
 
+/* An id that names no series: updates to it are ignored and its value reads
+ * 0. A failed registration leaves *id untouched, so a caller that presets
+ * *id to this gets a series the registry refused (bad labels, full) simply
+ * missing rather than written over another series. */
+#define WEFT_METRIC_NONE UINT32_MAX
+
 enum weft_metric_type { WEFT_COUNTER = 1, WEFT_GAUGE, WEFT_HISTOGRAM };
 
 #define WEFT_METRICS_MAX_WORKERS 256
@@ -33,7 +39,8 @@ enum weft_metric_type { WEFT_COUNTER = 1, WEFT_GAUGE, WEFT_HISTOGRAM };
 weft_metrics *weft_metrics_global(void);
 
 /* Register a series. labels may be NULL. Returns 0 and *id, WEFT_EINVAL
- * for a bad name/label syntax or a type clash, WEFT_ETOOBIG when full.
+ * for a bad name/label syntax or a type clash, WEFT_ETOOBIG when full (then
+ * *id is untouched: see WEFT_METRIC_NONE).
  * Registering the same name+labels twice returns the existing id. */
 int weft_metrics_counter(weft_metrics *m, const char *name, const char *help,
                          const char *labels, weft_metric *id);

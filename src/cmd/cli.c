@@ -159,6 +159,57 @@ static int load_http(weft_cli *cli, const weft_conf_node *http, weft_conf_err *e
     return 0;
 }
 
+/* The common keys of root into cli (flags given on the command line win).
+ * No side effects beyond cli, so a reload can validate a new file with it. */
+static int read_common(weft_cli *cli, const weft_conf_node *root, weft_conf_err *err)
+{
+    const weft_conf_node *ln = weft_conf_get(root, "listen");
+    if (ln && cli->nlisten == 0) {
+        if (weft_conf_kind(ln) == WEFT_CONF_SCALAR) {
+            cli->listen[cli->nlisten++] = weft_conf_scalar(ln);
+        } else if (weft_conf_kind(ln) == WEFT_CONF_SEQ) {
+            for (size_t i = 0; i < weft_conf_seq_len(ln) && cli->nlisten < CLI_MAX_LISTEN; i++) {
+                const weft_conf_node *it = weft_conf_seq_at(ln, i);
+                if (weft_conf_kind(it) != WEFT_CONF_SCALAR)
+                    return weft_conf_errorf(err, it, "listen", "expected HOST:PORT");
+                cli->listen[cli->nlisten++] = weft_conf_scalar(it);
+            }
+        } else {
+            return weft_conf_errorf(err, ln, "listen", "expected HOST:PORT or a list of them");
+        }
+    }
+    int64_t w = cli->workers;
+    if (weft_conf_int(root, "workers", 0, 256, &w, err) < 0)
+        return WEFT_ECONFIG;
+    if (!flag_set_workers)
+        cli->workers = (int)w;
+    static const char *const levels[] = {"debug", "info", "warn", "error", "off", NULL};
+    static const char *const formats[] = {"text", "json", NULL};
+    const weft_conf_node *log = weft_conf_get(root, "log");
+    if (log) {
+        int lv = cli->log_level, fm = cli->log_format;
+        if (weft_conf_enum(log, "level", levels, &lv, err) < 0 ||
+            weft_conf_enum(log, "format", formats, &fm, err) < 0)
+            return WEFT_ECONFIG;
+        if (!flag_set_level)
+            cli->log_level = lv;
+        if (!flag_set_format)
+            cli->log_format = fm;
+    }
+    const weft_conf_node *http = weft_conf_get(root, "http");
+    if (http && load_http(cli, http, err) < 0)
+        return WEFT_ECONFIG;
+    return 0;
+}
+
+int weft_cli_check_common(const weft_conf_node *root, weft_conf_err *err)
+{
+    weft_cli scratch;
+    memset(&scratch, 0, sizeof scratch);
+    weft_http_server_opts_default(&scratch.http);
+    return read_common(&scratch, root, err);
+}
+
 int weft_cli_load_common(weft_cli *cli)
 {
     if (!cli->config_path)
@@ -168,45 +219,7 @@ int weft_cli_load_common(weft_cli *cli)
         fprintf(stderr, "weft %s: %s\n", cli->prog, err.msg);
         return WEFT_ECONFIG;
     }
-    const weft_conf_node *root = weft_conf_root(cli->conf);
-    const weft_conf_node *ln = weft_conf_get(root, "listen");
-    if (ln && cli->nlisten == 0) {
-        if (weft_conf_kind(ln) == WEFT_CONF_SCALAR) {
-            cli->listen[cli->nlisten++] = weft_conf_scalar(ln);
-        } else if (weft_conf_kind(ln) == WEFT_CONF_SEQ) {
-            for (size_t i = 0; i < weft_conf_seq_len(ln) && cli->nlisten < CLI_MAX_LISTEN; i++) {
-                const weft_conf_node *it = weft_conf_seq_at(ln, i);
-                if (weft_conf_kind(it) != WEFT_CONF_SCALAR) {
-                    weft_conf_errorf(&err, it, "listen", "expected HOST:PORT");
-                    goto fail;
-                }
-                cli->listen[cli->nlisten++] = weft_conf_scalar(it);
-            }
-        } else {
-            weft_conf_errorf(&err, ln, "listen", "expected HOST:PORT or a list of them");
-            goto fail;
-        }
-    }
-    int64_t w = cli->workers;
-    if (weft_conf_int(root, "workers", 0, 256, &w, &err) < 0)
-        goto fail;
-    if (!flag_set_workers)
-        cli->workers = (int)w;
-    static const char *const levels[] = {"debug", "info", "warn", "error", "off", NULL};
-    static const char *const formats[] = {"text", "json", NULL};
-    const weft_conf_node *log = weft_conf_get(root, "log");
-    if (log) {
-        int lv = cli->log_level, fm = cli->log_format;
-        if (weft_conf_enum(log, "level", levels, &lv, &err) < 0 ||
-            weft_conf_enum(log, "format", formats, &fm, &err) < 0)
-            goto fail;
-        if (!flag_set_level)
-            cli->log_level = lv;
-        if (!flag_set_format)
-            cli->log_format = fm;
-    }
-    const weft_conf_node *http = weft_conf_get(root, "http");
-    if (http && load_http(cli, http, &err) < 0)
+    if (read_common(cli, weft_conf_root(cli->conf), &err) < 0)
         goto fail;
 apply:
     weft_log_set_level(cli->log_level);

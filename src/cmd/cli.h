@@ -45,6 +45,10 @@ const char *weft_cli_extra(const weft_cli *cli, const char *name);
 /* Read the common keys (listen, workers, log, http.*) from the config file
  * when one was given; flags given on the command line win. */
 int weft_cli_load_common(weft_cli *cli);
+/* Validate the common keys of a config document exactly as
+ * weft_cli_load_common() does, marking them read, without applying them
+ * (a reload checks them although they only change on a restart). */
+int weft_cli_check_common(const weft_conf_node *root, weft_conf_err *err);
 /* Reject unknown keys; free the document. */
 int weft_cli_finish(weft_cli *cli);
 void weft_cli_release(weft_cli *cli);

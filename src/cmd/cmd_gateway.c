@@ -59,9 +59,10 @@ static int keep_source(gw_config *c, const weft_conf *doc)
     return 0;
 }
 
-/* Parse the whole file again: the common keys are only marked as read (they
- * cannot change without a restart), the gateway keys are validated, and
- * unknown keys are errors — exactly as at start-up. */
+/* Parse the whole file again and validate all of it exactly as at start-up:
+ * the common keys (listen, admin, workers, log, http) are checked although
+ * they only take effect on a restart — a file that reload accepts must also
+ * start — then the gateway keys, and unknown keys are errors. */
 static int load_config(const char *path, gw_config **out, char *errbuf, size_t errlen)
 {
     weft_conf *doc;
@@ -72,16 +73,12 @@ static int load_config(const char *path, gw_config **out, char *errbuf, size_t e
         return WEFT_ECONFIG;
     }
     const weft_conf_node *root = weft_conf_root(doc);
-    static const char *const common[] = {"listen", "admin", "workers", "log", "http"};
-    for (size_t i = 0; i < sizeof common / sizeof common[0]; i++) {
-        const weft_conf_node *n = weft_conf_get(root, common[i]);
-        if (n && weft_conf_kind(n) == WEFT_CONF_MAP)
-            for (size_t j = 0; j < weft_conf_map_len(n); j++) {
-                const char *k;
-                weft_conf_map_at(n, j, &k);
-            }
-    }
-    rc = gw_config_from_conf(path, root, out, &err);
+    const char *admin = NULL;
+    rc = weft_cli_check_common(root, &err);
+    if (rc == 0)
+        rc = weft_conf_string(root, "admin", &admin, &err);
+    if (rc == 0)
+        rc = gw_config_from_conf(path, root, out, &err);
     if (rc == 0 && weft_conf_check_unused(root, &err) < 0) {
         gw_config_unref(*out);
         *out = NULL;

@@ -279,21 +279,29 @@ static inline void slot_add(_Atomic uint64_t *p, uint64_t n)
 
 void weft_metric_add(weft_metrics *m, weft_metric id, uint64_t n)
 {
+    if (id == WEFT_METRIC_NONE)
+        return;
     slot_add(&my_slots(m)[m->s[id].slot], n);
 }
 
 void weft_metric_gauge_add(weft_metrics *m, weft_metric id, int64_t delta)
 {
+    if (id == WEFT_METRIC_NONE)
+        return;
     slot_add(&my_slots(m)[m->s[id].slot], (uint64_t)delta);
 }
 
 void weft_metric_gauge_set(weft_metrics *m, weft_metric id, int64_t value)
 {
+    if (id == WEFT_METRIC_NONE)
+        return;
     atomic_store_explicit(&my_slots(m)[m->s[id].slot], (uint64_t)value, memory_order_relaxed);
 }
 
 void weft_metric_observe(weft_metrics *m, weft_metric id, double v)
 {
+    if (id == WEFT_METRIC_NONE)
+        return;
     const series *s = &m->s[id];
     _Atomic uint64_t *p = &my_slots(m)[s->slot];
     uint32_t b = 0;
@@ -334,6 +342,8 @@ static double sum_double_slot(weft_metrics *m, uint32_t slot)
 
 double weft_metric_value(weft_metrics *m, weft_metric id)
 {
+    if (id == WEFT_METRIC_NONE)
+        return 0;
     const series *s = &m->s[id];
     if (s->fn)
         return s->fn(s->fn_arg);

@@ -1056,18 +1056,117 @@ static void gen_unref(gw_gen *gen)
     weft_timer_start(w->loop, &w->reap_timer, 0);
 }
 
-static void reg_classes(weft_metrics *m, const char *name, const char *help, const char *lkey,
-                        const char *lval, weft_metric ids[6])
+/* key="value" for a label set, the value escaped for the exposition format:
+ * route and cluster names come from the config and may hold any character.
+ * Room is left for a ",code=\"other\"" suffix. NULL when out of memory
+ * (then the series are not registered and their ids are WEFT_METRIC_NONE). */
+static char *label_of(const char *key, const char *val)
+{
+    size_t n = strlen(key) + 4 + 2 * strlen(val) + 16;
+    char *out = malloc(n), *p = out;
+    if (!out)
+        return NULL;
+    p += sprintf(p, "%s=\"", key);
+    for (; *val; val++) {
+        if (*val == '\\' || *val == '"')
+            *p++ = '\\';
+        if (*val == '\n') {
+            *p++ = '\\';
+            *p++ = 'n';
+            continue;
+        }
+        *p++ = *val;
+    }
+    *p++ = '"';
+    *p = '\0';
+    return out;
+}
+
+/* A label set the registry refuses, for when one could not be built. */
+#define NO_LABELS "!"
+
+/* Registration that leaves a refused series' id naming no series (a route or
+ * cluster beyond the registry's capacity): updates to it are dropped instead
+ * of landing on series 0, which the zeroed id would otherwise name. */
+static void reg_counter(weft_metrics *m, const char *name, const char *help, const char *labels,
+                        weft_metric *id)
+{
+    *id = WEFT_METRIC_NONE;
+    weft_metrics_counter(m, name, help, labels, id);
+}
+
+static void reg_gauge(weft_metrics *m, const char *name, const char *help, const char *labels,
+                      weft_metric *id)
+{
+    *id = WEFT_METRIC_NONE;
+    weft_metrics_gauge(m, name, help, labels, id);
+}
+
+static void reg_histogram(weft_metrics *m, const char *name, const char *help, const char *labels,
+                          const double *bounds, size_t nbounds, weft_metric *id)
+{
+    *id = WEFT_METRIC_NONE;
+    weft_metrics_histogram(m, name, help, labels, bounds, nbounds, id);
+}
+
+static void reg_classes(weft_metrics *m, const char *name, const char *help, char *labels,
+                        weft_metric ids[6])
 {
     static const char *const cls[] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
-    char labels[256];
+    size_t base = labels ? strlen(labels) : 0;
     for (int i = 0; i < 6; i++) {
-        snprintf(labels, sizeof labels, "%s=\"%s\",code=\"%s\"", lkey, lval, cls[i]);
-        weft_metrics_counter(m, name, help, labels, &ids[i]);
+        ids[i] = WEFT_METRIC_NONE;
+        if (!labels)
+            continue; /* could not be built: left out */
+        sprintf(labels + base, ",code=\"%s\"", cls[i]);
+        reg_counter(m, name, help, labels, &ids[i]);
+    }
+    if (labels)
+        labels[base] = '\0';
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether two cluster configs take their endpoints from the same DNS name or
+ * registry service (same resolver, type, port; same registry and zone). */
+static bool same_discovery(const gw_cluster_conf *a, const gw_cluster_conf *b)
+{
+    if (a->dns_name)
+        return str_eq(a->dns_name, b->dns_name) && a->dns_srv == b->dns_srv &&
+               a->dns_family == b->dns_family && a->dns_port == b->dns_port &&
+               str_eq(a->dns_resolver, b->dns_resolver);
+    if (a->disc_service)
+        return str_eq(a->disc_service, b->disc_service) && str_eq(a->disc_host, b->disc_host) &&
+               a->disc_port == b->disc_port && str_eq(a->disc_zone, b->disc_zone);
+    return false;
+}
+
+/* The endpoints a cluster of the new generation starts with. A static list is
+ * the config's; a discovered cluster of the same name and source starts from
+ * what the previous generation last discovered, so a reload does not leave
+ * it empty (every request 503) until DNS or the registry answers again. */
+static void initial_endpoints(const gw_gen *prev, const gw_cluster_conf *cc,
+                              const gw_endpoint_conf **eps, size_t *n)
+{
+    *eps = cc->eps;
+    *n = cc->neps;
+    if (!prev || (!cc->dns_name && !cc->disc_service))
+        return;
+    for (size_t i = 0; i < prev->cfg->nclusters; i++) {
+        const gw_cluster_rt *pc = &prev->clusters[i];
+        if (strcmp(pc->conf->name, cc->name) == 0 && pc->set && same_discovery(cc, pc->conf)) {
+            *eps = pc->set->eps;
+            *n = pc->set->n;
+            return;
+        }
     }
 }
 
-static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
+/* prev: the generation being replaced (NULL at worker start). */
+static gw_gen *gen_new(gw_worker *w, gw_config *cfg, const gw_gen *prev)
 {
     weft_metrics *m = w->rt->m;
     gw_gen *gen = calloc(1, sizeof *gen);
@@ -1081,7 +1180,6 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
     gen->routes = calloc(cfg->nroutes, sizeof *gen->routes);
     if (!gen->clusters || !gen->routes)
         goto fail;
-    char labels[256];
     for (size_t i = 0; i < cfg->nclusters; i++) {
         const gw_cluster_conf *cc = &cfg->clusters[i];
         gw_cluster_rt *cl = &gen->clusters[i];
@@ -1096,69 +1194,76 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg)
         co.max_pending_per_host = cc->max_pending;
         co.response_timeout_ms = 0; /* set per attempt from the route */
         cl->client = weft_http_client_new(w->loop, &co);
-        cl->set = gw_epset_new(cl, cc->eps, cc->neps);
+        const gw_endpoint_conf *eps;
+        size_t neps;
+        initial_endpoints(prev, cc, &eps, &neps);
+        cl->set = gw_epset_new(cl, eps, neps);
         if (!cl->set || !cl->client)
             goto fail;
         weft_breaker_init(&cl->breaker, &cc->breaker);
         weft_adaptive_init(&cl->adaptive, &cc->adaptive_opts);
+        /* a NULL label set (out of memory) is refused: ids WEFT_METRIC_NONE */
+        char *lbuf = label_of("cluster", cc->name);
+        const char *labels = lbuf ? lbuf : NO_LABELS;
         reg_classes(m, "weft_gateway_upstream_responses_total",
-                    "Upstream responses by cluster and status class.", "cluster", cc->name,
-                    cl->m_upstream);
-        snprintf(labels, sizeof labels, "cluster=\"%s\"", cc->name);
-        weft_metrics_counter(m, "weft_gateway_breaker_rejections_total",
+                    "Upstream responses by cluster and status class.", lbuf, cl->m_upstream);
+        reg_counter(m, "weft_gateway_breaker_rejections_total",
                              "Requests short-circuited by an open circuit breaker.", labels,
                              &cl->m_breaker_reject);
-        weft_metrics_counter(m, "weft_gateway_ejections_total",
+        reg_counter(m, "weft_gateway_ejections_total",
                              "Endpoints ejected by outlier detection.", labels, &cl->m_ejections);
-        weft_metrics_counter(m, "weft_gateway_overload_rejections_total",
+        reg_counter(m, "weft_gateway_overload_rejections_total",
                              "Requests shed by concurrency limits.", labels, &cl->m_overload);
-        weft_metrics_counter(m, "weft_gateway_health_check_failures_total",
+        reg_counter(m, "weft_gateway_health_check_failures_total",
                              "Failed active health checks.", labels, &cl->m_hc_fail);
-        weft_metrics_counter(m, "weft_gateway_dns_failures_total",
+        reg_counter(m, "weft_gateway_dns_failures_total",
                              "DNS discovery failures (the last endpoints are kept).", labels,
                              &cl->m_dns_fail);
-        weft_metrics_counter(m, "weft_gateway_dns_updates_total",
+        reg_counter(m, "weft_gateway_dns_updates_total",
                              "Endpoint set changes from DNS discovery.", labels,
                              &cl->m_dns_updates);
-        weft_metrics_gauge(m, "weft_gateway_breaker_open",
+        reg_gauge(m, "weft_gateway_breaker_open",
                            "Workers whose circuit breaker for the cluster is open.", labels,
                            &cl->m_breaker_open);
-        weft_metrics_gauge(m, "weft_gateway_breaker_half_open",
+        reg_gauge(m, "weft_gateway_breaker_half_open",
                            "Workers whose circuit breaker for the cluster is half-open.", labels,
                            &cl->m_breaker_half_open);
-        weft_metrics_gauge(m, "weft_gateway_discovery_stale",
+        reg_gauge(m, "weft_gateway_discovery_stale",
                            "Workers serving the last known endpoints because the registry "
                            "is unreachable.", labels, &cl->m_disc_stale);
-        weft_metrics_counter(m, "weft_gateway_discovery_updates_total",
+        reg_counter(m, "weft_gateway_discovery_updates_total",
                              "Endpoint set changes from registry discovery.", labels,
                              &cl->m_disc_updates);
-        weft_metrics_counter(m, "weft_gateway_discovery_failures_total",
+        reg_counter(m, "weft_gateway_discovery_failures_total",
                              "Failed registry queries (the last endpoints are kept).", labels,
                              &cl->m_disc_fail);
-        weft_metrics_gauge(m, "weft_gateway_ejected_endpoints",
+        reg_gauge(m, "weft_gateway_ejected_endpoints",
                            "Endpoints currently ejected by outlier detection (summed over workers).",
                            labels, &cl->m_ejected_now);
+        free(lbuf);
     }
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const gw_route_conf *rc = &cfg->routes[i];
         gw_route_rt *rr = &gen->routes[i];
         weft_retry_budget_init(&rr->budget, rc->retry.budget_percent, rc->retry.budget_min_per_sec,
                                rc->retry.budget_ttl_ms);
+        char *lbuf = label_of("route", rc->name);
+        const char *labels = lbuf ? lbuf : NO_LABELS;
         reg_classes(m, "weft_gateway_requests_total",
-                    "Requests answered by the gateway, by route and status class.", "route",
-                    rc->name, rr->m_req);
-        snprintf(labels, sizeof labels, "route=\"%s\"", rc->name);
-        weft_metrics_histogram(m, "weft_gateway_request_duration_seconds",
+                    "Requests answered by the gateway, by route and status class.", lbuf,
+                    rr->m_req);
+        reg_histogram(m, "weft_gateway_request_duration_seconds",
                                "Gateway request latency (including retries).", labels,
                                weft_latency_buckets, weft_latency_nbuckets, &rr->m_dur);
-        weft_metrics_counter(m, "weft_gateway_retries_total", "Retries started.", labels,
+        reg_counter(m, "weft_gateway_retries_total", "Retries started.", labels,
                              &rr->m_retries);
-        weft_metrics_counter(m, "weft_gateway_retry_budget_exhausted_total",
+        reg_counter(m, "weft_gateway_retry_budget_exhausted_total",
                              "Retries refused because the retry budget was spent.", labels,
                              &rr->m_budget_exhausted);
-        weft_metrics_counter(m, "weft_gateway_rate_limited_total",
+        reg_counter(m, "weft_gateway_rate_limited_total",
                              "Requests answered 429 by the route's rate limit.", labels,
                              &rr->m_ratelimited);
+        free(lbuf);
     }
     for (size_t i = 0; i < cfg->nclusters; i++) {
         gw_health_start(gen->clusters[i].set);
@@ -1338,15 +1443,12 @@ int gw_worker_start(gw_runtime *rt, weft_loop *loop)
     {
         gw_config *c0 = gw_runtime_config(rt);
         w->cache = weft_cache_new(c0->cache_max_bytes, c0->cache_policy);
-        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
-                             "Response cache lookups by result.", "result=\"hit\"",
-                             &w->m_cache_hit);
-        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
-                             "Response cache lookups by result.", "result=\"miss\"",
-                             &w->m_cache_miss);
-        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
-                             "Response cache lookups by result.", "result=\"coalesced\"",
-                             &w->m_cache_coalesced);
+        reg_counter(rt->m, "weft_gateway_cache_lookups_total", "Response cache lookups by result.",
+                    "result=\"hit\"", &w->m_cache_hit);
+        reg_counter(rt->m, "weft_gateway_cache_lookups_total", "Response cache lookups by result.",
+                    "result=\"miss\"", &w->m_cache_miss);
+        reg_counter(rt->m, "weft_gateway_cache_lookups_total", "Response cache lookups by result.",
+                    "result=\"coalesced\"", &w->m_cache_coalesced);
         gw_config_unref(c0);
         if (!w->cache)
             return WEFT_ENOMEM;
@@ -1360,7 +1462,7 @@ int gw_worker_start(gw_runtime *rt, weft_loop *loop)
         return WEFT_ENOMEM;
     rt->workers[idx] = w;
     gw_config *cfg = gw_runtime_config(rt);
-    w->gen = gen_new(w, cfg);
+    w->gen = gen_new(w, cfg, NULL);
     gw_config_unref(cfg);
     if (!w->gen)
         return WEFT_ENOMEM;
@@ -1406,7 +1508,7 @@ static void install_on_worker(weft_loop *loop, void *arg)
     install_msg *msg = arg;
     gw_worker *w = msg->rt->workers[weft_loop_index(loop)];
     if (w) {
-        gw_gen *ng = gen_new(w, msg->cfg);
+        gw_gen *ng = gen_new(w, msg->cfg, w->gen);
         if (ng) {
             gw_gen *old = w->gen;
             ng->current = true;

@@ -11,6 +11,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 
 TYPES = {"A": 1, "AAAA": 28, "SRV": 33}
 
@@ -41,11 +42,14 @@ class DnsServer:
         self.lock = threading.Lock()
         self.queries = []
         self.fail = None   # None, or an rcode to answer every query with (2 = SERVFAIL)
+        self.delay = 0.0   # seconds to wait before each answer (a slow resolver)
         srv = self
 
         class Udp(socketserver.BaseRequestHandler):
             def handle(self):
                 data, sock = self.request
+                if srv.delay:
+                    time.sleep(srv.delay)
                 resp = srv.answer(data)
                 if resp:
                     sock.sendto(resp, self.client_address)

@@ -165,6 +165,31 @@ def test_admin_reload_invalid_keeps_old_config(gateway, origins):
     assert g.get("/old/x").status == 200
 
 
+def test_reload_validates_the_common_keys_like_start_up(gateway, origins):
+    """listen, workers, log and http.* cannot change without a restart, but a
+    reload still checks them: a file that reload accepted must also start
+    (was: their keys were only marked as read, so a typo under http: or a
+    bad value was accepted and the next restart failed)."""
+    o = origins(1)
+    g = gateway(base_config(o))
+    for extra, err in [
+        ("http:\n  max_bdy: 1KiB\n", "2:3: http.max_bdy: unknown key"),
+        ("log: {level: loud}\n", "1:14: log.level: expected one of: debug, info, warn, error, off"),
+        ("workers: -3\n", "1:10: workers: expected an integer between 0 and 256"),
+        ("http: {body_timeout: 0ms}\n",
+         "1:22: http.body_timeout: expected a duration between 1ms and 24h"),
+    ]:
+        g.write_config(extra + base_config(o))
+        r = g.reload()
+        assert r.status == 400, (extra, r)
+        assert r.json()["error"] == f"{g.config_path}:{err}", r.body
+        assert g.get("/old/x").status == 200
+    # valid common keys are accepted (and ignored until a restart)
+    g.write_config("http: {max_body: 2MiB}\nlog: {level: info}\n" + base_config(o))
+    assert g.reload().status == 200
+    assert g.admin_get("/admin/config").json()["reload_failures"] == 4
+
+
 def test_rejected_reload_with_a_non_utf8_config_path(tmp_path, origins):
     """The reason quotes the file name; one that is not UTF-8 goes into the
     JSON answers with U+FFFD for the bytes that are not (was: a crash)."""

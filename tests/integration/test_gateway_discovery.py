@@ -118,3 +118,24 @@ def test_stale_on_error_and_recovery(gateway, origins, tmp_path):  # noqa: F811
         assert eps(g) == [a.addr]
     finally:
         assert reg.stop() == 0
+
+
+def test_reload_keeps_the_discovered_endpoints(gateway, origins, tmp_path):  # noqa: F811
+    """A reload rebuilds the cluster; it starts from the endpoints last
+    discovered, not from none (was: 503 for every request until the registry
+    answered the new watch, and for good while the registry was down)."""
+    a, = origins(1)
+    reg = Reg(tmp_path)
+    g = gateway(cfg(reg))
+    reg.put("svc", "a", {"address": "127.0.0.1", "port": a.port})
+    wait_until(lambda: eps(g) == [a.addr], timeout=2, what="registered")
+    assert reg.stop() == 0
+    g.write_config(cfg(reg).replace("retry: false", "retry: false\n    timeout: 7s"))
+    assert g.reload().status == 200
+    wait_until(lambda: g.admin_get("/admin/config").json()["reloads"] == 1, what="reloaded")
+    time.sleep(0.1)  # the workers have installed the new generation
+    with g.client() as c:
+        for i in range(10):
+            r = c.get(f"/after/{i}")
+            assert r.status == 200 and origin_of(r) == a.name, r
+    assert eps(g) == [a.addr]

@@ -2,6 +2,7 @@
 on loopback (tests/integration/dnsserver.py), TTL-driven refresh, SRV
 priority and weights, stale-on-error, and state carried across updates."""
 import collections
+import time
 
 import pytest
 
@@ -148,3 +149,39 @@ routes:
     n = bad.count()
     cnt = spread(g, 60)
     assert bad.count() == n and cnt[bad.name] == 0, cnt
+
+
+def test_reload_keeps_serving_the_resolved_endpoints(gateway, origins, dns):  # noqa: F811
+    """A reload builds the cluster anew; its endpoints must not go back to
+    empty until DNS answers again (was: every request between a reload and
+    the next answer got 503, for as long as the resolver took)."""
+    o, = origins(1)
+    dns.set("svc.test", "A", ["127.0.0.1"], ttl=30)
+
+    def conf(timeout):
+        return f"""
+clusters:
+  svc:
+    dns: {{name: svc.test, type: a, port: {o.port}, resolver: "127.0.0.1:{dns.port}"}}
+routes:
+  - cluster: svc
+    timeout: {timeout}
+"""
+    g = gateway(conf("5s"), workers=2)
+    wait_until(lambda: eps(g) == [(f"127.0.0.1:{o.port}", 1)], what="A record resolved")
+    dns.delay = 1.5  # the next answers come slowly
+    g.write_config(conf("6s"))
+    assert g.reload().status == 200
+    statuses = collections.Counter()
+    with g.client() as c:
+        for i in range(40):  # about 0.4 s, well inside the resolver's delay
+            statuses[c.get(f"/after-reload/{i}").status] += 1
+            time.sleep(0.01)
+    assert statuses == {200: 40}, statuses
+    assert eps(g) == [(f"127.0.0.1:{o.port}", 1)]
+    # a changed dns: block is a different source: it starts from its own answer
+    dns.delay = 0
+    dns.set("other.test", "A", ["127.0.0.2"], ttl=30)
+    g.write_config(conf("6s").replace("svc.test", "other.test"))
+    assert g.reload().status == 200
+    wait_until(lambda: eps(g) == [(f"127.0.0.2:{o.port}", 1)], what="new name resolved")

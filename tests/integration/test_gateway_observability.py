@@ -215,3 +215,55 @@ def test_metrics_merge_across_workers(gateway, origins):
     assert metric(m, "weft_gateway_requests_total", route="api", code="2xx") == n
     assert metric(m, "weft_gateway_request_duration_seconds_count", route="api") == n
     assert o.count() == n
+
+
+def test_route_and_cluster_names_that_need_escaping_in_metrics(gateway, origins):
+    """Route and cluster names are label values: a quote or backslash in one
+    is escaped, a long one is kept whole, and a series the registry cannot
+    take (it is full) is left out (was: their registration failed silently
+    and every update for them went to series 0, weft_http_requests_total,
+    through a histogram write into its neighbours' slots)."""
+    o, = origins(1)
+    long_name = "r" * 300
+    # enough routes (each a histogram and 9 counters) to fill the registry
+    filler = "".join(f"""
+  - name: f{i}
+    match: {{path: /f{i}}}
+    direct: {{status: 204}}""" for i in range(400))
+    g = gateway(f"""
+clusters:
+  'a"b\\c':
+    endpoints: [{o.addr}]
+routes:
+  - name: 'q"x\\y'
+    match: {{prefix: /api}}
+    cluster: 'a"b\\c'
+  - name: {long_name}
+    match: {{path: /long}}
+    direct: {{status: 200, body: "long"}}{filler}
+  - name: last
+    match: {{path: /last}}
+    direct: {{status: 200, body: "last"}}
+""")
+    m0 = g.metrics()
+    n = 7
+    with Client(g.port) as c:
+        for _ in range(n):
+            assert c.get("/api/x").status == 200
+            assert c.get("/long").status == 200
+            assert c.get("/last").status == 200
+    body = g.admin_get("/metrics").body
+    p = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                       timeout=30)
+    assert p.returncode == 0, (p.stdout + p.stderr).decode()
+    text = body.decode()
+    assert f'weft_gateway_requests_total{{route="q\\"x\\\\y",code="2xx"}} {n}' in text, text
+    assert f'weft_gateway_upstream_responses_total{{cluster="a\\"b\\\\c",code="2xx"}} {n}' in text
+    assert f'weft_gateway_requests_total{{route="{long_name}",code="2xx"}} {n}' in text
+    m1 = g.metrics()
+    # the server's own counters are intact: 3n requests plus the admin
+    # scrapes in between, all answered 2xx
+    for code in ("other", "1xx", "2xx", "3xx", "4xx", "5xx"):
+        d = (metric(m1, "weft_http_requests_total", code=code) -
+             metric(m0, "weft_http_requests_total", code=code))
+        assert (3 * n <= d <= 3 * n + 3) if code == "2xx" else d == 0, (code, d)

@@ -135,6 +135,19 @@ const char *weft_http_req_peer(weft_http_req *r);
 weft_loop *weft_http_req_loop(const weft_http_req *r);
 /* Request-lifetime memory; freed when the response ends. NULL on OOM. */
 void *weft_http_req_alloc(weft_http_req *r, size_t n);
+/* Replace the path weft_http_req_path returns (p must live as long as the
+ * request: weft_http_req_alloc memory). */
+void weft_http_req_set_path(weft_http_req *r, weft_str p);
+
+/* Path normalization (RFC 3986 6.2.2): percent-encoded unreserved
+ * characters decoded (%41 -> A, %2E -> .), dot segments removed (never
+ * above the root) and, with merge_slashes, runs of '/' made one. Other
+ * escapes (%2F, %25...) stay as they are. weft_http_path_normal says
+ * whether p already is normal (a cheap scan); weft_http_path_normalize
+ * writes the normal form of p (an origin-form path starting with '/') to
+ * out, which must hold p.n bytes, and returns its length. */
+bool weft_http_path_normal(weft_str p, bool merge_slashes);
+size_t weft_http_path_normalize(weft_str p, bool merge_slashes, char *out);
 /* Per-request user pointer. */
 void weft_http_req_set_data(weft_http_req *r, void *data);
 void *weft_http_req_data(const weft_http_req *r);

@@ -1295,6 +1295,17 @@ void gw_handle(weft_http_req *r, void *ud)
     gw_runtime *rt = ud;
     gw_worker *w = rt->workers[weft_loop_index(weft_http_req_loop(r))];
     gw_gen *gen = w->gen;
+    /* route, authorize and forward the path the origin will see (see
+     * src/http/path.c): /a/../admin, /%61dmin and //admin are /admin */
+    weft_str path = weft_http_req_path(r);
+    if (!weft_http_path_normal(path, true)) {
+        char *np = weft_http_req_alloc(r, path.n);
+        if (!np) {
+            weft_http_respond_error(r, 503, "out of memory");
+            return;
+        }
+        weft_http_req_set_path(r, (weft_str){np, weft_http_path_normalize(path, true, np)});
+    }
     int ri = gw_route_match(gen->cfg, r);
     if (ri < 0) {
         weft_http_respond_error(r, 404, "no route");

@@ -650,6 +650,7 @@ weft_loop *weft_http_req_loop(const weft_http_req *r) { return r->c->w->loop; }
 void weft_http_req_set_data(weft_http_req *r, void *data) { r->data = data; }
 void *weft_http_req_data(const weft_http_req *r) { return r->data; }
 void *weft_http_req_alloc(weft_http_req *r, size_t n) { return weft_arena_alloc(&r->arena, n); }
+void weft_http_req_set_path(weft_http_req *r, weft_str p) { r->head.path = p; }
 
 weft_str weft_http_req_header(const weft_http_req *r, weft_str name)
 {

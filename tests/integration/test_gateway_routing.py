@@ -451,3 +451,33 @@ routes:
     assert 431 in statuses, "the sweep missed the buffer's end"
     assert o.count(path="/smuggled") == 0, "the body was read as a request"
     assert all(x.body == smuggled for x in o.recs()), o.recs()[:1]
+
+
+def test_paths_are_normalized_before_routing_and_forwarding(gateway, origins):
+    """Routing (and so per-route auth) sees the path the origin will:
+    dot segments, escaped unreserved characters and repeated slashes cannot
+    walk a request past the /admin/ route into the catch-all, and the
+    normal form is what goes upstream."""
+    o, = origins(1)
+    g = gateway(f"""
+clusters:
+  c:
+    endpoints: [{o.addr}]
+routes:
+  - name: admin
+    match: {{prefix: /admin/}}
+    direct: {{status: 403, body: "admin is closed"}}
+  - name: all
+    match: {{prefix: /}}
+    cluster: c
+""")
+    for target in ("/admin/x", "/public/../admin/x", "/%61dmin/x", "//admin/x",
+                   "/public/%2e%2e/admin/x", "/./admin/x", "/admin/./x", "/../admin/x"):
+        r = g.get(target)
+        assert r.status == 403 and r.body == b"admin is closed", (target, r)
+    assert o.count() == 0
+    r = g.get("/a/./b/../c//d?x=/../y")
+    assert r.status == 200, r
+    assert o.last().target == "/a/c/d?x=/../y"  # the query is not a path
+    r = g.get("/files/a%2Fb")  # an escaped slash is data, not a separator
+    assert r.status == 200 and o.last().target == "/files/a%2Fb", r

@@ -13,7 +13,12 @@
  * (epset.c carries health, ejection and latency state over by id); an
  * unchanged one does nothing. On failure — timeout, NXDOMAIN, no records —
  * the last known endpoints keep serving (stale on error), the failure is
- * counted in weft_gateway_dns_failures_total and retried after 1 s.
+ * counted in weft_gateway_dns_failures_total and retried after 1 s. An SRV
+ * answer one of whose targets could not be looked up for now (timeout,
+ * SERVFAIL, refused) is such a failure too: taking the smaller set would
+ * drop that target's endpoints until the next refresh, and the set would
+ * flap with the resolver's hiccups. A target that does not exist (NXDOMAIN,
+ * no records) is an answer: its endpoints go.
  */
 #include "gwrt.h"
 
@@ -51,6 +56,7 @@ struct gw_dns {
     size_t pending;    /* SRV target lookups still out */
     uint32_t min_ttl_s;
     int error;         /* first c-ares status that failed */
+    bool partial;      /* an SRV target's lookup failed for now (not "no such name") */
 };
 
 static pthread_once_t ares_once = PTHREAD_ONCE_INIT;
@@ -177,7 +183,8 @@ static void finish(struct gw_dns *d)
     weft_metrics *m = cl->gen->w->rt->m;
     d->running = false;
     uint64_t next_ms = cl->conf->dns_refresh_ms;
-    if (d->nacc == 0) {
+    /* a partial SRV answer only when there is nothing better to keep */
+    if (d->nacc == 0 || (d->partial && cl->set->n > 0)) {
         weft_metric_inc(m, cl->m_dns_fail);
         weft_log(WEFT_LOG_WARN, "dns discovery failed; keeping the last endpoints",
                  WEFT_KV_STR("cluster", cl->conf->name), WEFT_KV_STR("name", cl->conf->dns_name),
@@ -232,8 +239,11 @@ static void on_addrinfo(void *arg, int status, int timeouts, struct ares_addrinf
             if (n->ai_ttl >= 0)
                 note_ttl(d, (uint32_t)n->ai_ttl);
         }
-    } else if (!d->error) {
-        d->error = status;
+    } else {
+        if (!d->error)
+            d->error = status;
+        if (status != ARES_ENOTFOUND && status != ARES_ENODATA)
+            d->partial = true;
     }
     if (res)
         ares_freeaddrinfo(res);
@@ -330,6 +340,7 @@ static void resolve(weft_loop *loop, weft_timer *t)
         return;
     d->running = true;
     d->error = 0;
+    d->partial = false;
     d->min_ttl_s = UINT32_MAX;
     clear_acc(d);
     const gw_cluster_conf *cc = d->cl->conf;

@@ -42,6 +42,7 @@ class DnsServer:
         self.lock = threading.Lock()
         self.queries = []
         self.fail = None   # None, or an rcode to answer every query with (2 = SERVFAIL)
+        self.fail_names = {}  # name -> rcode to answer queries for that name with
         self.delay = 0.0   # seconds to wait before each answer (a slow resolver)
         srv = self
 
@@ -77,7 +78,7 @@ class DnsServer:
         question = q[12:off + 4]
         with self.lock:
             self.queries.append((name, qtype))
-            fail = self.fail
+            fail = self.fail_names.get(name.lower(), self.fail)
             ttl, values = self.records.get((name.lower(), qtype), (0, []))
             exists = any(k[0] == name.lower() for k in self.records)
         rcode = fail if fail is not None else (0 if exists else 3)  # NXDOMAIN

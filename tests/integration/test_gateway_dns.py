@@ -185,3 +185,33 @@ routes:
     g.write_config(conf("6s").replace("svc.test", "other.test"))
     assert g.reload().status == 200
     wait_until(lambda: eps(g) == [(f"127.0.0.2:{o.port}", 1)], what="new name resolved")
+
+
+def test_srv_target_failing_for_now_keeps_its_endpoints(gateway, origins, dns):  # noqa: F811
+    """One SRV target whose address lookup fails for now (SERVFAIL) is a
+    failed refresh — its endpoints stay, the failure is counted — not an
+    answer without it (the set would flap with every resolver hiccup); a
+    target that no longer exists (NXDOMAIN) does take its endpoints away."""
+    a, b = origins(2)
+    dns.set("h1.test", "A", ["127.0.0.1"], ttl=1)
+    dns.set("h2.test", "A", ["127.0.0.1"], ttl=1)
+    dns.set("_http._tcp.svc.test", "SRV", [(0, 1, a.port, "h1.test"), (0, 1, b.port, "h2.test")],
+            ttl=1)
+    g = gateway(f"""
+clusters:
+  svc:
+    dns: {{name: _http._tcp.svc.test, type: srv, resolver: "127.0.0.1:{dns.port}", refresh: 30s}}
+routes:
+  - cluster: svc
+""")
+    both = sorted([(f"127.0.0.1:{a.port}", 1), (f"127.0.0.1:{b.port}", 1)])
+    wait_until(lambda: eps(g) == both, what="both SRV targets resolved")
+    dns.fail_names["h2.test"] = 2  # SERVFAIL for one target only
+    n0 = metric(g.metrics(), "weft_gateway_dns_failures_total", cluster="svc")
+    wait_until(lambda: metric(g.metrics(), "weft_gateway_dns_failures_total", cluster="svc")
+               >= n0 + 2, timeout=10, what="refreshes with one target failing")
+    assert eps(g) == both
+    del dns.fail_names["h2.test"]
+    dns.clear("h2.test", "A")  # the target is gone: NXDOMAIN
+    wait_until(lambda: eps(g) == [(f"127.0.0.1:{a.port}", 1)], timeout=10,
+               what="the vanished target's endpoint dropped")

@@ -750,7 +750,7 @@ static int ckpt_write(int dirfd, int64_t end)
  * none, -1 if it is damaged or unreadable (logged; treated as none). */
 static int ckpt_read(const plog *l, int64_t *out)
 {
-    uint8_t b[CKPT_SIZE + 1];
+    uint8_t b[CKPT_SIZE + 1] = {0}; /* a short file is compared as zeros */
     int fd = openat(l->dirfd, CKPT_NAME, O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT)
         return 0;

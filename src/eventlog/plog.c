@@ -86,13 +86,62 @@
  *     walks batch headers from there to the first batch whose maxTimestamp
  *     reaches it.
  *
+ *   recovery-point — the recovery-point checkpoint, exactly 20 bytes:
+ *     0..3    the ASCII bytes "WRPT"
+ *     4..7    u32 big-endian: format version, 1
+ *     8..15   i64 big-endian: the recovery point, >= 0: every batch below
+ *             this offset was fsynced (the durable end when written)
+ *     16..19  u32 big-endian: CRC-32C (weft_crc32c, as in record
+ *             batches) of bytes 0..15
+ *     A file of another size, magic or version, with a bad CRC or a
+ *     negative offset is damaged: logged and treated as absent. Written
+ *     as recovery-point.tmp (fdatasync), renamed over recovery-point,
+ *     then the directory fsynced; open deletes a leftover .tmp. No file:
+ *     nothing is known (a directory from before this file existed, or an
+ *     empty log that never had data).
+ *
  * Segments roll when the next batch would take a non-empty segment past
  * segment_bytes (or its offsets past 2^31 from the base); a batch larger
  * than segment_bytes gets a segment of its own.
  *
+ * Recovery point (Kafka's recovery-point-offset-checkpoint). With fsync
+ * interval, or when several segments roll between two flushes, an OS
+ * crash can leave any page of several rolled segments unwritten, not
+ * only in the last two; the checkpoint records an offset below which
+ * everything is known to be on disk, and recovery scans in full every
+ * segment from the one holding it. It is written (1) at the end of
+ * recovery, which has just fdatasynced every segment, if the file does
+ * not already hold the end; (2) by plog_close after the final flush
+ * (the durable end, = the end unless a flush failed), if it moved; (3)
+ * while running, every checkpoint_interval_ms (default 30 s; Kafka's
+ * log.flush.offset.checkpoint.interval.ms is 60 s) if the durable end
+ * moved: a loop timer only compares two offsets under the mutex and, if
+ * needed, asks the flusher thread, which writes the file when it has no
+ * flush to do (so a checkpoint delays at most the one flush requested
+ * while it runs). Cost: per partition one timer wake-up per interval,
+ * and, while data comes in, one 20-byte write, one fdatasync and one
+ * directory fsync per interval (2 syncs per 30 s, against one per flush
+ * for the data); an idle partition writes nothing, and a clean restart
+ * (the file already holds the end) writes nothing at open. The price of
+ * a longer interval is only recovery time: after a crash everything
+ * appended since the last checkpoint (up to an interval's worth) is
+ * scanned, the rest is not.
+ *
  * Recovery (plog_open)
  * --------------------
- * Every segment but the last two is checked cheaply: index and time index
+ * The last segment, and with a valid recovery point rp every segment
+ * whose range reaches rp (the one holding rp and all after it; a segment
+ * ends where the next begins, so one whose successor starts at or below
+ * rp ends by rp), is scanned in full (below). Without a valid recovery
+ * point (an old directory, a damaged file) the two last segments are: the
+ * one before the last may have been rolled but not yet synced, and then
+ * any page appended to it since the last flush may be missing, which the
+ * cheap check, reading only headers after the last index entry, would not
+ * see. Scanning everything instead would cost reading the whole log once
+ * per partition on an upgrade, for damage only an OS crash under an older
+ * version could have left in older segments; the file is written at the
+ * end of every recovery, so this fallback does not come back.
+ * Every other segment is checked cheaply: index and time index
  * well formed (sizes, order, first entry, the last offset entry pointing at
  * a batch header with the expected offset), the batch headers after the
  * last index entry parse and continue each other up to exactly the end of
@@ -102,24 +151,28 @@
  * the batches after the last offset-index entry (a finished segment's
  * last time entry is its largest timestamp): one that lost its last
  * entries would otherwise pass and underestimate the segment's largest
- * timestamp.
- * The last two segments are always scanned in full (the one before the
- * last may have been rolled but not yet synced, and then any page
- * appended to it since the last flush may be missing, which the cheap
- * check, reading only headers after the last index entry, would not
- * see): each batch must parse
+ * timestamp. The cheap check does not read the middle of a segment:
+ * below the recovery point that is the trade-off Kafka makes too (that
+ * data was fsynced; damage there is the disk's, not a crash's).
+ * A full scan: each batch must parse
  * (kf_batch_parse), pass its CRC (kf_batch_crc_ok) and continue the offsets
  * of the one before; the file is cut (ftruncate + fsync) at the first batch
  * that does not, the number of bytes dropped is logged, and its indexes are
  * rewritten from the scan. If everything from that point to the end of the
  * file is zero bytes, it is preallocated space, not damage: it is cut
  * without a warning and does not count as truncated (a batch never starts
- * with a zero length, so zeros cannot hide one). A crash only tears the last segment, or the one
- * before it if the crash came between a roll and the fsync of the finished
- * segment — in that case nothing past the tear was ever reported durable.
+ * with a zero length, so zeros cannot hide one). A crash only tears
+ * segments at or after the recovery point (without one: the last, or the
+ * one before it if the crash came between a roll and the fsync of the
+ * finished segment) — and nothing past the tear was ever reported durable.
  * So when a segment (other than the last) is cut, or does not end exactly
  * at the next segment's base offset, every later segment is deleted and an
- * error is logged: nothing after a hole can be served. Index files without
+ * error is logged: nothing after a hole can be served. If the log then
+ * ends below the recovery point (segment files removed or cut by hand, a
+ * restored backup, damage below it), the checkpoint does not describe
+ * this log: that is logged and the last two segments are recovered again
+ * as without one. Finally every .log is fdatasynced and the recovery
+ * point set to the end (written as above). Index files without
  * a .log are deleted. An empty directory is an empty log at offset 0.
  *
  * Retention (plog_enforce_retention)
@@ -143,6 +196,7 @@
  */
 #include "eventlog/plog.h"
 #include "kafka/batch.h"
+#include "weft/crc32c.h"
 #include "weft/log.h"
 
 #include <dirent.h>
@@ -169,6 +223,11 @@
 /* An index file larger than this is not ours (64 MiB segments at a
  * 4 KiB interval need 128 KiB). */
 #define IDX_FILE_MAX (256u << 20)
+/* The recovery-point checkpoint (see the on-disk format). */
+#define CKPT_NAME "recovery-point"
+#define CKPT_TMP "recovery-point.tmp"
+#define CKPT_SIZE 20u
+#define CKPT_VERSION 1u
 
 /* ------------------------------------------------------------------ */
 /* small helpers */
@@ -588,6 +647,7 @@ struct plog {
     uint64_t appends;
     plog_stats rec; /* recovery counters, filled at open */
     weft_timer timer;
+    weft_timer ckpt_timer; /* asks the flusher for a checkpoint, see plog_opts */
 
     /* flusher handoff: fields below are shared with the flusher thread and
      * guarded by mu */
@@ -603,6 +663,8 @@ struct plog {
     int64_t done_end; /* highest end a flush made durable */
     int done_err;     /* errno of the first failed flush; sticky */
     seg *done_closed; /* synced segments whose reference the loop drops */
+    bool req_ckpt;    /* write a recovery-point checkpoint when idle */
+    int64_t ckpt_end; /* the recovery point on disk (at open, also: implied) */
     uint64_t flushes;
     int evfd; /* flusher -> loop wake-up */
     weft_io evio;
@@ -624,6 +686,7 @@ void plog_opts_default(plog_opts *o)
         .fsync_interval_ms = 1000,
         .max_batch_bytes = (1u << 20) + 12,
         .preallocate_bytes = 4u << 20,
+        .checkpoint_interval_ms = 30000,
     };
 }
 
@@ -650,6 +713,90 @@ static int segs_reserve(plog *l, size_t n)
     return 0;
 }
 
+/* ---- recovery-point checkpoint ---- */
+
+static const uint8_t ckpt_magic[4] = {'W', 'R', 'P', 'T'};
+
+/* Write the checkpoint file holding end (format at the top of the file):
+ * temp file, fdatasync, rename over the old one, fsync the directory. A
+ * crash at any point leaves the old file or the new one, each whole and
+ * each a true statement (an older recovery point only makes the next
+ * recovery scan more). Run by the flusher thread, or by the loop thread
+ * at open and close (never both at once). An errno value or 0. */
+static int ckpt_write(int dirfd, int64_t end)
+{
+    uint8_t b[CKPT_SIZE];
+    memcpy(b, ckpt_magic, sizeof ckpt_magic);
+    put_be32(b + 4, CKPT_VERSION);
+    put_be64(b + 8, (uint64_t)end);
+    put_be32(b + 16, weft_crc32c(0, b, 16));
+    int fd = openat(dirfd, CKPT_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return errno;
+    int e = xfer(fd, XFER_WRITE_AT, b, sizeof b, 0);
+    if (!e)
+        e = sync_fd(fd, true);
+    close(fd);
+    if (!e && renameat(dirfd, CKPT_TMP, dirfd, CKPT_NAME) < 0)
+        e = errno;
+    if (!e)
+        e = sync_fd(dirfd, false);
+    if (e)
+        unlinkat(dirfd, CKPT_TMP, 0);
+    return e;
+}
+
+/* The recovery point in the checkpoint file: 1 with *out, 0 if there is
+ * none, -1 if it is damaged or unreadable (logged; treated as none). */
+static int ckpt_read(const plog *l, int64_t *out)
+{
+    uint8_t b[CKPT_SIZE + 1] = {0}; /* a short file is compared as zeros */
+    int fd = openat(l->dirfd, CKPT_NAME, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        return 0;
+    const char *why = "cannot read";
+    ssize_t n = -1;
+    if (fd >= 0) {
+        do
+            n = pread(fd, b, sizeof b, 0);
+        while (n < 0 && errno == EINTR);
+        close(fd);
+    }
+    if (n >= 0) { /* one more byte than the format asked: a longer file is not ours */
+        int64_t v = (int64_t)be64(b + 8);
+        why = n != CKPT_SIZE || memcmp(b, ckpt_magic, sizeof ckpt_magic) ? "not a checkpoint"
+              : be32(b + 4) != CKPT_VERSION                              ? "unknown version"
+              : be32(b + 16) != weft_crc32c(0, b, 16)                    ? "checksum mismatch"
+              : v < 0                                                    ? "negative offset"
+                                                                         : NULL;
+        if (!why) {
+            *out = v;
+            return 1;
+        }
+    }
+    weft_log(WEFT_LOG_WARN, "plog: recovery-point checkpoint ignored; recovering as without one",
+             WEFT_KV_STR("dir", l->dir), WEFT_KV_STR("reason", why));
+    return -1;
+}
+
+/* Flusher side of a checkpoint request: write the highest durable end if
+ * it moved past the last one written. Called and returns with mu held. */
+static void ckpt_run(plog *l)
+{
+    int64_t end = l->done_end;
+    l->req_ckpt = false;
+    if (end <= l->ckpt_end)
+        return;
+    pthread_mutex_unlock(&l->mu);
+    int e = ckpt_write(l->dirfd, end);
+    if (e) /* the old checkpoint stays valid: only recovery scans more */
+        weft_log(WEFT_LOG_WARN, "plog: cannot write the recovery-point checkpoint",
+                 WEFT_KV_STR("dir", l->dir), WEFT_KV_STR("error", strerror(e)));
+    pthread_mutex_lock(&l->mu);
+    if (!e)
+        l->ckpt_end = end;
+}
+
 /* ---- flusher thread ---- */
 
 static int sync_closed(const seg *s)
@@ -662,51 +809,64 @@ static int sync_closed(const seg *s)
     return e;
 }
 
+/* One group-commit round for the request in l->req_*. Called and returns
+ * with mu held. */
+static void flush_once(plog *l)
+{
+    int64_t end = l->req_end;
+    seg *closed = l->req_closed, *active = l->req_active;
+    bool dir = l->req_dir;
+    l->req_have = l->req_dir = false;
+    l->req_closed = l->req_active = NULL;
+    l->flushing = true;
+    pthread_mutex_unlock(&l->mu);
+
+    int e = 0;
+    seg *tail = NULL;
+    for (seg *s = closed; s; s = s->sync_next) {
+        if (!e)
+            e = sync_closed(s);
+        tail = s;
+    }
+    if (!e && active)
+        e = sync_fd(active->log_fd, true);
+    if (!e && dir)
+        e = sync_fd(l->dirfd, false);
+
+    pthread_mutex_lock(&l->mu);
+    l->flushing = false;
+    l->flushes++;
+    if (e && !l->done_err)
+        l->done_err = e;
+    else if (!l->done_err && end > l->done_end)
+        l->done_end = end;
+    if (tail) {
+        tail->sync_next = l->done_closed;
+        l->done_closed = closed;
+    }
+    pthread_mutex_unlock(&l->mu);
+    uint64_t one = 1;
+    while (write(l->evfd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+    pthread_mutex_lock(&l->mu);
+}
+
+/* Flushes come first; a checkpoint waits for the flusher to be idle, so
+ * its two syncs delay at most the flush asked for while it runs. After
+ * stop, plog_close writes the last checkpoint itself. */
 static void *flusher_main(void *arg)
 {
     plog *l = arg;
     pthread_mutex_lock(&l->mu);
     for (;;) {
-        while (!l->req_have && !l->stop)
+        while (!l->req_have && !l->req_ckpt && !l->stop)
             pthread_cond_wait(&l->cv, &l->mu);
-        if (!l->req_have)
+        if (l->req_have)
+            flush_once(l);
+        else if (l->req_ckpt && !l->stop)
+            ckpt_run(l);
+        else
             break;
-        int64_t end = l->req_end;
-        seg *closed = l->req_closed, *active = l->req_active;
-        bool dir = l->req_dir;
-        l->req_have = l->req_dir = false;
-        l->req_closed = l->req_active = NULL;
-        l->flushing = true;
-        pthread_mutex_unlock(&l->mu);
-
-        int e = 0;
-        seg *tail = NULL;
-        for (seg *s = closed; s; s = s->sync_next) {
-            if (!e)
-                e = sync_closed(s);
-            tail = s;
-        }
-        if (!e && active)
-            e = sync_fd(active->log_fd, true);
-        if (!e && dir)
-            e = sync_fd(l->dirfd, false);
-
-        pthread_mutex_lock(&l->mu);
-        l->flushing = false;
-        l->flushes++;
-        if (e && !l->done_err)
-            l->done_err = e;
-        else if (!l->done_err && end > l->done_end)
-            l->done_end = end;
-        if (tail) {
-            tail->sync_next = l->done_closed;
-            l->done_closed = closed;
-        }
-        pthread_mutex_unlock(&l->mu);
-        uint64_t one = 1;
-        while (write(l->evfd, &one, sizeof one) < 0 && errno == EINTR) {
-        }
-        pthread_mutex_lock(&l->mu);
     }
     pthread_mutex_unlock(&l->mu);
     return NULL;
@@ -820,6 +980,22 @@ static void on_interval(weft_loop *loop, weft_timer *t)
     weft_timer_start(loop, t, l->o.fsync_interval_ms);
 }
 
+/* Every checkpoint_interval_ms: if the durable end moved past the recovery
+ * point on disk, the flusher writes it when it is next idle. The loop does
+ * no file I/O for it; a log that takes no appends costs one timer. */
+static void on_ckpt_timer(weft_loop *loop, weft_timer *t)
+{
+    plog *l = t->data;
+    pthread_mutex_lock(&l->mu);
+    bool ask = l->done_end > l->ckpt_end && !l->req_ckpt;
+    if (ask)
+        l->req_ckpt = true;
+    pthread_mutex_unlock(&l->mu);
+    if (ask)
+        pthread_cond_signal(&l->cv);
+    weft_timer_start(loop, t, l->o.checkpoint_interval_ms);
+}
+
 static int start_flusher(plog *l)
 {
     l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -840,6 +1016,9 @@ static int start_flusher(plog *l)
         weft_timer_init(&l->timer, on_interval, l);
         weft_timer_start(l->loop, &l->timer, l->o.fsync_interval_ms);
     }
+    weft_timer_init(&l->ckpt_timer, on_ckpt_timer, l);
+    if (l->o.checkpoint_interval_ms)
+        weft_timer_start(l->loop, &l->ckpt_timer, l->o.checkpoint_interval_ms);
     return 0;
 }
 
@@ -1095,11 +1274,11 @@ out:
 
 /* Recover one segment: cheap index check for finished segments, full scan
  * (cutting a bad tail) for the last one, when the check fails, or when
- * full is set: the segment before the last may have been rolled and not
- * yet synced when the process died, and then any page appended to it
- * since the last flush can be missing (zeros), also before its last
- * index entry or inside a batch whose header survived, which the cheap
- * check does not look at. */
+ * full is set (full_from): a segment at or above the recovery point may
+ * have been rolled and not yet synced when the OS went down, and then any
+ * page appended to it since the last flush can be missing (zeros), also
+ * before its last index entry or inside a batch whose header survived,
+ * which the cheap check does not look at. */
 static int seg_recover(plog *l, seg *s, bool last, bool full, rdr *r)
 {
     int64_t fsize = file_size(s->log_fd);
@@ -1123,6 +1302,7 @@ static int seg_recover(plog *l, seg *s, bool last, bool full, rdr *r)
         }
     }
     const char *damage;
+    l->rec.full_scans++;
     int rc = seg_scan(l, s, (uint64_t)fsize, r, &damage);
     if (!rc && damage) {
         rc = zero_tail(s->log_fd, s->size, (uint64_t)fsize);
@@ -1238,34 +1418,31 @@ out:
     return 0;
 }
 
-static int recover(plog *l)
+/* Index of the first segment recovery scans in full. With a recovery point
+ * rp: the segment holding it, i.e. the first whose successor starts above
+ * rp (everything below rp was fsynced, so a segment that ends by rp needs
+ * only the cheap check). Without one (an old directory, a damaged or
+ * ignored checkpoint): the segment before the last, which a crash between
+ * a roll and its flush can leave unsynced. The last is always scanned. */
+static size_t full_from(const plog *l, bool have_rp, int64_t rp)
 {
-    int64_t *bases = NULL;
-    size_t n = 0;
-    rdr r = {.fd = -1};
-    int rc = list_segments(l, &bases, &n);
-    if (rc)
-        return rc;
-    if (n == 0) {
-        rc = segs_reserve(l, 1);
-        if (!rc)
-            rc = seg_open(l->dirfd, l->dir, 0, true, &l->segs[0]);
-        if (!rc)
-            l->nsegs = 1;
-        goto out;
-    }
-    if ((rc = segs_reserve(l, n)) != 0)
-        goto out;
-    for (size_t i = 0; i < n; i++) {
-        if ((rc = seg_open(l->dirfd, l->dir, bases[i], false, &l->segs[i])) != 0)
-            goto out;
-        l->nsegs++;
-    }
-    /* finished segments first; the first hole ends the log there */
-    for (size_t i = 0; i + 1 < l->nsegs; i++) {
+    size_t n = l->nsegs, i = 0;
+    if (!have_rp)
+        return n >= 2 ? n - 2 : 0;
+    while (i + 1 < n && l->segs[i + 1]->base <= rp)
+        i++;
+    return i;
+}
+
+/* Recover segments from index first on, those from index full on in full;
+ * the first hole ends the log there. */
+static int recover_segs(plog *l, size_t first, size_t full, rdr *r)
+{
+    for (size_t i = first; i + 1 < l->nsegs; i++) {
         seg *s = l->segs[i];
-        if ((rc = seg_recover(l, s, false, i + 2 == l->nsegs, &r)) != 0)
-            goto out;
+        int rc = seg_recover(l, s, false, i >= full, r);
+        if (rc)
+            return rc;
         if (s->end != l->segs[i + 1]->base) {
             drop_after(l, i + 1,
                        s->end < l->segs[i + 1]->base ? "segment ends short of the next"
@@ -1273,7 +1450,78 @@ static int recover(plog *l)
             break; /* it is the active segment now: scanned in full below */
         }
     }
-    rc = seg_recover(l, active_seg(l), true, true, &r);
+    return seg_recover(l, active_seg(l), true, true, r);
+}
+
+/* After recovery everything is on disk, so the recovery point is the end:
+ * write it unless the file already says so (the usual clean restart: no
+ * I/O), or there is neither a file nor data. A recovery point left above
+ * the end would, once appends reuse those offsets, exempt never-synced
+ * data from the next recovery's scan, so if it cannot be rewritten it is
+ * removed, and if that fails too the open fails. *dir_synced tells
+ * whether the directory was fsynced on the way. */
+static int ckpt_settle(plog *l, int have_rp, int64_t rp, bool *dir_synced)
+{
+    *dir_synced = false;
+    l->ckpt_end = l->end;
+    if (have_rp > 0 ? rp == l->end : have_rp == 0 && l->end == 0)
+        return 0;
+    int e = ckpt_write(l->dirfd, l->end);
+    if (!e) {
+        *dir_synced = true;
+        return 0;
+    }
+    log_io(l->dir, "write recovery-point checkpoint", -1, e);
+    l->ckpt_end = -1; /* none on disk: the periodic writer retries */
+    if (unlinkat(l->dirfd, CKPT_NAME, 0) < 0 && errno != ENOENT)
+        return log_io(l->dir, "remove recovery-point checkpoint", -1, errno);
+    return 0;
+}
+
+static int recover(plog *l)
+{
+    int64_t *bases = NULL;
+    size_t n = 0;
+    rdr r = {.fd = -1};
+    unlinkat(l->dirfd, CKPT_TMP, 0); /* a checkpoint write a crash cut short */
+    int64_t rp = -1;
+    int have_rp = ckpt_read(l, &rp);
+    int rc = list_segments(l, &bases, &n);
+    if (rc)
+        return rc;
+    size_t full = 0;
+    if (n == 0) {
+        rc = segs_reserve(l, 1);
+        if (!rc)
+            rc = seg_open(l->dirfd, l->dir, 0, true, &l->segs[0]);
+        if (rc)
+            goto out;
+        l->nsegs = 1;
+    } else {
+        if ((rc = segs_reserve(l, n)) != 0)
+            goto out;
+        for (size_t i = 0; i < n; i++) {
+            if ((rc = seg_open(l->dirfd, l->dir, bases[i], false, &l->segs[i])) != 0)
+                goto out;
+            l->nsegs++;
+        }
+        full = full_from(l, have_rp > 0, rp);
+        if ((rc = recover_segs(l, 0, full, &r)) != 0)
+            goto out;
+    }
+    if (have_rp > 0 && active_seg(l)->end < rp) {
+        /* Segment files removed or cut by hand, a restored backup, or
+         * damage below the recovery point: the checkpoint does not
+         * describe this log, so what it exempted from the full scan is
+         * recovered again as if there were none. */
+        weft_log(WEFT_LOG_WARN,
+                 "plog: recovery point beyond the end of the log; recovering as without one",
+                 WEFT_KV_STR("dir", l->dir), WEFT_KV_INT("recovery_point", rp),
+                 WEFT_KV_INT("end_offset", active_seg(l)->end));
+        size_t dflt = full_from(l, false, 0);
+        if (dflt < full)
+            rc = recover_segs(l, dflt, dflt, &r);
+    }
 out:
     free(r.p);
     free(bases);
@@ -1288,6 +1536,9 @@ out:
         l->total += l->segs[i]->size;
     }
     l->end = l->durable = l->requested = active_seg(l)->end;
+    bool dir_synced;
+    if ((rc = ckpt_settle(l, have_rp, rp, &dir_synced)) != 0 || dir_synced)
+        return rc;
     int e = sync_fd(l->dirfd, false);
     return e ? log_io(l->dir, "fsync directory", -1, e) : 0;
 }
@@ -1375,6 +1626,8 @@ void plog_close(plog *l)
         weft_timer_stop(l->loop, &l->timer);
     if (weft_timer_active(&l->wb_timer))
         weft_timer_stop(l->loop, &l->wb_timer);
+    if (weft_timer_active(&l->ckpt_timer))
+        weft_timer_stop(l->loop, &l->ckpt_timer);
     if (l->thread_started) {
         pthread_mutex_lock(&l->mu);
         l->req_end = l->end;
@@ -1390,6 +1643,11 @@ void plog_close(plog *l)
     int e = seg_trim(active_seg(l)); /* a clean log has no zero tail */
     if (e)
         log_io(l->dir, "truncate preallocated space", active_seg(l)->base, e);
+    /* The flusher has stopped: ckpt_end is ours. After a clean final
+     * flush durable == end and the next open scans only the last
+     * segment; a log that took no appends since open writes nothing. */
+    if (l->thread_started && l->durable > l->ckpt_end && (e = ckpt_write(l->dirfd, l->durable)))
+        log_io(l->dir, "write recovery-point checkpoint", -1, e);
     if (l->durable < l->end)
         weft_log(WEFT_LOG_ERROR, "plog: closed with appends not on disk",
                  WEFT_KV_STR("dir", l->dir), WEFT_KV_INT("durable_offset", l->durable),

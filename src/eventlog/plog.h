@@ -6,8 +6,11 @@
  * Files in the partition's directory (Kafka's naming): for each segment,
  * 00000000000000000000.log (batches exactly as produced, base offsets
  * patched), .index (sparse: relative offset -> file position) and
- * .timeindex (sparse: max timestamp so far -> relative offset). The byte
- * layout of each file is specified at the top of plog.c.
+ * .timeindex (sparse: max timestamp so far -> relative offset); and one
+ * recovery-point file (Kafka's recovery-point-offset-checkpoint, per
+ * partition): an offset below which everything is known to be on disk,
+ * which bounds what recovery must scan. The byte layout of each file is
+ * specified at the top of plog.c.
  *
  * Threading: a plog belongs to the loop that opened it; every call is made
  * on that loop's thread, except that fdatasync runs on a flusher thread
@@ -44,6 +47,10 @@ typedef struct plog_opts {
     uint64_t preallocate_bytes;    /* extend the active .log by this much ahead
                                       of appends (fallocate); 0 = off;
                                       default 4 MiB */
+    uint32_t checkpoint_interval_ms; /* write the recovery point (the durable
+                                      end) this often while it moves, from the
+                                      flusher thread; also at open and close;
+                                      0 = only then; default 30000 */
 } plog_opts;
 void plog_opts_default(plog_opts *o);
 
@@ -54,16 +61,20 @@ void plog_opts_default(plog_opts *o);
  * must be told now rather than wait for ever. */
 typedef void (*plog_durable_cb)(plog *l, int64_t durable_end, void *ud);
 
-/* Open (creating the directory if needed) and recover: the last two
- * segments' batches are checked (header sanity + CRC) and a torn or
- * corrupt tail is truncated to the last whole batch (segments after a cut
- * one are deleted); a missing or damaged index is rebuilt
- * from the log. Never fails because of a torn tail. Returns 0 or a WEFT_E*
- * error (I/O errors on the directory). The recovery outcome is logged. */
+/* Open (creating the directory if needed) and recover: the batches of every
+ * segment from the one holding the recovery point on (without a valid
+ * recovery-point file: of the last two segments) are checked (header
+ * sanity + CRC) and a torn or corrupt tail is truncated to the last whole
+ * batch (segments after a cut one are deleted); older segments get a
+ * structural check; a missing or damaged index is rebuilt from the log.
+ * Then everything is synced and the recovery point set to the end. Never
+ * fails because of a torn tail. Returns 0 or a WEFT_E* error (I/O errors
+ * on the directory). The recovery outcome is logged. */
 int plog_open(weft_loop *loop, const char *dir, const plog_opts *o, plog_durable_cb cb, void *ud,
               plog **out);
-/* Flush what is pending (synchronously), stop the flusher, close files.
- * The durable callback is not called from here. Slices not yet released
+/* Flush what is pending (synchronously), stop the flusher, write the
+ * recovery point (the durable end: the end unless a flush failed), close
+ * files. The durable callback is not called from here. Slices not yet released
  * stay valid (they keep their segment's file open). */
 void plog_close(plog *l);
 
@@ -123,6 +134,8 @@ typedef struct plog_stats {
     uint64_t truncated_bytes;  /* torn/corrupt tail bytes cut at open */
     uint32_t index_rebuilds;   /* finished segments whose indexes were rebuilt at open */
     uint32_t segments_dropped; /* segments deleted at open after damage before them */
+    uint32_t full_scans;       /* segments CRC-scanned batch by batch at open (one
+                                  scanned twice counts twice) */
 } plog_stats;
 void plog_stats_get(plog *l, plog_stats *out);
 

@@ -6,9 +6,12 @@
  * offset_for_time against a brute-force model, retention by bytes and by
  * time, group commit (many appends per fdatasync), the interval flusher,
  * slices that outlive their segment and their plog, and kill -9 during
- * appends (every offset reported durable survives), and preallocated
+ * appends (every offset reported durable survives), preallocated
  * segment files (grown ahead, cut on roll and close, zero tails after a
- * crash removed without being called damage).
+ * crash removed without being called damage), and the recovery-point
+ * checkpoint (written at close, periodically and after recovery; it
+ * decides which segments recovery scans in full; a damaged one, or one
+ * beyond the end of the log, is not trusted).
  *
  * Each test gets a mkdtemp directory; log lines go to a tmpfile so tests
  * can check that recovery reported what it dropped. The test keeps a model
@@ -43,6 +46,7 @@
 #include "eventlog/plog.h"
 #include "kafka/batch.h"
 #include "weft/buf.h"
+#include "weft/crc32c.h"
 #include "weft/log.h"
 #include "weft/loop.h"
 
@@ -351,6 +355,15 @@ static size_t fill_and_close(tctx *c, uint64_t segment_bytes, uint32_t interval,
     return list_bases(c, bases, 64);
 }
 
+/* fill_and_close with 3000-byte segments, 400-byte index steps, n batches;
+ * at least min segments. */
+static size_t fill_segs(tctx *c, int n, size_t min, int64_t *bases)
+{
+    size_t nb = fill_and_close(c, 3000, 400, n, bases);
+    assert_true(nb >= min);
+    return nb;
+}
+
 static const char *seg_path(const tctx *c, int64_t base, const char *ext)
 {
     static char buf[4][160];
@@ -402,6 +415,72 @@ static void model_cut(tctx *c, int64_t end)
     while (c->nm && c->m[c->nm - 1].base >= end)
         free(c->m[--c->nm].bytes);
     assert_true(c->nm == 0 || c->m[c->nm - 1].last + 1 == end);
+}
+
+static const char *rp_path(const tctx *c, const char *name)
+{
+    static char buf[2][160];
+    static int k;
+    char *p = buf[k++ & 1];
+    snprintf(p, sizeof buf[0], "%s/%s", c->dir, name);
+    return p;
+}
+
+/* Write a recovery-point file byte for byte as the format section at the
+ * top of plog.c specifies (an independent encoder, not plog's). */
+static void write_rp(const tctx *c, int64_t off)
+{
+    uint8_t b[20] = {'W', 'R', 'P', 'T', 0, 0, 0, 1};
+    for (int i = 0; i < 8; i++)
+        b[8 + i] = (uint8_t)((uint64_t)off >> (56 - 8 * i));
+    uint32_t crc = weft_crc32c(0, b, 16);
+    for (int i = 0; i < 4; i++)
+        b[16 + i] = (uint8_t)(crc >> (24 - 8 * i));
+    int fd = open(rp_path(c, "recovery-point"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, b, sizeof b), (ssize_t)sizeof b);
+    close(fd);
+}
+
+/* The recovery point on disk, its format checked; -1 if there is none. */
+static int64_t read_rp(const tctx *c)
+{
+    const char *path = rp_path(c, "recovery-point");
+    if (access(path, F_OK) != 0)
+        return -1;
+    size_t n;
+    uint8_t *b = read_file(path, &n);
+    assert_int_equal(n, 20);
+    assert_memory_equal(b, "WRPT\0\0\0\1", 8);
+    uint32_t crc = (uint32_t)b[16] << 24 | (uint32_t)b[17] << 16 | (uint32_t)b[18] << 8 | b[19];
+    assert_int_equal(crc, weft_crc32c(0, b, 16));
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[8 + i];
+    free(b);
+    return (int64_t)v;
+}
+
+/* Zero 16 bytes inside the records of the second batch of the segment at
+ * base (a page never written back: its header intact, its body not, well
+ * before the segment's last index entry). Returns its model index. */
+static size_t zero_second_batch(const tctx *c, int64_t base)
+{
+    size_t k = model_at(c, base);
+    off_t pos = (off_t)c->m[k].size;
+    k++;
+    assert_true(c->m[k].base < c->m[c->nm - 1].base && c->m[k].size > KF_BATCH_HEADER + 16);
+    uint8_t zeros[16] = {0};
+    patch_file(seg_path(c, base, "log"), pos + KF_BATCH_HEADER, zeros, sizeof zeros);
+    return k;
+}
+
+/* Run the loop for ms milliseconds. */
+static void run_for(tctx *c, uint64_t ms)
+{
+    weft_timer_init(&c->guard, guard_cb, c);
+    weft_timer_start(c->loop, &c->guard, ms);
+    assert_int_equal(weft_loop_run(c->loop), 0);
 }
 
 static plog_stats stats(tctx *c)
@@ -839,8 +918,11 @@ static void test_torn_segment_before_last(void **state)
 {
     tctx *c = *state;
     int64_t bases[64];
-    size_t nb = fill_and_close(c, 3000, 400, 60, bases);
-    assert_true(nb >= 3);
+    size_t nb = fill_segs(c, 60, 3, bases);
+    /* the clean close wrote a recovery point at the end, which would
+     * exempt these segments from the scan: a directory without one (an
+     * old one, or a damaged file) gets the last two scanned in full */
+    assert_int_equal(unlink(rp_path(c, "recovery-point")), 0);
     /* the last batch of the segment before the last: its final bytes */
     size_t k = model_at(c, bases[nb - 1] - 1);
     const char *path = seg_path(c, bases[nb - 2], "log");
@@ -860,6 +942,7 @@ static void test_torn_segment_before_last(void **state)
      * its last index entry */
     append_many(c, 20);
     close_log(c);
+    assert_int_equal(unlink(rp_path(c, "recovery-point")), 0);
     nb = list_bases(c, bases, 64);
     assert_true(nb >= 3);
     k = model_at(c, bases[nb - 2]);
@@ -875,6 +958,191 @@ static void test_torn_segment_before_last(void **state)
     close_log(c);
     open_log(c);
     check_all(c, 0);
+}
+
+/* With a recovery point in an early segment, every segment from the one
+ * holding it on is scanned batch by batch, not only the last two: a zeroed
+ * batch body in the middle of an older segment (fsync: interval, several
+ * rolls between two flushes, then a power failure) is found, the segment
+ * cut there and the later ones dropped. Afterwards the recovery point is
+ * the new end. */
+static void test_recovery_point_bounds_full_scan(void **state)
+{
+    tctx *c = *state;
+    int64_t bases[64];
+    size_t nb = fill_segs(c, 100, 6, bases); /* segment 3: not one of the last two */
+    write_rp(c, bases[2] + 1);
+    size_t k = zero_second_batch(c, bases[3]);
+    uint64_t dropped = model_seg_bytes(c, c->m[k].base, bases[4]);
+    open_log(c);
+    plog_stats st = stats(c);
+    assert_int_equal(st.segments, 4);
+    assert_int_equal(st.segments_dropped, nb - 4);
+    assert_int_equal(st.truncated_bytes, dropped);
+    assert_int_equal(st.full_scans, 3); /* 2 and 3, then 3 again as the last */
+    assert_true(logged(c, "crc mismatch"));
+    model_cut(c, c->m[k].base);
+    assert_int_equal(plog_end_offset(c->l), c->m[k].base);
+    assert_int_equal(read_rp(c), c->m[k].base);
+    check_all(c, 0);
+    append_many(c, 10);
+    check_all(c, 0);
+}
+
+/* The trade-off (as in Kafka): a segment wholly below the recovery point
+ * was fsynced before the checkpoint was written, so it only gets the
+ * cheap structural check; damage in its middle (here in the segment
+ * before the last, which used to be scanned in full) is not looked for.
+ * A clean close writes the recovery point at the end, so the next open
+ * scans only the last segment. */
+static void test_damage_below_recovery_point_not_scanned(void **state)
+{
+    tctx *c = *state;
+    int64_t bases[64];
+    size_t nb = fill_segs(c, 60, 3, bases);
+    assert_int_equal(read_rp(c), c->m[c->nm - 1].last + 1);
+    size_t k = zero_second_batch(c, bases[nb - 2]);
+    open_log(c);
+    plog_stats st = stats(c);
+    assert_int_equal(st.full_scans, 1);
+    assert_int_equal(st.segments, nb);
+    assert_int_equal(st.truncated_bytes, 0);
+    assert_int_equal(plog_end_offset(c->l), c->m[c->nm - 1].last + 1);
+    /* the damaged batch is served as it is on disk */
+    plog_slice sl;
+    assert_int_equal(plog_read(c->l, c->m[k].base, 1, &sl), 0);
+    assert_int_equal(sl.len, c->m[k].size);
+    uint8_t *buf = malloc(sl.len);
+    assert_int_equal(pread(sl.fd, buf, sl.len, sl.pos), (ssize_t)sl.len);
+    kf_batch b;
+    assert_int_equal(kf_batch_parse(buf, sl.len, &b), (int64_t)sl.len);
+    assert_false(kf_batch_crc_ok(buf, &b));
+    free(buf);
+    plog_slice_release(&sl);
+}
+
+/* The recovery point is written while the durable end moves (not more
+ * often than checkpoint_interval_ms, not again while it stands still) and
+ * at close; a log without appends since open writes nothing. */
+static void test_recovery_point_written(void **state)
+{
+    tctx *c = *state;
+    c->o.checkpoint_interval_ms = 20;
+    open_log(c);
+    assert_int_equal(read_rp(c), -1); /* an empty new log: nothing to say */
+    append_many(c, 10);
+    run_until_durable(c, plog_end_offset(c->l));
+    run_for(c, 150);
+    assert_int_equal(read_rp(c), plog_end_offset(c->l));
+    struct stat a, b;
+    assert_int_equal(stat(rp_path(c, "recovery-point"), &a), 0);
+    run_for(c, 100); /* durable end unchanged: not rewritten */
+    assert_int_equal(stat(rp_path(c, "recovery-point"), &b), 0);
+    assert_int_equal(a.st_ino, b.st_ino);
+    c->o.checkpoint_interval_ms = 0; /* only at close */
+    close_log(c);
+    open_log(c);
+    append_many(c, 5);
+    run_until_durable(c, plog_end_offset(c->l));
+    run_for(c, 100);
+    assert_int_equal(read_rp(c), c->m[9].last + 1);
+    int64_t end = plog_end_offset(c->l);
+    close_log(c);
+    assert_int_equal(read_rp(c), end);
+    assert_int_equal(access(rp_path(c, "recovery-point.tmp"), F_OK), -1);
+    assert_int_equal(stat(rp_path(c, "recovery-point"), &a), 0);
+    open_log(c);
+    assert_int_equal(stats(c).full_scans, 1);
+    close_log(c);
+    assert_int_equal(stat(rp_path(c, "recovery-point"), &b), 0);
+    assert_int_equal(a.st_ino, b.st_ino);
+}
+
+/* A damaged recovery-point file (bad checksum, short, another magic or
+ * version) is logged and ignored: the last two segments are scanned in
+ * full, which finds damage in the one before the last, and a correct
+ * file is written. A temp file left by a crash is removed. */
+static void test_damaged_recovery_point_ignored(void **state)
+{
+    tctx *c = *state;
+    int64_t bases[64];
+    size_t nb = fill_segs(c, 60, 3, bases);
+    for (int v = 0; v < 4; v++) {
+        const char *path = rp_path(c, "recovery-point");
+        int64_t end = c->m[c->nm - 1].last + 1;
+        assert_int_equal(read_rp(c), end);
+        uint8_t x = v == 0 ? 0x40 : 0x7f; /* v 0: offset 0x40..., 2: magic, 3: version */
+        if (v == 1)
+            assert_int_equal(truncate(path, 12), 0);
+        else
+            patch_file(path, v == 0 ? 8 : v == 2 ? 0 : 7, &x, 1);
+        int fd = open(rp_path(c, "recovery-point.tmp"), O_CREAT | O_WRONLY, 0644);
+        assert_true(fd >= 0);
+        close(fd);
+        size_t k = 0;
+        if (v == 0) /* and the damage a crash can leave before the last */
+            k = zero_second_batch(c, bases[nb - 2]);
+        open_log(c);
+        assert_true(logged(c, "recovery-point checkpoint ignored"));
+        plog_stats st = stats(c);
+        if (v == 0) {
+            assert_true(logged(c, "crc mismatch"));
+            assert_int_equal(st.segments_dropped, 1);
+            model_cut(c, c->m[k].base);
+            nb--;
+        } else {
+            assert_int_equal(st.full_scans, 2);
+            assert_int_equal(st.truncated_bytes, 0);
+        }
+        assert_int_equal(plog_end_offset(c->l), c->m[c->nm - 1].last + 1);
+        assert_int_equal(read_rp(c), plog_end_offset(c->l));
+        assert_int_equal(access(rp_path(c, "recovery-point.tmp"), F_OK), -1);
+        check_all(c, 0);
+        close_log(c);
+    }
+}
+
+/* A recovery point beyond the end of the log (segment files removed by
+ * hand) does not describe this log: logged, and recovery falls back to
+ * scanning the last two segments in full, then writes the real end. */
+static void test_recovery_point_beyond_end(void **state)
+{
+    tctx *c = *state;
+    int64_t bases[64];
+    size_t nb = fill_segs(c, 80, 4, bases);
+    int64_t rp = c->m[c->nm - 1].last + 1;
+    assert_int_equal(read_rp(c), rp);
+    /* the last segment removed; damage in what is now before the last */
+    assert_int_equal(unlink(seg_path(c, bases[nb - 1], "log")), 0);
+    assert_int_equal(unlink(seg_path(c, bases[nb - 1], "index")), 0);
+    assert_int_equal(unlink(seg_path(c, bases[nb - 1], "timeindex")), 0);
+    model_cut(c, bases[nb - 1]);
+    size_t k = zero_second_batch(c, bases[nb - 3]);
+    open_log(c);
+    assert_true(logged(c, "recovery point beyond the end of the log"));
+    assert_true(logged(c, "crc mismatch"));
+    plog_stats st = stats(c);
+    assert_int_equal(st.segments, nb - 2);
+    assert_int_equal(st.segments_dropped, 1);
+    model_cut(c, c->m[k].base);
+    assert_int_equal(plog_end_offset(c->l), c->m[k].base);
+    assert_int_equal(read_rp(c), c->m[k].base);
+    check_all(c, 0);
+    close_log(c);
+
+    /* an empty directory with a recovery point: an empty log, the file
+     * rewritten at 0 */
+    int64_t b2[64];
+    size_t n2 = list_bases(c, b2, 64);
+    for (size_t i = 0; i < n2; i++) {
+        unlink(seg_path(c, b2[i], "log"));
+        unlink(seg_path(c, b2[i], "index"));
+        unlink(seg_path(c, b2[i], "timeindex"));
+    }
+    model_cut(c, 0);
+    open_log(c);
+    assert_int_equal(plog_end_offset(c->l), 0);
+    assert_int_equal(read_rp(c), 0);
 }
 
 static int64_t brute_for_time(const tctx *c, int64_t ts)
@@ -1311,6 +1579,11 @@ int main(void)
         T(test_damaged_indexes_rebuilt),
         T(test_damage_before_last_segment),
         T(test_torn_segment_before_last),
+        T(test_recovery_point_bounds_full_scan),
+        T(test_damage_below_recovery_point_not_scanned),
+        T(test_recovery_point_written),
+        T(test_damaged_recovery_point_ignored),
+        T(test_recovery_point_beyond_end),
         T(test_offset_for_time),
         T(test_retention_by_bytes),
         T(test_retention_by_time),

@@ -310,3 +310,23 @@ def test_prometheus_discovers_and_scrapes_the_services(system, tmp_path):
         wait_until(scraped, timeout=30, interval=0.5, what="client metrics scraped")
     finally:
         prom.stop()
+
+
+def test_watch_of_an_unknown_service_does_not_spin(system):
+    """A service nobody registered has revision 0 in the registry, which
+    cannot park a query on index 0: the client's watch must not re-ask in a
+    tight loop (it used to, burning a core in both processes)."""
+    reg = system.reg()
+    cat = system.svc("catalog", reg)
+    assert item(cat.port)["reason"] == "no healthy instance"   # the watch is running
+    before = metric(reg.port, "weft_http_requests_total")
+    time.sleep(1.0)
+    asked = metric(reg.port, "weft_http_requests_total") - before
+    assert asked < 20, f"{asked} registry requests in 1 s"
+    # and once pricing registers, calls find it within milliseconds
+    system.svc("pricing", reg)
+    wait_until(lambda: instances(reg, "pricing"), what="pricing registered")
+    t0 = time.monotonic()
+    wait_until(lambda: item(cat.port).get("price"), timeout=5, what="pricing found")
+    assert time.monotonic() - t0 < 1.5
+

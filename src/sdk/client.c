@@ -456,7 +456,16 @@ static void svc_update(void *ud, const regwatch_ep *eps, size_t n, uint64_t revi
 {
     svc *s = ud;
     (void)revision;
-    if (!cset_same(s->set, eps, n)) {
+    if (n == 0) {
+        /* No instance left. A balancer cannot be built over nothing, so the
+         * generation goes away (calls holding it keep their reference);
+         * keeping it would send calls to instances that have left. */
+        if (s->set)
+            weft_log(WEFT_LOG_DEBUG, "client endpoints updated", WEFT_KV_STR("service", s->name),
+                     WEFT_KV_UINT("endpoints", 0));
+        cset_unref(s->set);
+        s->set = NULL;
+    } else if (!cset_same(s->set, eps, n)) {
         cset *ns = cset_build(s->c, s->set, eps, n);
         if (ns) {
             cset_unref(s->set);

@@ -330,3 +330,22 @@ def test_watch_of_an_unknown_service_does_not_spin(system):
     wait_until(lambda: item(cat.port).get("price"), timeout=5, what="pricing found")
     assert time.monotonic() - t0 < 1.5
 
+
+def test_last_instance_deregistered_leaves_no_instance(system):
+    """When the last instance of a service leaves, the watch answers with an
+    empty list and the client must drop the old one: calls fail at once
+    with "no healthy instance" instead of still being sent to the departed
+    address (the balancer cannot be built over zero endpoints, and the
+    update used to be dropped)."""
+    reg = system.reg()
+    p1 = system.svc("pricing", reg)
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: instances(reg, "pricing"), what="pricing registered")
+    assert item(cat.port)["price"]["instance"] == p1.addr
+    p1.signal(signal.SIGTERM)
+    assert p1.proc.wait(timeout=10) == 0
+    assert not instances(reg, "pricing")
+    reasons = [item(cat.port)["reason"] for _ in range(5)]
+    assert reasons == ["no healthy instance"] * 5, reasons
+    assert metric(cat.port, "weft_client_calls_total", service="pricing",
+                  result="no_instance") >= 5

@@ -62,7 +62,7 @@ struct weft_call {
     weft_call_cb cb;
     void *ud;
     char *method, *target, *hdrs; /* hdrs: "Name: value\r\n" lines, fixed part */
-    size_t hdrs_len;
+    size_t hdrs_len, hdrs_room; /* room after the fixed part: the deadline line */
     char *body;
     size_t body_len;
     uint64_t hash;
@@ -408,20 +408,21 @@ static void attempt(weft_call *k)
     uint64_t left = k->deadline_ms - now_ms;
     uint32_t per_try = c->o.try_timeout_ms && c->o.try_timeout_ms < left ? c->o.try_timeout_ms
                                                                          : (uint32_t)left;
-    char head[4096];
-    int hn = snprintf(head, sizeof head, "%.*s", (int)k->hdrs_len, k->hdrs);
-    if (c->deadline_header[0] && hn < (int)sizeof head)
-        hn += snprintf(head + hn, sizeof head - (size_t)hn, "%s: %llu\r\n", c->deadline_header,
-                       (unsigned long long)left);
-    if (hn >= (int)sizeof head)
-        hn = (int)k->hdrs_len < (int)sizeof head ? (int)k->hdrs_len : 0;
+    /* the deadline line goes after the fixed part, in the room
+     * build_headers left for it: the block is sent whole, however large */
+    size_t hn = k->hdrs_len;
+    if (c->deadline_header[0]) {
+        int n = snprintf(k->hdrs + hn, k->hdrs_room, "%s: %llu\r\n", c->deadline_header,
+                         (unsigned long long)left);
+        hn += n > 0 && (size_t)n < k->hdrs_room ? (size_t)n : 0;
+    }
     const cep *e = &set->eps[idx];
     weft_http_creq_opts o = {
         .method = k->method,
         .host = e->host,
         .port = e->port,
         .target = k->target,
-        .raw_headers = {head, (size_t)hn},
+        .raw_headers = {k->hdrs, hn},
         .body = k->body,
         .body_len = k->body_len,
         .timeout_ms = per_try,
@@ -596,8 +597,11 @@ static int build_headers(weft_call *k, const weft_call_opts *o)
         rc |= weft_buf_append(&b, *h, strlen(*h));
         rc |= weft_buf_append(&b, "\r\n", 2);
     }
-    if (rc == 0 && (k->hdrs = malloc(weft_buf_used(&b) + 1))) {
+    /* "Name: 18446744073709551615\r\n" and a NUL, written by each attempt */
+    size_t room = strlen(k->s->c->deadline_header) + 2 + 20 + 2 + 1;
+    if (rc == 0 && (k->hdrs = malloc(weft_buf_used(&b) + room))) {
         k->hdrs_len = weft_buf_used(&b);
+        k->hdrs_room = room;
         memcpy(k->hdrs, weft_buf_rptr(&b), k->hdrs_len);
     } else if (rc == 0) {
         rc = WEFT_ENOMEM;

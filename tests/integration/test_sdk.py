@@ -349,3 +349,75 @@ def test_last_instance_deregistered_leaves_no_instance(system):
     assert reasons == ["no healthy instance"] * 5, reasons
     assert metric(cat.port, "weft_client_calls_total", service="pricing",
                   result="no_instance") >= 5
+
+
+class Upstream:
+    """A plain HTTP server on 127.0.0.1 registered in the registry as
+    `service`; records each request's method, headers and body and answers
+    with the statuses in `script` (the last one repeats)."""
+
+    def __init__(self, reg, service, script=(200,)):
+        import http.server as hs
+        up = self
+        self.seen, self.script = [], list(script)
+
+        class H(hs.BaseHTTPRequestHandler):
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                up.seen.append((self.command, dict(self.headers.items()), self.rfile.read(n)))
+                st = up.script.pop(0) if len(up.script) > 1 else up.script[0]
+                body = b'{"ok":true}'
+                self.send_response(st)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = hs.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+        st, _, _ = http(reg.port, "PUT", f"/v1/services/{service}/instances/up-{self.port}",
+                        body={"address": "127.0.0.1", "port": self.port, "ttl": 60})
+        assert st == 200
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def probe(reg, service, method, path, *args):
+    import subprocess
+    r = subprocess.run([str(BIN_DIR_PROBE), f"http://127.0.0.1:{reg.port}", service, method, path,
+                        *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "Sanitizer" not in r.stderr and "runtime error:" not in r.stderr, r.stderr[-4000:]
+    return json.loads(r.stdout)
+
+
+from svcutil import BIN_DIR  # noqa: E402
+BIN_DIR_PROBE = BIN_DIR / "weft-test-client-probe"
+
+
+def test_large_headers_are_sent_whole(system):
+    """Headers are all sent, with the deadline, however large the block
+    (a big bearer token): the request head was built in a fixed 4 KiB
+    buffer and everything was silently dropped when it did not fit."""
+    reg = system.reg()
+    up = Upstream(reg, "echo")
+    try:
+        token = "Bearer " + "x" * 6000
+        r = probe(reg, "echo", "GET", "/h", "-H", f"Authorization: {token}",
+                  "-H", "X-Small: 1")
+        assert r["err"] == 0 and r["status"] == 200, r
+        (_, hdrs, _), = up.seen
+        assert hdrs.get("Authorization") == token
+        assert hdrs.get("X-Small") == "1"
+        assert hdrs.get("Host") == "echo"
+        assert 0 < int(hdrs.get("X-Weft-Deadline-Ms", "0")) <= 5000
+    finally:
+        up.close()

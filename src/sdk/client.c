@@ -588,8 +588,11 @@ static int build_headers(weft_call *k, const weft_call_opts *o)
         const char *ct = o->content_type ? o->content_type : "application/json";
         if (strpbrk(ct, "\r\n"))
             rc = WEFT_EINVAL;
-        snprintf(line, sizeof line, "Content-Type: %s\r\n", ct);
-        rc |= weft_buf_append(&b, line, strlen(line));
+        /* appended, not formatted into `line`: a long type would lose its CRLF
+         * and swallow the next header */
+        rc |= weft_buf_append(&b, "Content-Type: ", 14);
+        rc |= weft_buf_append(&b, ct, strlen(ct));
+        rc |= weft_buf_append(&b, "\r\n", 2);
     }
     for (const char *const *h = o->headers; h && *h && rc == 0; h++) {
         if (strpbrk(*h, "\r\n") || !strchr(*h, ':'))

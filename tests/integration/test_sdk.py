@@ -421,3 +421,18 @@ def test_large_headers_are_sent_whole(system):
         assert 0 < int(hdrs.get("X-Weft-Deadline-Ms", "0")) <= 5000
     finally:
         up.close()
+
+
+def test_long_content_type_keeps_the_next_header(system):
+    """A long Content-Type is sent whole on its own line: it was formatted
+    into a 512-byte line, lost its CRLF and swallowed the header after it."""
+    reg = system.reg()
+    up = Upstream(reg, "echo")
+    try:
+        ct = "application/x." + "a" * 600
+        r = probe(reg, "echo", "POST", "/p", "-d", "{}", "-t", ct, "-H", "X-After: 1")
+        assert r["err"] == 0 and r["status"] == 200, r
+        (_, hdrs, body), = up.seen
+        assert hdrs.get("Content-Type") == ct and hdrs.get("X-After") == "1" and body == b"{}"
+    finally:
+        up.close()

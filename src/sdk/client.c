@@ -426,6 +426,9 @@ static void attempt(weft_call *k)
         .body = k->body,
         .body_len = k->body_len,
         .timeout_ms = per_try,
+        /* the HTTP client resends a request lost on a stale pooled
+         * connection, but the server may have run it: not a POST */
+        .no_replay = !k->idempotent,
         .on_response = on_response,
         .on_body = on_body,
         .on_done = on_done,

@@ -390,13 +390,14 @@ class Upstream:
         self.srv.server_close()
 
 
-def probe(reg, service, method, path, *args):
+def probe(reg, service, method, path, *args, many=False):
     import subprocess
     r = subprocess.run([str(BIN_DIR_PROBE), f"http://127.0.0.1:{reg.port}", service, method, path,
                         *args], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert "Sanitizer" not in r.stderr and "runtime error:" not in r.stderr, r.stderr[-4000:]
-    return json.loads(r.stdout)
+    got = [json.loads(ln) for ln in r.stdout.splitlines()]
+    return got if many else got[0]
 
 
 from svcutil import BIN_DIR  # noqa: E402
@@ -436,3 +437,73 @@ def test_long_content_type_keeps_the_next_header(system):
         assert hdrs.get("Content-Type") == ct and hdrs.get("X-After") == "1" and body == b"{}"
     finally:
         up.close()
+
+
+def test_post_lost_on_a_reused_connection_is_not_sent_again(system):
+    """A POST that reached the server on a pooled connection, which then
+    died without answering, may have been processed: it must not be sent
+    again (the HTTP client resends such requests on a fresh connection
+    unless told not to). The call fails; the server saw it once."""
+    import socket
+    reg = system.reg()
+    lsn = socket.socket()
+    lsn.bind(("127.0.0.1", 0))
+    lsn.listen(8)
+    lsn.settimeout(10)
+    port = lsn.getsockname()[1]
+    st, _, _ = http(reg.port, "PUT", f"/v1/services/orders/instances/o-{port}",
+                    body={"address": "127.0.0.1", "port": port, "ttl": 60})
+    assert st == 200
+    posts = []
+
+    def read_request(c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = c.recv(65536)
+            if not d:
+                return None
+            data += d
+        head, _, body = data.partition(b"\r\n\r\n")
+        n = 0
+        for ln in head.split(b"\r\n"):
+            if ln.lower().startswith(b"content-length:"):
+                n = int(ln.split(b":")[1])
+        while len(body) < n:
+            body += c.recv(65536)
+        return head.split(b" ")[0]
+
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+    def serve():
+        try:
+            for conn_no in range(3):  # bounded: a third connection is already a failure
+                c, _ = lsn.accept()
+                c.settimeout(10)
+                with c:
+                    first = True
+                    while True:
+                        m = read_request(c)
+                        if m is None:
+                            break
+                        posts.append(m)
+                        if conn_no == 0 and not first:
+                            break  # processed, then died before answering
+                        c.sendall(ok)
+                        first = False
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        got = probe(reg, "orders", "POST", "/orders", "-d", '{"n":1}', "-n", "2", many=True)
+        assert got[0]["err"] == 0 and got[0]["status"] == 200, got
+        assert posts == [b"POST", b"POST"], posts  # the second one reached the server once
+        assert got[1]["err"] != 0, got  # and failed instead of running twice
+    finally:
+        try:
+            lsn.shutdown(socket.SHUT_RDWR)  # wakes the accept() in serve()
+        except OSError:
+            pass
+        lsn.close()
+        t.join(timeout=5)

@@ -62,7 +62,7 @@ struct weft_call {
     weft_call_cb cb;
     void *ud;
     char *method, *target, *hdrs; /* hdrs: "Name: value\r\n" lines, fixed part */
-    size_t hdrs_len;
+    size_t hdrs_len, hdrs_room; /* room after the fixed part: the deadline line */
     char *body;
     size_t body_len;
     uint64_t hash;
@@ -408,23 +408,27 @@ static void attempt(weft_call *k)
     uint64_t left = k->deadline_ms - now_ms;
     uint32_t per_try = c->o.try_timeout_ms && c->o.try_timeout_ms < left ? c->o.try_timeout_ms
                                                                          : (uint32_t)left;
-    char head[4096];
-    int hn = snprintf(head, sizeof head, "%.*s", (int)k->hdrs_len, k->hdrs);
-    if (c->deadline_header[0] && hn < (int)sizeof head)
-        hn += snprintf(head + hn, sizeof head - (size_t)hn, "%s: %llu\r\n", c->deadline_header,
-                       (unsigned long long)left);
-    if (hn >= (int)sizeof head)
-        hn = (int)k->hdrs_len < (int)sizeof head ? (int)k->hdrs_len : 0;
+    /* the deadline line goes after the fixed part, in the room
+     * build_headers left for it: the block is sent whole, however large */
+    size_t hn = k->hdrs_len;
+    if (c->deadline_header[0]) {
+        int n = snprintf(k->hdrs + hn, k->hdrs_room, "%s: %llu\r\n", c->deadline_header,
+                         (unsigned long long)left);
+        hn += n > 0 && (size_t)n < k->hdrs_room ? (size_t)n : 0;
+    }
     const cep *e = &set->eps[idx];
     weft_http_creq_opts o = {
         .method = k->method,
         .host = e->host,
         .port = e->port,
         .target = k->target,
-        .raw_headers = {head, (size_t)hn},
+        .raw_headers = {k->hdrs, hn},
         .body = k->body,
         .body_len = k->body_len,
         .timeout_ms = per_try,
+        /* the HTTP client resends a request lost on a stale pooled
+         * connection, but the server may have run it: not a POST */
+        .no_replay = !k->idempotent,
         .on_response = on_response,
         .on_body = on_body,
         .on_done = on_done,
@@ -456,7 +460,16 @@ static void svc_update(void *ud, const regwatch_ep *eps, size_t n, uint64_t revi
 {
     svc *s = ud;
     (void)revision;
-    if (!cset_same(s->set, eps, n)) {
+    if (n == 0) {
+        /* No instance left. A balancer cannot be built over nothing, so the
+         * generation goes away (calls holding it keep their reference);
+         * keeping it would send calls to instances that have left. */
+        if (s->set)
+            weft_log(WEFT_LOG_DEBUG, "client endpoints updated", WEFT_KV_STR("service", s->name),
+                     WEFT_KV_UINT("endpoints", 0));
+        cset_unref(s->set);
+        s->set = NULL;
+    } else if (!cset_same(s->set, eps, n)) {
         cset *ns = cset_build(s->c, s->set, eps, n);
         if (ns) {
             cset_unref(s->set);
@@ -578,8 +591,11 @@ static int build_headers(weft_call *k, const weft_call_opts *o)
         const char *ct = o->content_type ? o->content_type : "application/json";
         if (strpbrk(ct, "\r\n"))
             rc = WEFT_EINVAL;
-        snprintf(line, sizeof line, "Content-Type: %s\r\n", ct);
-        rc |= weft_buf_append(&b, line, strlen(line));
+        /* appended, not formatted into `line`: a long type would lose its CRLF
+         * and swallow the next header */
+        rc |= weft_buf_append(&b, "Content-Type: ", 14);
+        rc |= weft_buf_append(&b, ct, strlen(ct));
+        rc |= weft_buf_append(&b, "\r\n", 2);
     }
     for (const char *const *h = o->headers; h && *h && rc == 0; h++) {
         if (strpbrk(*h, "\r\n") || !strchr(*h, ':'))
@@ -587,8 +603,11 @@ static int build_headers(weft_call *k, const weft_call_opts *o)
         rc |= weft_buf_append(&b, *h, strlen(*h));
         rc |= weft_buf_append(&b, "\r\n", 2);
     }
-    if (rc == 0 && (k->hdrs = malloc(weft_buf_used(&b) + 1))) {
+    /* "Name: 18446744073709551615\r\n" and a NUL, written by each attempt */
+    size_t room = strlen(k->s->c->deadline_header) + 2 + 20 + 2 + 1;
+    if (rc == 0 && (k->hdrs = malloc(weft_buf_used(&b) + room))) {
         k->hdrs_len = weft_buf_used(&b);
+        k->hdrs_room = room;
         memcpy(k->hdrs, weft_buf_rptr(&b), k->hdrs_len);
     } else if (rc == 0) {
         rc = WEFT_ENOMEM;

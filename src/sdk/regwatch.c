@@ -6,7 +6,8 @@
  * The registry answers as soon as the service's revision passes N, so a
  * registration, a deregistration or an expired lease reaches the caller
  * within milliseconds; the next query goes out at once with the returned
- * X-Weft-Index. Healthy instances become endpoints "address:port" with
+ * X-Weft-Index (a service the registry does not know has index 0, which
+ * cannot park a query: then index 1 with a 1 s wait). Healthy instances become endpoints "address:port" with
  * their registered weight; with a zone, instances in that zone are used
  * alone while any of them is healthy, otherwise all (zone preference).
  *
@@ -25,6 +26,7 @@
 #include <string.h>
 
 #define WAIT_S 30
+#define UNKNOWN_WAIT_S 1 /* see apply() */
 #define MAX_BODY (16u << 20)
 
 struct regwatch {
@@ -36,6 +38,7 @@ struct regwatch {
     weft_http_creq *q;
     weft_timer retry;
     uint64_t index;
+    uint32_t wait_s;
     uint32_t backoff_ms;
     bool stale;
     int status;
@@ -87,6 +90,7 @@ static void fail(regwatch *w, const char *why)
     bool first = !w->stale;
     w->stale = true;
     w->index = 0;
+    w->wait_s = WAIT_S;
     weft_timer_start(w->loop, &w->retry, w->backoff_ms);
     w->backoff_ms = w->backoff_ms < 1000 ? w->backoff_ms * 2 : 2000;
     if (w->cbs.on_error)
@@ -142,6 +146,17 @@ static void apply(regwatch *w)
     }
     w->backoff_ms = 100;
     w->index = w->resp_index;
+    w->wait_s = WAIT_S;
+    if (w->index == 0) {
+        /* Revision 0: the registry has never seen the service (or came back
+         * empty), and a query on index 0 is answered at once, never parked;
+         * asking again with it would spin. Index 1 parks until the service
+         * appears (its revision is then past 1); the short wait covers the
+         * one case it is not: the service's first change is the registry's
+         * very first revision. */
+        w->index = 1;
+        w->wait_s = UNKNOWN_WAIT_S;
+    }
     if (w->cbs.on_update)
         w->cbs.on_update(w->cbs.ud, eps, k, w->resp_index);
     w->stale = false;
@@ -210,15 +225,15 @@ static void on_done(weft_http_creq *q, int err, void *ud)
 static void query(regwatch *w)
 {
     char target[512];
-    snprintf(target, sizeof target, "/v1/services/%s?healthy=true&index=%llu&wait=%ds", w->service,
-             (unsigned long long)w->index, WAIT_S);
+    snprintf(target, sizeof target, "/v1/services/%s?healthy=true&index=%llu&wait=%us", w->service,
+             (unsigned long long)w->index, (unsigned)w->wait_s);
     w->len = 0;
     weft_http_creq_opts o = {
         .method = "GET",
         .host = w->host,
         .port = w->port,
         .target = target,
-        .timeout_ms = (WAIT_S + WAIT_S / 16 + 5) * 1000,
+        .timeout_ms = (w->wait_s + w->wait_s / 16 + 5) * 1000,
         .on_response = on_response,
         .on_body = on_body,
         .on_done = on_done,
@@ -244,6 +259,7 @@ regwatch *regwatch_start(weft_loop *loop, const char *host, uint16_t port, const
     w->cbs = *cbs;
     w->port = port;
     w->backoff_ms = 100;
+    w->wait_s = WAIT_S;
     w->host = strdup(host);
     w->service = strdup(service);
     w->zone = zone && *zone ? strdup(zone) : NULL;

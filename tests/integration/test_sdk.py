@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from svcutil import (WEFT_BIN, Proc, example, get_json, http, instances, metric, registry,
-                     wait_until)
+from svcutil import (BIN_DIR, WEFT_BIN, Proc, example, get_json, http, instances, metric,
+                     registry, wait_until)
 
 
 @pytest.fixture
@@ -310,3 +310,203 @@ def test_prometheus_discovers_and_scrapes_the_services(system, tmp_path):
         wait_until(scraped, timeout=30, interval=0.5, what="client metrics scraped")
     finally:
         prom.stop()
+
+
+def test_watch_of_an_unknown_service_does_not_spin(system):
+    """A service nobody registered has revision 0 in the registry, which
+    cannot park a query on index 0: the client's watch must not re-ask in a
+    tight loop (it used to, burning a core in both processes)."""
+    reg = system.reg()
+    cat = system.svc("catalog", reg)
+    assert item(cat.port)["reason"] == "no healthy instance"   # the watch is running
+    before = metric(reg.port, "weft_http_requests_total")
+    time.sleep(1.0)
+    asked = metric(reg.port, "weft_http_requests_total") - before
+    assert asked < 20, f"{asked} registry requests in 1 s"
+    # and once pricing registers, calls find it within milliseconds
+    system.svc("pricing", reg)
+    wait_until(lambda: instances(reg, "pricing"), what="pricing registered")
+    t0 = time.monotonic()
+    wait_until(lambda: item(cat.port).get("price"), timeout=5, what="pricing found")
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_last_instance_deregistered_leaves_no_instance(system):
+    """When the last instance of a service leaves, the watch answers with an
+    empty list and the client must drop the old one: calls fail at once
+    with "no healthy instance" instead of still being sent to the departed
+    address (the balancer cannot be built over zero endpoints, and the
+    update used to be dropped)."""
+    reg = system.reg()
+    p1 = system.svc("pricing", reg)
+    cat = system.svc("catalog", reg)
+    wait_until(lambda: instances(reg, "pricing"), what="pricing registered")
+    assert item(cat.port)["price"]["instance"] == p1.addr
+    p1.signal(signal.SIGTERM)
+    assert p1.proc.wait(timeout=10) == 0
+    assert not instances(reg, "pricing")
+    reasons = [item(cat.port)["reason"] for _ in range(5)]
+    assert reasons == ["no healthy instance"] * 5, reasons
+    assert metric(cat.port, "weft_client_calls_total", service="pricing",
+                  result="no_instance") >= 5
+
+
+class Upstream:
+    """A plain HTTP server on 127.0.0.1 registered in the registry as
+    `service`; records each request's method, headers and body and answers
+    with the statuses in `script` (the last one repeats)."""
+
+    def __init__(self, reg, service, script=(200,)):
+        import http.server as hs
+        up = self
+        self.seen, self.script = [], list(script)
+
+        class H(hs.BaseHTTPRequestHandler):
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                up.seen.append((self.command, dict(self.headers.items()), self.rfile.read(n)))
+                st = up.script.pop(0) if len(up.script) > 1 else up.script[0]
+                body = b'{"ok":true}'
+                self.send_response(st)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = hs.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+        st, _, _ = http(reg.port, "PUT", f"/v1/services/{service}/instances/up-{self.port}",
+                        body={"address": "127.0.0.1", "port": self.port, "ttl": 60})
+        assert st == 200
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+CLIENT_PROBE = BIN_DIR / "weft-test-client-probe"  # tests/sdk/client_probe.c
+
+
+def probe(reg, service, method, path, *args, many=False):
+    """Run one client_probe (one or, with -n, several weft_client calls);
+    its results, parsed."""
+    import subprocess
+    if not CLIENT_PROBE.exists():
+        pytest.skip("weft-test-client-probe is built with the tests (make asan)")
+    r = subprocess.run([str(CLIENT_PROBE), f"http://127.0.0.1:{reg.port}", service, method, path,
+                        *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "Sanitizer" not in r.stderr and "runtime error:" not in r.stderr, r.stderr[-4000:]
+    got = [json.loads(ln) for ln in r.stdout.splitlines()]
+    return got if many else got[0]
+
+
+def test_large_headers_are_sent_whole(system):
+    """Headers are all sent, with the deadline, however large the block
+    (a big bearer token): the request head was built in a fixed 4 KiB
+    buffer and everything was silently dropped when it did not fit."""
+    reg = system.reg()
+    up = Upstream(reg, "echo")
+    try:
+        token = "Bearer " + "x" * 6000
+        r = probe(reg, "echo", "GET", "/h", "-H", f"Authorization: {token}",
+                  "-H", "X-Small: 1")
+        assert r["err"] == 0 and r["status"] == 200, r
+        (_, hdrs, _), = up.seen
+        assert hdrs.get("Authorization") == token
+        assert hdrs.get("X-Small") == "1"
+        assert hdrs.get("Host") == "echo"
+        assert 0 < int(hdrs.get("X-Weft-Deadline-Ms", "0")) <= 5000
+    finally:
+        up.close()
+
+
+def test_long_content_type_keeps_the_next_header(system):
+    """A long Content-Type is sent whole on its own line: it was formatted
+    into a 512-byte line, lost its CRLF and swallowed the header after it."""
+    reg = system.reg()
+    up = Upstream(reg, "echo")
+    try:
+        ct = "application/x." + "a" * 600
+        r = probe(reg, "echo", "POST", "/p", "-d", "{}", "-t", ct, "-H", "X-After: 1")
+        assert r["err"] == 0 and r["status"] == 200, r
+        (_, hdrs, body), = up.seen
+        assert hdrs.get("Content-Type") == ct and hdrs.get("X-After") == "1" and body == b"{}"
+    finally:
+        up.close()
+
+
+def test_post_lost_on_a_reused_connection_is_not_sent_again(system):
+    """A POST that reached the server on a pooled connection, which then
+    died without answering, may have been processed: it must not be sent
+    again (the HTTP client resends such requests on a fresh connection
+    unless told not to). The call fails; the server saw it once."""
+    import socket
+    reg = system.reg()
+    lsn = socket.socket()
+    lsn.bind(("127.0.0.1", 0))
+    lsn.listen(8)
+    lsn.settimeout(10)
+    port = lsn.getsockname()[1]
+    st, _, _ = http(reg.port, "PUT", f"/v1/services/orders/instances/o-{port}",
+                    body={"address": "127.0.0.1", "port": port, "ttl": 60})
+    assert st == 200
+    posts = []
+
+    def read_request(c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = c.recv(65536)
+            if not d:
+                return None
+            data += d
+        head, _, body = data.partition(b"\r\n\r\n")
+        n = 0
+        for ln in head.split(b"\r\n"):
+            if ln.lower().startswith(b"content-length:"):
+                n = int(ln.split(b":")[1])
+        while len(body) < n:
+            body += c.recv(65536)
+        return head.split(b" ")[0]
+
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+    def serve():
+        try:
+            for conn_no in range(3):  # bounded: a third connection is already a failure
+                c, _ = lsn.accept()
+                c.settimeout(10)
+                with c:
+                    first = True
+                    while True:
+                        m = read_request(c)
+                        if m is None:
+                            break
+                        posts.append(m)
+                        if conn_no == 0 and not first:
+                            break  # processed, then died before answering
+                        c.sendall(ok)
+                        first = False
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        got = probe(reg, "orders", "POST", "/orders", "-d", '{"n":1}', "-n", "2", many=True)
+        assert got[0]["err"] == 0 and got[0]["status"] == 200, got
+        assert posts == [b"POST", b"POST"], posts  # the second one reached the server once
+        assert got[1]["err"] != 0, got  # and failed instead of running twice
+    finally:
+        try:
+            lsn.shutdown(socket.SHUT_RDWR)  # wakes the accept() in serve()
+        except OSError:
+            pass
+        lsn.close()
+        t.join(timeout=5)

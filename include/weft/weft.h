@@ -74,6 +74,15 @@ static inline bool weft_str_eq(weft_str a, weft_str b)
 /* ASCII case-insensitive equality (header names, tokens). */
 bool weft_str_ieq(weft_str a, weft_str b);
 
+/* The value of a hexadecimal digit (either case), or -1. */
+static inline int weft_hexval(int c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
 /* 1..max bytes, each a letter, digit, '.', '_', ':' or '-': the names of
  * services, instances and event streams. */
 bool weft_name_ok(weft_str s, size_t max);

@@ -1573,14 +1573,6 @@ static void h_subscribe(elog_streams *st, weft_http_req *r, int kind, const char
 
 /* ---- routing ---- */
 
-static int hexval(char c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
 /* The name after `prefix` in the path, percent-decoded, into buf (MAX_NAME
  * + 1 bytes). false if it is not a valid name. */
 static bool path_name(weft_http_req *r, size_t prefix, char *buf, size_t *len)
@@ -1590,7 +1582,8 @@ static bool path_name(weft_http_req *r, size_t prefix, char *buf, size_t *len)
     for (size_t i = prefix; i < p.n; i++) {
         char c = p.p[i];
         if (c == '%') {
-            int hi = i + 2 < p.n ? hexval(p.p[i + 1]) : -1, lo = hi >= 0 ? hexval(p.p[i + 2]) : -1;
+            int hi = i + 2 < p.n ? weft_hexval((unsigned char)p.p[i + 1]) : -1,
+                lo = hi >= 0 ? weft_hexval((unsigned char)p.p[i + 2]) : -1;
             if (lo < 0)
                 return false;
             c = (char)(hi << 4 | lo);

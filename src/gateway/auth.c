@@ -110,17 +110,6 @@ void weft_apikeys_free(weft_apikeys *s)
     free(s);
 }
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int weft_apikeys_add(weft_apikeys *s, const char *name, const char *hashed)
 {
     unsigned char digest[SHA256_LEN];
@@ -131,7 +120,7 @@ int weft_apikeys_add(weft_apikeys *s, const char *name, const char *hashed)
         return WEFT_EINVAL;
     const unsigned char *hx = (const unsigned char *)hashed + APIKEY_PREFIX_LEN;
     for (size_t i = 0; i < SHA256_LEN; i++) {
-        int hi = hexval(hx[2 * i]), lo = hexval(hx[2 * i + 1]);
+        int hi = weft_hexval(hx[2 * i]), lo = weft_hexval(hx[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return WEFT_EINVAL;
         digest[i] = (unsigned char)(hi << 4 | lo);

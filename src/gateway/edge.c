@@ -481,7 +481,7 @@ static void respond_hit(gw_req *g, weft_cache_hit *hit)
         /* stored headers are end-to-end (see gw_edge_cache_response); the
          * route's response_headers apply to hits as to proxied answers */
         if (weft_str_ieq(n, WEFT_STR("Content-Type")) || weft_str_ieq(n, WEFT_STR("Age")) ||
-            !gw_resp_header_passes(g, WEFT_STR_NULL, n))
+            !gw_resp_header_passes(g, n))
             continue;
         if (g->route->compress && weft_str_ieq(n, WEFT_STR("ETag"))) {
             etag = hit->values[i]; /* after the gzip decision, as gw_edge_etag */
@@ -642,8 +642,7 @@ void gw_edge_cache_response(gw_req *g, const weft_http_cresp *resp)
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         weft_str name = resp->names[i];
-        if (gw_resp_hop_by_hop(uconn, name) || weft_str_ieq(name, WEFT_STR("Date")) ||
-            weft_str_ieq(name, WEFT_STR("Server")))
+        if (!gw_resp_forwardable(uconn, name))
             continue;
         char *nc = weft_http_req_alloc(g->r, name.n + resp->values[i].n + 1);
         if (!nc) {

@@ -190,8 +190,8 @@ void gw_req_free(gw_req *g);
 void gw_count_final(gw_req *g, int status);
 /* Response header treatment shared by proxied answers and cache hits. */
 weft_str gw_resp_conn_tokens(const weft_str *names, const weft_str *values, size_t n);
-bool gw_resp_hop_by_hop(weft_str uconn, weft_str name);
-bool gw_resp_header_passes(const gw_req *g, weft_str uconn, weft_str name);
+bool gw_resp_forwardable(weft_str uconn, weft_str name);
+bool gw_resp_header_passes(const gw_req *g, weft_str name);
 void gw_resp_header_ops(gw_req *g);
 
 /* edge.c: rate limiting, authentication, caching, compression, aggregation */

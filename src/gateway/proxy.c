@@ -597,19 +597,23 @@ weft_str gw_resp_conn_tokens(const weft_str *names, const weft_str *values, size
     return uconn;
 }
 
-bool gw_resp_hop_by_hop(weft_str uconn, weft_str name)
+/* Whether an upstream response header is passed on (or stored for cache
+ * hits) at all: not hop-by-hop, by the list or by uconn (see
+ * gw_resp_conn_tokens), and not Date or Server, which the gateway sets. */
+bool gw_resp_forwardable(weft_str uconn, weft_str name)
 {
-    return is_hop_by_hop(name) || (uconn.n && named_in_connection(uconn, name));
+    return !is_hop_by_hop(name) && !(uconn.n && named_in_connection(uconn, name)) &&
+           !weft_str_ieq(name, WEFT_STR("Date")) && !weft_str_ieq(name, WEFT_STR("Server"));
 }
 
 /* Whether an upstream response header (other than Content-Type, which goes
- * with the status line) reaches the client. Proxied answers and cache hits
- * both use this, so a hit carries exactly what the miss that stored it did. */
-bool gw_resp_header_passes(const gw_req *g, weft_str uconn, weft_str name)
+ * with the status line) reaches the client, the upstream's Connection
+ * tokens already applied. Proxied answers and cache hits both use this, so
+ * a hit carries exactly what the miss that stored it did. */
+bool gw_resp_header_passes(const gw_req *g, weft_str name)
 {
     const gw_route_conf *rt = g->route;
-    return !gw_resp_hop_by_hop(uconn, name) && !weft_str_ieq(name, WEFT_STR("Date")) &&
-           !weft_str_ieq(name, WEFT_STR("Server")) &&
+    return gw_resp_forwardable(WEFT_STR_NULL, name) &&
            !in_list(rt->resp_ops.remove, rt->resp_ops.nremove, name) &&
            !in_ops(rt->resp_ops.set, rt->resp_ops.nset, name);
 }
@@ -662,7 +666,7 @@ static void up_response(weft_http_creq *q, const weft_http_cresp *resp, void *ud
         }
         if (weft_str_ieq(name, WEFT_STR("Content-Encoding")))
             cenc = resp->values[i];
-        if (!gw_resp_header_passes(g, uconn, name))
+        if (!gw_resp_header_passes(g, name))
             continue;
         if (rt->compress && weft_str_ieq(name, WEFT_STR("ETag"))) {
             etag = resp->values[i]; /* after the gzip decision */
@@ -1085,28 +1089,14 @@ static char *label_of(const char *key, const char *val)
 /* A label set the registry refuses, for when one could not be built. */
 #define NO_LABELS "!"
 
-/* Registration that leaves a refused series' id naming no series (a route or
- * cluster beyond the registry's capacity): updates to it are dropped instead
- * of landing on series 0, which the zeroed id would otherwise name. */
-static void reg_counter(weft_metrics *m, const char *name, const char *help, const char *labels,
-                        weft_metric *id)
+/* id, preset to name no series: a registration the registry refuses (a
+ * route or cluster beyond its capacity) leaves the id untouched, and
+ * updates to it are then dropped instead of landing on series 0, which
+ * the zeroed id would otherwise name. */
+static weft_metric *unset(weft_metric *id)
 {
     *id = WEFT_METRIC_NONE;
-    weft_metrics_counter(m, name, help, labels, id);
-}
-
-static void reg_gauge(weft_metrics *m, const char *name, const char *help, const char *labels,
-                      weft_metric *id)
-{
-    *id = WEFT_METRIC_NONE;
-    weft_metrics_gauge(m, name, help, labels, id);
-}
-
-static void reg_histogram(weft_metrics *m, const char *name, const char *help, const char *labels,
-                          const double *bounds, size_t nbounds, weft_metric *id)
-{
-    *id = WEFT_METRIC_NONE;
-    weft_metrics_histogram(m, name, help, labels, bounds, nbounds, id);
+    return id;
 }
 
 static void reg_classes(weft_metrics *m, const char *name, const char *help, char *labels,
@@ -1115,11 +1105,12 @@ static void reg_classes(weft_metrics *m, const char *name, const char *help, cha
     static const char *const cls[] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
     size_t base = labels ? strlen(labels) : 0;
     for (int i = 0; i < 6; i++) {
-        ids[i] = WEFT_METRIC_NONE;
-        if (!labels)
-            continue; /* could not be built: left out */
+        if (!labels) { /* could not be built: left out */
+            unset(&ids[i]);
+            continue;
+        }
         sprintf(labels + base, ",code=\"%s\"", cls[i]);
-        reg_counter(m, name, help, labels, &ids[i]);
+        weft_metrics_counter(m, name, help, labels, unset(&ids[i]));
     }
     if (labels)
         labels[base] = '\0';
@@ -1207,39 +1198,43 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg, const gw_gen *prev)
         const char *labels = lbuf ? lbuf : NO_LABELS;
         reg_classes(m, "weft_gateway_upstream_responses_total",
                     "Upstream responses by cluster and status class.", lbuf, cl->m_upstream);
-        reg_counter(m, "weft_gateway_breaker_rejections_total",
+        weft_metrics_counter(m, "weft_gateway_breaker_rejections_total",
                              "Requests short-circuited by an open circuit breaker.", labels,
-                             &cl->m_breaker_reject);
-        reg_counter(m, "weft_gateway_ejections_total",
-                             "Endpoints ejected by outlier detection.", labels, &cl->m_ejections);
-        reg_counter(m, "weft_gateway_overload_rejections_total",
-                             "Requests shed by concurrency limits.", labels, &cl->m_overload);
-        reg_counter(m, "weft_gateway_health_check_failures_total",
-                             "Failed active health checks.", labels, &cl->m_hc_fail);
-        reg_counter(m, "weft_gateway_dns_failures_total",
+                             unset(&cl->m_breaker_reject));
+        weft_metrics_counter(m, "weft_gateway_ejections_total",
+                             "Endpoints ejected by outlier detection.", labels,
+                             unset(&cl->m_ejections));
+        weft_metrics_counter(m, "weft_gateway_overload_rejections_total",
+                             "Requests shed by concurrency limits.", labels,
+                             unset(&cl->m_overload));
+        weft_metrics_counter(m, "weft_gateway_health_check_failures_total",
+                             "Failed active health checks.", labels, unset(&cl->m_hc_fail));
+        weft_metrics_counter(m, "weft_gateway_dns_failures_total",
                              "DNS discovery failures (the last endpoints are kept).", labels,
-                             &cl->m_dns_fail);
-        reg_counter(m, "weft_gateway_dns_updates_total",
+                             unset(&cl->m_dns_fail));
+        weft_metrics_counter(m, "weft_gateway_dns_updates_total",
                              "Endpoint set changes from DNS discovery.", labels,
-                             &cl->m_dns_updates);
-        reg_gauge(m, "weft_gateway_breaker_open",
+                             unset(&cl->m_dns_updates));
+        weft_metrics_gauge(m, "weft_gateway_breaker_open",
                            "Workers whose circuit breaker for the cluster is open.", labels,
-                           &cl->m_breaker_open);
-        reg_gauge(m, "weft_gateway_breaker_half_open",
+                           unset(&cl->m_breaker_open));
+        weft_metrics_gauge(m, "weft_gateway_breaker_half_open",
                            "Workers whose circuit breaker for the cluster is half-open.", labels,
-                           &cl->m_breaker_half_open);
-        reg_gauge(m, "weft_gateway_discovery_stale",
+                           unset(&cl->m_breaker_half_open));
+        weft_metrics_gauge(m, "weft_gateway_discovery_stale",
                            "Workers serving the last known endpoints because the registry "
-                           "is unreachable.", labels, &cl->m_disc_stale);
-        reg_counter(m, "weft_gateway_discovery_updates_total",
+                           "is unreachable.",
+                           labels, unset(&cl->m_disc_stale));
+        weft_metrics_counter(m, "weft_gateway_discovery_updates_total",
                              "Endpoint set changes from registry discovery.", labels,
-                             &cl->m_disc_updates);
-        reg_counter(m, "weft_gateway_discovery_failures_total",
+                             unset(&cl->m_disc_updates));
+        weft_metrics_counter(m, "weft_gateway_discovery_failures_total",
                              "Failed registry queries (the last endpoints are kept).", labels,
-                             &cl->m_disc_fail);
-        reg_gauge(m, "weft_gateway_ejected_endpoints",
-                           "Endpoints currently ejected by outlier detection (summed over workers).",
-                           labels, &cl->m_ejected_now);
+                             unset(&cl->m_disc_fail));
+        weft_metrics_gauge(
+            m, "weft_gateway_ejected_endpoints",
+            "Endpoints currently ejected by outlier detection (summed over workers).", labels,
+            unset(&cl->m_ejected_now));
         free(lbuf);
     }
     for (size_t i = 0; i < cfg->nroutes; i++) {
@@ -1252,17 +1247,17 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg, const gw_gen *prev)
         reg_classes(m, "weft_gateway_requests_total",
                     "Requests answered by the gateway, by route and status class.", lbuf,
                     rr->m_req);
-        reg_histogram(m, "weft_gateway_request_duration_seconds",
+        weft_metrics_histogram(m, "weft_gateway_request_duration_seconds",
                                "Gateway request latency (including retries).", labels,
-                               weft_latency_buckets, weft_latency_nbuckets, &rr->m_dur);
-        reg_counter(m, "weft_gateway_retries_total", "Retries started.", labels,
-                             &rr->m_retries);
-        reg_counter(m, "weft_gateway_retry_budget_exhausted_total",
+                               weft_latency_buckets, weft_latency_nbuckets, unset(&rr->m_dur));
+        weft_metrics_counter(m, "weft_gateway_retries_total", "Retries started.", labels,
+                             unset(&rr->m_retries));
+        weft_metrics_counter(m, "weft_gateway_retry_budget_exhausted_total",
                              "Retries refused because the retry budget was spent.", labels,
-                             &rr->m_budget_exhausted);
-        reg_counter(m, "weft_gateway_rate_limited_total",
+                             unset(&rr->m_budget_exhausted));
+        weft_metrics_counter(m, "weft_gateway_rate_limited_total",
                              "Requests answered 429 by the route's rate limit.", labels,
-                             &rr->m_ratelimited);
+                             unset(&rr->m_ratelimited));
         free(lbuf);
     }
     for (size_t i = 0; i < cfg->nclusters; i++) {
@@ -1454,12 +1449,15 @@ int gw_worker_start(gw_runtime *rt, weft_loop *loop)
     {
         gw_config *c0 = gw_runtime_config(rt);
         w->cache = weft_cache_new(c0->cache_max_bytes, c0->cache_policy);
-        reg_counter(rt->m, "weft_gateway_cache_lookups_total", "Response cache lookups by result.",
-                    "result=\"hit\"", &w->m_cache_hit);
-        reg_counter(rt->m, "weft_gateway_cache_lookups_total", "Response cache lookups by result.",
-                    "result=\"miss\"", &w->m_cache_miss);
-        reg_counter(rt->m, "weft_gateway_cache_lookups_total", "Response cache lookups by result.",
-                    "result=\"coalesced\"", &w->m_cache_coalesced);
+        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
+                             "Response cache lookups by result.", "result=\"hit\"",
+                             unset(&w->m_cache_hit));
+        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
+                             "Response cache lookups by result.", "result=\"miss\"",
+                             unset(&w->m_cache_miss));
+        weft_metrics_counter(rt->m, "weft_gateway_cache_lookups_total",
+                             "Response cache lookups by result.", "result=\"coalesced\"",
+                             unset(&w->m_cache_coalesced));
         gw_config_unref(c0);
         if (!w->cache)
             return WEFT_ENOMEM;

@@ -580,6 +580,13 @@ static void req_conn_lost(weft_http_creq *q, int err)
         req_finish(q, rc);
 }
 
+/* What is left of timeout_ms after `spent` ms (at least 1, so it still
+ * fires); 0 when the request has no timeout. */
+static uint32_t time_left(const weft_http_creq *q, uint64_t spent)
+{
+    return !q->timeout_ms ? 0 : spent < q->timeout_ms ? q->timeout_ms - (uint32_t)spent : 1;
+}
+
 /* The wait for the response head: timeout_ms less the time the request
  * spent getting a connection, so that a slow connect or a wait for a slot
  * does not buy the server a whole timeout more (the caller's timeout is
@@ -587,7 +594,7 @@ static void req_conn_lost(weft_http_creq *q, int err)
  * one of inactivity. */
 static uint32_t head_timeout(const weft_http_creq *q)
 {
-    return !q->timeout_ms ? 0 : q->wait_ms < q->timeout_ms ? q->timeout_ms - q->wait_ms : 1;
+    return time_left(q, q->wait_ms);
 }
 
 /* The connection is ready to send on (connected, or taken from the pool). */
@@ -981,10 +988,9 @@ static int req_start(weft_http_creq *q, bool allow_pool)
         /* the request's own timeout (less any wait for a slot) bounds the
          * connect too: a caller with a deadline shorter than
          * connect_timeout_ms must not wait past it */
-        uint64_t waited = weft_loop_now_ms(c->loop) - q->start_ms;
         uint32_t ct = c->opts.connect_timeout_ms,
-                 left = waited < q->timeout_ms ? q->timeout_ms - (uint32_t)waited : 1;
-        if (q->timeout_ms && left < ct)
+                 left = time_left(q, weft_loop_now_ms(c->loop) - q->start_ms);
+        if (left && left < ct)
             ct = left;
         weft_timer_start(c->loop, &q->timer, ct);
         return 0;

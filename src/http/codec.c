@@ -921,15 +921,6 @@ void weft_chunked_init(weft_chunked *d)
     d->max_trailer_bytes = 8192;
 }
 
-static inline unsigned hexval(unsigned char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    ch |= 0x20;
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10u;
-    return 16;
-}
 
 static int ck_fail(weft_chunked *d, const char *why)
 {
@@ -982,11 +973,11 @@ int weft_chunked_decode(weft_chunked *d, const char *in, size_t len,
         }
         switch (st) {
         case CK_SIZE: {
-            unsigned hv = hexval(ch);
-            if (hv < 16) {
+            int hv = weft_hexval(ch);
+            if (hv >= 0) {
                 if (d->line_len > 16 || d->remaining > (MAX_CHUNK_SIZE >> 4))
                     goto too_big;
-                d->remaining = (d->remaining << 4) | hv;
+                d->remaining = (d->remaining << 4) | (unsigned)hv;
                 if (d->remaining > MAX_CHUNK_SIZE)
                     goto too_big;
                 break;

@@ -21,17 +21,6 @@
 
 #include <string.h>
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static bool unreserved(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -43,7 +32,7 @@ static int unreserved_escape(weft_str p, size_t i)
 {
     if (i + 2 >= p.n)
         return -1;
-    int hi = hexval(p.p[i + 1]), lo = hexval(p.p[i + 2]);
+    int hi = weft_hexval((unsigned char)p.p[i + 1]), lo = weft_hexval((unsigned char)p.p[i + 2]);
     if (hi < 0 || lo < 0)
         return -1;
     int c = hi << 4 | lo;

@@ -37,6 +37,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/filter.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -52,6 +53,8 @@
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (1u << 20)
 #define DRAIN_IDLE_GRACE_MS 500
+#define DRAIN_LISTEN_GRACE_MS 50
+#define LISTEN_BACKLOG 4096
 #define BODY_READ_MAX (64u * 1024)
 #define BODY_DISCARD_MAX (64u * 1024)
 #define MAX_WORKERS 256
@@ -100,6 +103,8 @@ struct wstate {
     conn *conns;  /* doubly linked list */
     size_t nconns;
     bool draining;
+    bool listening; /* listeners open (closed DRAIN_LISTEN_GRACE_MS into a drain) */
+    weft_timer listen_timer;
     int64_t date_s;
     char date[40]; /* "Date: ...\r\n" */
     size_t date_len;
@@ -182,6 +187,7 @@ static void conn_release(conn *c);
 static void conn_update_interest(conn *c);
 static void finish_request(conn *c);
 static void schedule_flush(conn *c);
+static void listen_closed(weft_loop *loop, weft_timer *t);
 
 /* ------------------------------------------------------------------ */
 /* options, routes, listeners                                          */
@@ -401,7 +407,7 @@ int weft_tcp_listen(const struct sockaddr_storage *sa, socklen_t len, bool reuse
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (sa->ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, (const struct sockaddr *)sa, len) < 0 || listen(fd, 4096) < 0) {
+    if (bind(fd, (const struct sockaddr *)sa, len) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
         int e = errno;
         close(fd);
         return weft_err_from_errno(e);
@@ -1205,7 +1211,7 @@ static void conn_release(conn *c)
     w->nconns--;
     weft_metric_gauge_add(w->srv->m, w->srv->m_conns, -1);
     free(c);
-    if (w->draining && w->nconns == 0)
+    if (w->draining && w->nconns == 0 && !w->listening)
         weft_loop_stop(w->loop);
 }
 
@@ -1821,24 +1827,30 @@ static void accept_one(wstate *w, int fd, struct sockaddr_storage *sa, socklen_t
         conn_release(c);
 }
 
-static void on_accept(weft_loop *loop, weft_io *io, unsigned events)
+/* Accept up to max queued connections; true once the queue is empty. */
+static bool accept_batch(wstate *w, int lfd, int max)
 {
-    wstate *w = io->data;
-    (void)loop;
-    (void)events;
-    for (int i = 0; i < 64; i++) {
+    for (int i = 0; i < max; i++) {
         struct sockaddr_storage sa;
         socklen_t salen = sizeof sa;
-        int fd = accept4(io->fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(lfd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
             if (errno != EAGAIN)
                 weft_log(WEFT_LOG_WARN, "accept failed", WEFT_KV_STR("error", strerror(errno)));
-            return;
+            return true;
         }
         accept_one(w, fd, &sa, salen);
     }
+    return false;
+}
+
+static void on_accept(weft_loop *loop, weft_io *io, unsigned events)
+{
+    (void)loop;
+    (void)events;
+    accept_batch(io->data, io->fd, 64); /* a bounded round: other events wait */
 }
 
 int weft_http_server_start_worker(weft_http_server *s, weft_loop *loop)
@@ -1859,6 +1871,8 @@ int weft_http_server_start_worker(weft_http_server *s, weft_loop *loop)
     if (getrandom(&w->rng, sizeof w->rng, 0) != sizeof w->rng || w->rng == 0)
         w->rng = weft_now_us() ^ ((uint64_t)(uintptr_t)w << 16) ^ 0x9e3779b97f4a7c15ULL;
     weft_timer_init(&w->pending_timer, run_pending, w);
+    weft_timer_init(&w->listen_timer, listen_closed, w);
+    w->listening = true;
     s->ws[idx] = w;
     for (size_t i = 0; i < s->naddrs; i++) {
         weft_io_init(&w->lio[i], s->addrs[i].fds[idx], on_accept, w);
@@ -1869,6 +1883,53 @@ int weft_http_server_start_worker(weft_http_server *s, weft_loop *loop)
     return 0;
 }
 
+/* Closing a listening socket resets every connection in its accept queue:
+ * the client's handshake completed, it sent its request, and then it reads
+ * ECONNRESET. Taking the queue just before close(2) leaves a window (a
+ * preempted worker makes it milliseconds) in which a client reconnecting
+ * after its Connection: close answer lands in the queue and is reset. So a
+ * draining listener first gets a socket filter that drops bare SYNs (SYN
+ * set, ACK clear; the kernel runs a TCP socket's filter with the packet
+ * starting at the TCP header, whose byte 13 holds the flags): no new
+ * handshake can start, the ones under way complete and are accepted as
+ * usual, and a client whose SYN was dropped retries it a second later and
+ * is refused by then. Established connections created before the filter
+ * never see it; those created after inherit it and never get a bare SYN. */
+static int refuse_new_handshakes(int fd)
+{
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+        BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, 0),
+        BPF_STMT(BPF_RET | BPF_K, 0xffffffffu),
+    };
+    struct sock_fprog prog = {.len = (unsigned short)(sizeof code / sizeof code[0]), .filter = code};
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);
+}
+
+/* The drain's listener grace is over: take what is queued, close. */
+static void listen_closed(weft_loop *loop, weft_timer *t)
+{
+    wstate *w = t->data;
+    weft_http_server *s = w->srv;
+    int idx = weft_loop_index(loop);
+    for (size_t i = 0; i < s->naddrs; i++) {
+        if (s->addrs[i].fds[idx] < 0)
+            continue;
+        /* the whole queue: at most the backlog */
+        for (int round = 0; round <= LISTEN_BACKLOG / 64; round++)
+            if (accept_batch(w, s->addrs[i].fds[idx], 64))
+                break;
+        weft_io_stop(loop, &w->lio[i]);
+        close(s->addrs[i].fds[idx]);
+        s->addrs[i].fds[idx] = -1;
+    }
+    w->listening = false;
+    if (w->nconns == 0)
+        weft_loop_stop(loop);
+}
+
 void weft_http_server_drain(weft_http_server *s, weft_loop *loop)
 {
     int idx = weft_loop_index(loop);
@@ -1876,20 +1937,22 @@ void weft_http_server_drain(weft_http_server *s, weft_loop *loop)
     if (!w || w->draining)
         return;
     w->draining = true;
-    /* take what is already queued in the kernel, then stop listening */
-    for (size_t i = 0; i < s->naddrs; i++) {
-        on_accept(loop, &w->lio[i], WEFT_IO_READ);
-        weft_io_stop(loop, &w->lio[i]);
-        close(s->addrs[i].fds[idx]);
-        s->addrs[i].fds[idx] = -1;
-    }
+    /* Stop new handshakes first, keep accepting the ones already under way
+     * for a short grace, then close (listen_closed). If the filter cannot
+     * be set, take what is queued and close at once. */
+    bool filtered = true;
+    for (size_t i = 0; i < s->naddrs; i++)
+        if (refuse_new_handshakes(s->addrs[i].fds[idx]) < 0)
+            filtered = false;
+    if (filtered)
+        weft_timer_start(loop, &w->listen_timer, DRAIN_LISTEN_GRACE_MS);
+    else
+        listen_closed(loop, &w->listen_timer);
     for (conn *c = w->conns; c; c = c->next) {
         if (c->state == C_HEAD && !c->req && weft_buf_used(&c->in) == 0 && c->parser.scanned == 0)
             set_deadline(c, DRAIN_IDLE_GRACE_MS);
         /* active ones get Connection: close on their response (write_head) */
     }
-    if (w->nconns == 0)
-        weft_loop_stop(loop);
 }
 
 void weft_http_server_stop_worker(weft_http_server *s, weft_loop *loop)
@@ -1899,6 +1962,7 @@ void weft_http_server_stop_worker(weft_http_server *s, weft_loop *loop)
     if (!w)
         return;
     weft_timer_stop(loop, &w->pending_timer);
+    weft_timer_stop(loop, &w->listen_timer);
     while (w->conns) {
         conn *c = w->conns;
         c->busy = 0;

@@ -5,6 +5,7 @@ Everything here is bounded in time: sockets carry timeouts and every wait
 has a deadline.
 """
 import json
+import random
 import re
 import signal
 import socket
@@ -27,6 +28,30 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def port_outside_ephemeral():
+    """A free loopback port outside the kernel's ephemeral range. A client
+    that keeps reconnecting to a closed port inside that range will, sooner
+    or later, be given that very port as its source and connect to itself
+    (TCP simultaneous open): it then reads its own request back. Tests that
+    hammer a server through its shutdown listen outside the range."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        lo, hi = map(int, f.read().split())
+    ranges = [(max(1024, lo // 2), lo - 1)] if lo > 2048 else [(hi + 1, 65535)]
+    rng = random.Random()
+    for _ in range(200):
+        a, b = ranges[0]
+        port = rng.randint(a, b)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 class Weft(Proc):

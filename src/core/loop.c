@@ -24,7 +24,9 @@
  * dispatching in the loop struct, and weft_io_stop clears the remaining
  * entries that point at the stopped watcher, as libuv does. That is a scan
  * of at most MAX_EVENTS entries, only on stop and only during dispatch; no
- * syscall and no per-event allocation.
+ * syscall and no per-event allocation. A callback may run the loop again
+ * (nested); each run's batch links to the one it interrupted, and a stop
+ * clears the watcher from all of them.
  */
 #include "core_int.h"
 #include "weft/loop.h"
@@ -38,6 +40,15 @@
 #include <unistd.h>
 
 #define MAX_EVENTS 256
+
+/* One run's epoll batch: entries after idx are pending; weft_io_stop sets
+ * their data.ptr to NULL for a stopped watcher. prev is the batch of the
+ * run this one is nested in (NULL for the outermost). */
+typedef struct ev_batch {
+    struct epoll_event *evs;
+    int n, idx;
+    struct ev_batch *prev;
+} ev_batch;
 
 typedef struct post_item {
     struct post_item *next;
@@ -61,10 +72,8 @@ struct weft_loop {
     pthread_mutex_t post_mu;
     post_item *post_head, *post_tail;
     weft_io evio;
-    /* the epoll batch being dispatched: entries after ev_idx are pending;
-     * weft_io_stop sets their data.ptr to NULL for a stopped watcher */
-    struct epoll_event *evs;
-    int ev_n, ev_idx;
+    /* the batch being dispatched by the innermost run, or NULL */
+    ev_batch *batch;
 };
 
 static _Thread_local weft_loop *tl_loop;
@@ -231,13 +240,15 @@ int weft_io_start(weft_loop *loop, weft_io *io, unsigned events)
     return 0;
 }
 
-/* Forget events for io still pending in the batch being dispatched, so a
- * watcher stopped (and perhaps freed) by another callback is not called. */
+/* Forget events for io still pending in the batches being dispatched (the
+ * innermost run's and those of the runs it is nested in), so a watcher
+ * stopped (and perhaps freed) by another callback is not called. */
 static void forget_pending(weft_loop *loop, const weft_io *io)
 {
-    for (int i = loop->ev_idx + 1; i < loop->ev_n; i++)
-        if (loop->evs[i].data.ptr == io)
-            loop->evs[i].data.ptr = NULL;
+    for (ev_batch *b = loop->batch; b; b = b->prev)
+        for (int i = b->idx + 1; i < b->n; i++)
+            if (b->evs[i].data.ptr == io)
+                b->evs[i].data.ptr = NULL;
 }
 
 void weft_io_stop(weft_loop *loop, weft_io *io)
@@ -377,13 +388,13 @@ int weft_loop_run(weft_loop *loop)
     /* restored on return, so weft_loop_current() is NULL again after the
      * outermost run (and correct again after a nested one) */
     weft_loop *prev_loop = tl_loop;
-    struct epoll_event *prev_evs = loop->evs;
-    int prev_n = loop->ev_n, prev_idx = loop->ev_idx;
+    ev_batch b = {evs, 0, 0, loop->batch};
+    loop->batch = &b;
     tl_loop = loop;
     loop->stop = false;
     weft_loop_update_time(loop);
     while (!loop->stop) {
-        loop->ev_n = 0;
+        b.n = 0;
         int n = epoll_wait(loop->epfd, evs, MAX_EVENTS, next_timeout(loop));
         weft_loop_update_time(loop);
         if (n < 0) {
@@ -392,14 +403,13 @@ int weft_loop_run(weft_loop *loop)
             rc = weft_err_from_errno(errno);
             break;
         }
-        loop->evs = evs;
-        loop->ev_n = n;
-        for (loop->ev_idx = 0; loop->ev_idx < n; loop->ev_idx++) {
-            weft_io *io = evs[loop->ev_idx].data.ptr;
+        b.n = n;
+        for (b.idx = 0; b.idx < n; b.idx++) {
+            weft_io *io = evs[b.idx].data.ptr;
             if (!io) /* stopped by an earlier callback in this batch */
                 continue;
             unsigned e = 0;
-            uint32_t re = evs[loop->ev_idx].events;
+            uint32_t re = evs[b.idx].events;
             if (re & (EPOLLIN | EPOLLRDHUP))
                 e |= WEFT_IO_READ;
             if (re & EPOLLOUT)
@@ -414,12 +424,10 @@ int weft_loop_run(weft_loop *loop)
                 e |= WEFT_IO_ERROR | WEFT_IO_READ;
             io->cb(loop, io, e);
         }
-        loop->ev_n = 0;
+        b.n = 0;
         run_timers(loop);
     }
-    loop->evs = prev_evs;
-    loop->ev_n = prev_n;
-    loop->ev_idx = prev_idx;
+    loop->batch = b.prev;
     tl_loop = prev_loop;
     return rc;
 }

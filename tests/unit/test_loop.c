@@ -926,6 +926,88 @@ static void test_io_stop_other_in_same_batch(void **state)
     assert_int_equal(total, 1);
 }
 
+/* A callback runs the loop again (nested); inside that run another
+ * watcher, still pending in the outer wake-up's batch, is stopped. Back in
+ * the outer batch its stale event must not reach it: the header promises a
+ * stopped watcher is never called again, and its owner may have freed it. */
+typedef struct nest_io {
+    weft_io io;
+    struct nest_ctx *ctx;
+    bool stopped;
+    int calls, calls_after_stop;
+} nest_io;
+
+typedef struct nest_ctx {
+    nest_io a, b;
+    nest_io *victim;
+    weft_timer t;
+    int nested_runs;
+} nest_ctx;
+
+static void nest_timer_cb(weft_loop *loop, weft_timer *t)
+{
+    nest_ctx *c = t->data;
+    weft_io_stop(loop, &c->victim->io);
+    c->victim->stopped = true;
+    weft_loop_stop(loop); /* ends the nested run */
+}
+
+static void nest_io_cb(weft_loop *loop, weft_io *io, unsigned events)
+{
+    nest_io *n = io->data;
+    nest_ctx *c = n->ctx;
+    (void)events;
+    if (n->stopped) {
+        n->calls_after_stop++;
+        return;
+    }
+    n->calls++;
+    if (c->victim)
+        return; /* the victim, called legitimately inside the nested run */
+    /* first callback of the outer batch: the other watcher is the victim */
+    c->victim = n == &c->a ? &c->b : &c->a;
+    char ch;
+    assert_int_equal(read(io->fd, &ch, 1), 1);
+    weft_io_stop(loop, io);
+    n->stopped = true;
+    weft_timer_init(&c->t, nest_timer_cb, c);
+    weft_timer_start(loop, &c->t, 0);
+    c->nested_runs++;
+    weft_loop_run(loop);
+}
+
+static void test_io_stop_in_nested_run_forgets_outer_batch(void **state)
+{
+    (void)state;
+    weft_loop *loop = new_loop();
+    int a[2], b[2];
+    make_socketpair(a);
+    make_socketpair(b);
+    nest_ctx c;
+    memset(&c, 0, sizeof c);
+    c.a.ctx = c.b.ctx = &c;
+    weft_io_init(&c.a.io, a[0], nest_io_cb, &c.a);
+    weft_io_init(&c.b.io, b[0], nest_io_cb, &c.b);
+    assert_int_equal(weft_io_start(loop, &c.a.io, WEFT_IO_READ), 0);
+    assert_int_equal(weft_io_start(loop, &c.b.io, WEFT_IO_READ), 0);
+    /* both readable before the loop runs: one epoll batch holds both */
+    assert_int_equal(write(a[1], "1", 1), 1);
+    assert_int_equal(write(b[1], "2", 1), 1);
+    guard g;
+    guard_start(loop, &g, 200);
+    assert_int_equal(weft_loop_run(loop), 0);
+    weft_timer_stop(loop, &g.t);
+    weft_loop_free(loop);
+    close(a[0]);
+    close(a[1]);
+    close(b[0]);
+    close(b[1]);
+    assert_int_equal(c.nested_runs, 1);
+    assert_non_null(c.victim);
+    assert_int_equal(c.a.calls_after_stop, 0);
+    assert_int_equal(c.b.calls_after_stop, 0);
+}
+
 static void test_io_eof_socketpair_reports_read_hup(void **state)
 {
     (void)state;
@@ -1235,6 +1317,7 @@ int main(void)
         cmocka_unit_test(test_io_start_noop_and_zero),
         cmocka_unit_test(test_io_stop_stops_callbacks),
         cmocka_unit_test(test_io_stop_other_in_same_batch),
+        cmocka_unit_test(test_io_stop_in_nested_run_forgets_outer_batch),
         cmocka_unit_test(test_io_eof_socketpair_reports_read_hup),
         cmocka_unit_test(test_io_pipe),
         cmocka_unit_test(test_io_start_bad_fd),

@@ -1403,7 +1403,14 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
             respond_err(r, 400, why);
             return;
         }
-        /* a Consul ID is unique across services: moving it deregisters the old one */
+        /* a Consul ID is unique across services: moving it deregisters the old one,
+         * but only once the new registration is known to be valid */
+        reg_input valid;
+        if (reg_input_from_json(native, &valid, why, sizeof why) < 0) {
+            json_decref(native);
+            respond_err(r, 400, why);
+            return;
+        }
         const char *old = service_of_id(rs, id);
         if (old && strcmp(old, svc) != 0) {
             char oldname[256];

@@ -204,3 +204,21 @@ def test_prometheus_http_sd_discovers_and_scrapes(tmp_path):
     finally:
         prom.stop()
         assert r.stop() == 0
+
+
+def test_consul_refused_move_to_another_service_keeps_the_instance(tmp_path):
+    """Re-registering an ID under another Name moves it, but only once the
+    new registration is valid: a refused one (400) leaves the old intact."""
+    r = Registry(tmp_path / "d", tmp_path)
+    try:
+        c = client(r)
+        assert c.agent.service.register("a", service_id="x", address="127.0.0.1", port=7)
+        idx, _ = c.catalog.service("a")
+        st, d = r.req("PUT", "/v1/agent/service/register",
+                      {"Name": "b", "ID": "x", "Port": "seven"})
+        assert st == 400 and d["error"].startswith("port:"), d
+        assert [n["ServiceID"] for n in c.catalog.service("a")[1]] == ["x"]
+        assert c.catalog.service("b")[1] == []
+        assert c.catalog.service("a")[0] == idx  # nothing changed
+    finally:
+        assert r.stop() == 0

@@ -182,7 +182,7 @@ static bool parse_u64(const char *s, uint64_t *out)
         return false;
     uint64_t v = 0;
     for (const char *p = s; *p; p++) {
-        if (*p < '0' || *p > '9' || v > UINT64_MAX / 10)
+        if (*p < '0' || *p > '9' || v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
             return false;
         v = v * 10 + (uint64_t)(*p - '0');
     }

@@ -1144,3 +1144,19 @@ def test_index_uint64_max_is_a_number(reg):
     r, el = timed_get(reg.port, "/v1/services/web?index=18446744073709551615&wait=200ms")
     assert r.status == 200 and el >= 0.18, (r, el)
     assert_unharmed(reg, revision=1)
+
+
+def test_watch_resumes_from_last_event_id(reg):
+    # an EventSource reconnects to the same URL with the last id it got:
+    # resume after it, no gap (the URL has no since) and no repeat (since=0)
+    for i in range(1, 5):
+        register(reg, "web", f"i{i}")
+    for target in ("/v1/watch", "/v1/watch?since=0"):
+        w = SSE(reg.port, target, headers={"Last-Event-ID": "2"})
+        assert w.status == 200, w.resp
+        assert [e["id"] for e in w.events(2)] == [3, 4]
+        w.close()
+    w = SSE(reg.port, "/v1/watch", headers={"Last-Event-ID": "x"})
+    assert w.status == 400 and b"Last-Event-ID" in w.resp.body, w.resp
+    w.close()
+    assert_unharmed(reg, revision=4)

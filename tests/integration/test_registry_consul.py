@@ -127,6 +127,7 @@ def test_consul_registration_errors_are_400(tmp_path):
          "Check.DeregisterCriticalServiceAfter: only with HTTP or TCP"),
         ({"Name": "s", "Port": 1, "Checks": [{"HTTP": "/a"}, {"TCP": ":1"}]}, "Check:"),
         ({"Name": "s", "Port": 1, "Kind": "connect-proxy"}, "Kind:"),
+        ({"Name": "s", "Port": 1, "Address": 5}, "Address:"),  # was taken as 127.0.0.1
     ]
     try:
         for body, msg in bad:

@@ -15,6 +15,7 @@
  *   falls behind is paced by its socket (the stream stops, then resumes on
  *   drain); if the history it needs was overwritten it gets an explicit
  *   "relist" event (or 410 before the stream starts) — never a silent gap.
+ *   A Last-Event-ID header (an EventSource reconnecting) wins over since.
  *
  * A sweep every 100 ms expires leases (with self-preservation, store.c)
  * and starts the active checks that are due (see "active checks" below).
@@ -182,7 +183,7 @@ static bool parse_u64(const char *s, uint64_t *out)
         return false;
     uint64_t v = 0;
     for (const char *p = s; *p; p++) {
-        if (*p < '0' || *p > '9' || v > UINT64_MAX / 10)
+        if (*p < '0' || *p > '9' || v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
             return false;
         v = v * 10 + (uint64_t)(*p - '0');
     }
@@ -451,6 +452,21 @@ static void h_watch(reg_server *rs, weft_http_req *r)
     if (s && !parse_u64(s, &since)) {
         respond_err(r, 400, "since: expected a revision number");
         return;
+    }
+    /* an EventSource reconnecting sends the last id it got: resume there */
+    weft_str lei = weft_http_req_header(r, WEFT_STR("Last-Event-ID"));
+    if (lei.p && lei.n) {
+        char *l = weft_http_req_alloc(r, lei.n + 1);
+        if (!l) {
+            respond_err(r, 503, "out of memory");
+            return;
+        }
+        memcpy(l, lei.p, lei.n);
+        l[lei.n] = '\0';
+        if (!parse_u64(l, &since)) {
+            respond_err(r, 400, "Last-Event-ID: expected a revision number");
+            return;
+        }
     }
     char *svc = qparam(r, "service");
     const reg_event *first[1];
@@ -1403,7 +1419,14 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
             respond_err(r, 400, why);
             return;
         }
-        /* a Consul ID is unique across services: moving it deregisters the old one */
+        /* a Consul ID is unique across services: moving it deregisters the old one,
+         * but only once the new registration is known to be valid */
+        reg_input valid;
+        if (reg_input_from_json(native, &valid, why, sizeof why) < 0) {
+            json_decref(native);
+            respond_err(r, 400, why);
+            return;
+        }
         const char *old = service_of_id(rs, id);
         if (old && strcmp(old, svc) != 0) {
             char oldname[256];

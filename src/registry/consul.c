@@ -249,8 +249,12 @@ int reg_consul_translate(json_t *c, json_t **native, char *svc, size_t svclen, c
     }
     snprintf(svc, svclen, "%s", json_string_value(name));
     snprintf(id, idlen, "%s", jid ? json_string_value(jid) : json_string_value(name));
-    json_t *n = json_object();
     v = iget(c, "Address");
+    if (v && !json_is_string(v) && !json_is_null(v)) {
+        snprintf(why, whylen, "Address: expected a string");
+        return WEFT_EINVAL;
+    }
+    json_t *n = json_object();
     /* Consul: an empty address means the agent's (here: the registry's loopback) */
     json_object_set_new(n, "address", v && json_is_string(v) && json_string_length(v)
                                           ? json_incref(v)

@@ -481,7 +481,9 @@ def test_unknown_path_is_404(reg, method, path, msg):
     assert_unharmed(reg, revision=1)
 
 
-@pytest.mark.parametrize("q", ["abc", "-1", "1.5", "", "99999999999999999999999", "0x10"])
+# 2^64 and 2^64 + 3 once wrapped around to 0 and 3 (index 0: answered at once)
+@pytest.mark.parametrize("q", ["abc", "-1", "1.5", "", "99999999999999999999999", "0x10",
+                               "18446744073709551616", "18446744073709551619"])
 def test_index_not_a_number_is_400(reg, q):
     register(reg, "web", "w1")
     for path in ("/v1/services", "/v1/services/web"):
@@ -1134,3 +1136,27 @@ def test_sigterm_drains_watchers_and_blocking_queries(reg):
     w.close()
     print(f"\nexit {el:.3f}s after SIGTERM")
     assert reg.sanitizer_report() is None, reg.sanitizer_report()[-4000:]
+
+
+
+def test_index_uint64_max_is_a_number(reg):
+    register(reg, "web", "w1")
+    r, el = timed_get(reg.port, "/v1/services/web?index=18446744073709551615&wait=200ms")
+    assert r.status == 200 and el >= 0.18, (r, el)
+    assert_unharmed(reg, revision=1)
+
+
+def test_watch_resumes_from_last_event_id(reg):
+    # an EventSource reconnects to the same URL with the last id it got:
+    # resume after it, no gap (the URL has no since) and no repeat (since=0)
+    for i in range(1, 5):
+        register(reg, "web", f"i{i}")
+    for target in ("/v1/watch", "/v1/watch?since=0"):
+        w = SSE(reg.port, target, headers={"Last-Event-ID": "2"})
+        assert w.status == 200, w.resp
+        assert [e["id"] for e in w.events(2)] == [3, 4]
+        w.close()
+    w = SSE(reg.port, "/v1/watch", headers={"Last-Event-ID": "x"})
+    assert w.status == 400 and b"Last-Event-ID" in w.resp.body, w.resp
+    w.close()
+    assert_unharmed(reg, revision=4)

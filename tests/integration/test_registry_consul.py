@@ -127,6 +127,7 @@ def test_consul_registration_errors_are_400(tmp_path):
          "Check.DeregisterCriticalServiceAfter: only with HTTP or TCP"),
         ({"Name": "s", "Port": 1, "Checks": [{"HTTP": "/a"}, {"TCP": ":1"}]}, "Check:"),
         ({"Name": "s", "Port": 1, "Kind": "connect-proxy"}, "Kind:"),
+        ({"Name": "s", "Port": 1, "Address": 5}, "Address:"),  # was taken as 127.0.0.1
     ]
     try:
         for body, msg in bad:
@@ -203,4 +204,22 @@ def test_prometheus_http_sd_discovers_and_scrapes(tmp_path):
         assert wait_for(lambda: targets() == [], 30), targets()
     finally:
         prom.stop()
+        assert r.stop() == 0
+
+
+def test_consul_refused_move_to_another_service_keeps_the_instance(tmp_path):
+    """Re-registering an ID under another Name moves it, but only once the
+    new registration is valid: a refused one (400) leaves the old intact."""
+    r = Registry(tmp_path / "d", tmp_path)
+    try:
+        c = client(r)
+        assert c.agent.service.register("a", service_id="x", address="127.0.0.1", port=7)
+        idx, _ = c.catalog.service("a")
+        st, d = r.req("PUT", "/v1/agent/service/register",
+                      {"Name": "b", "ID": "x", "Port": "seven"})
+        assert st == 400 and d["error"].startswith("port:"), d
+        assert [n["ServiceID"] for n in c.catalog.service("a")[1]] == ["x"]
+        assert c.catalog.service("b")[1] == []
+        assert c.catalog.service("a")[0] == idx  # nothing changed
+    finally:
         assert r.stop() == 0

@@ -140,9 +140,11 @@ static int replay(void *ud, const char *rec, size_t len)
                     int64_t left = json_integer_value(w) + (int64_t)(in.ttl_ms / 2) - c->now_wall;
                     uint64_t exp = left > 0 ? c->now_ms + (uint64_t)left : c->now_ms;
                     reg_set_expiry(c->store, svc, id, exp);
+                    /* what is on disk is the written deadline, not exp: the
+                     * next lease record is due half a TTL past it */
                     reg_instance *inst = reg_find_mut(c->store, svc, id);
                     if (inst)
-                        inst->journaled_expires_ms = exp;
+                        inst->journaled_expires_ms = exp > in.ttl_ms / 2 ? exp - in.ttl_ms / 2 : 0;
                 }
                 c->applied++;
             }

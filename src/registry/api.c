@@ -777,6 +777,8 @@ static void sweep(weft_loop *loop, weft_timer *t)
                 since = evs[i]->rev;
             }
         }
+        if (n == WEFT_ETOOBIG) /* more changes than the history holds: write it all */
+            reg_persist_resync(rs->persist);
         schedule_commit(rs);
     }
     bool is = reg_self_preservation(rs->store);

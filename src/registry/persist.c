@@ -18,7 +18,9 @@
  * changes are acknowledged only after the fdatasync that covers them.
  *
  * When the journal passes 64 MiB it is compacted: a snapshot of every
- * instance (as "put" records) replaces snapshot + journal.
+ * instance (as "put" records) replaces snapshot + journal. The same
+ * snapshot is written when changes could not be journaled one by one
+ * (reg_persist_resync: a sweep evicted more than the store's history holds).
  */
 #include "persist.h"
 
@@ -36,6 +38,7 @@ struct reg_persist {
     reg_store *store;
     uint64_t now_ms;
     bool dirty;
+    bool resync; /* the journal missed changes: the next commit snapshots */
 };
 
 static int64_t wall_ms(void)
@@ -93,6 +96,12 @@ void reg_persist_del(reg_persist *p, const char *service, const char *id)
 
 bool reg_persist_dirty(const reg_persist *p) { return p->dirty; }
 
+void reg_persist_resync(reg_persist *p)
+{
+    p->resync = true;
+    p->dirty = true;
+}
+
 /* ---- replay ---- */
 
 typedef struct replay_ctx {
@@ -140,9 +149,11 @@ static int replay(void *ud, const char *rec, size_t len)
                     int64_t left = json_integer_value(w) + (int64_t)(in.ttl_ms / 2) - c->now_wall;
                     uint64_t exp = left > 0 ? c->now_ms + (uint64_t)left : c->now_ms;
                     reg_set_expiry(c->store, svc, id, exp);
+                    /* what is on disk is the written deadline, not exp: the
+                     * next lease record is due half a TTL past it */
                     reg_instance *inst = reg_find_mut(c->store, svc, id);
                     if (inst)
-                        inst->journaled_expires_ms = exp;
+                        inst->journaled_expires_ms = exp > in.ttl_ms / 2 ? exp - in.ttl_ms / 2 : 0;
                 }
                 c->applied++;
             }
@@ -231,12 +242,19 @@ int reg_persist_commit(reg_persist *p, uint64_t now_ms)
         return rc;
     }
     p->dirty = false;
-    if (reg_journal_size(p->j) > SNAPSHOT_AFTER_BYTES) {
+    if (p->resync || reg_journal_size(p->j) > SNAPSHOT_AFTER_BYTES) {
         emit_ctx e = {p, now_ms};
         int src = reg_journal_snapshot(p->j, emit_all, &e);
-        if (src < 0)
-            weft_log(WEFT_LOG_WARN, "registry snapshot failed; the journal keeps growing",
+        if (src < 0) {
+            weft_log(WEFT_LOG_WARN,
+                     p->resync ? "registry snapshot failed; changes the journal missed are not "
+                                 "durable, retried at the next commit"
+                               : "registry snapshot failed; the journal keeps growing",
                      WEFT_KV_STR("error", weft_strerror(src)));
+            p->dirty |= p->resync;
+        } else {
+            p->resync = false;
+        }
     }
     return 0;
 }

@@ -21,6 +21,10 @@ void reg_persist_del(reg_persist *p, const char *service, const char *id);
  * since it was last written (at most two records per TTL per instance). */
 void reg_persist_lease(reg_persist *p, reg_instance *in, uint64_t now_ms);
 bool reg_persist_dirty(const reg_persist *p);
+/* Changes were made that can no longer be journaled one by one (the store's
+ * history no longer holds them): the next commit writes the whole state as
+ * a snapshot, retried by later commits until one succeeds. */
+void reg_persist_resync(reg_persist *p);
 /* fdatasync what was appended; compact into a snapshot when the journal is
  * large. Returns 0 or a WEFT_E* code (then nothing since the last
  * successful commit is durable). */

@@ -121,3 +121,26 @@ def test_bad_data_dir_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=10)
     assert p.returncode != 0
     assert "cannot open the registry data directory" in p.stderr
+
+
+def test_mass_expiry_beyond_the_history_is_journaled(tmp_path):
+    # a sweep that evicts more instances than the change history holds must
+    # still journal every eviction, or a restart brings them back
+    data = tmp_path / "data"
+    config = "registry:\n  history: 16\n  self_preservation_min: 100000\n"
+    r = SvcRegistry(tmp_path, "--data", str(data), config=config)
+    for i in range(200):
+        assert r.put("mass", f"i{i}", body(i, ttl="1s")) == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and r.instances("mass")["instances"]:
+        time.sleep(0.1)
+    assert r.instances("mass")["instances"] == []
+    rev = r.req("GET", "/v1/services")[1]["revision"]
+    assert rev >= 400
+    assert r.stop() == 0
+    r = SvcRegistry(tmp_path, "--data", str(data), config=config)
+    loaded = [ln for ln in r.text().splitlines() if "registry state loaded" in ln]
+    assert loaded and "instances=0 " in loaded[-1] + " ", loaded
+    assert r.instances("mass")["instances"] == []
+    assert r.req("GET", "/v1/services")[1]["revision"] >= rev, "the revision went back"
+    assert r.stop() == 0

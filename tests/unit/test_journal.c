@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "registry/journal.h"
+#include "registry/persist.h"
 #include "weft/crc32c.h"
 #include "weft/log.h"
 
@@ -1113,6 +1114,56 @@ static void test_readonly_dir_fails_cleanly(void **state)
     coll_clear(&k);
 }
 
+/* ------------------------------------------------------------------ */
+/* persist.c on top of the journal */
+
+/* Register svc/id with a lease of ttl_ms through a fresh store. */
+static void persist_register(reg_store *s, reg_persist *p, const char *id, uint64_t ttl_ms,
+                             uint64_t now)
+{
+    reg_input in;
+    memset(&in, 0, sizeof in);
+    in.address = "10.0.0.1";
+    in.port = 80;
+    in.weight = 1;
+    in.status = REG_UP;
+    in.ttl_ms = ttl_ms;
+    assert_true(reg_put(s, "svc", id, &in, now) > 0);
+    reg_persist_put(p, reg_find_mut(s, "svc", id), now);
+    assert_int_equal(reg_persist_commit(p, now), 0);
+}
+
+/* After a restart the lease is restored to (written deadline + TTL/2); the
+ * deadline on disk is still the written one, so a heartbeat that moves the
+ * lease half a TTL past it must be journaled, or a second crash restores a
+ * deadline earlier than the true one and drops a live client. */
+static void test_persist_lease_after_restart_is_rewritten(void **state)
+{
+    ctx *c = *state;
+    reg_store *s = reg_store_new(NULL);
+    reg_persist *p = NULL;
+    assert_int_equal(reg_persist_open(c->dir, s, 0, &p), 0);
+    persist_register(s, p, "a", 10000, 0); /* written deadline: wall now + 10 s */
+    reg_persist_close(p);
+    reg_store_free(s);
+
+    /* restart; the wall clock has barely moved, so mono 0 ~ the write */
+    s = reg_store_new(NULL);
+    p = NULL;
+    assert_int_equal(reg_persist_open(c->dir, s, 0, &p), 0);
+    const reg_instance *in = reg_find(s, "svc", "a");
+    assert_non_null(in);
+    assert_in_range(in->expires_ms, 14000, 15000); /* written deadline + TTL/2 */
+    assert_false(reg_persist_dirty(p));
+    /* 5.5 s later (still before the written deadline) a heartbeat moves
+     * the true deadline to 15.5 s: past what a restart would restore */
+    assert_int_equal(reg_heartbeat(s, "svc", "a", 5500), 0);
+    reg_persist_lease(p, reg_find_mut(s, "svc", "a"), 5500);
+    assert_true(reg_persist_dirty(p));
+    reg_persist_close(p);
+    reg_store_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1142,6 +1193,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_record_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_dir_fails_cleanly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_persist_lease_after_restart_is_rewritten, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
 import json
 import re
 
+import svcutil
 import weftutil
 from weftutil import get, run_weft
 
@@ -85,8 +86,12 @@ def test_config_sets_workers_and_listen(weft):
 def test_config_listen_list(weft):
     w = weft(config="listen:\n  - 127.0.0.1:0\n  - 127.0.0.1:0\nworkers: 1\n", listen=None,
              workers=None)
-    assert len(w.addresses) == 2, w.stderr
-    ports = {p for _, p in w.addresses}
+    # one listening line per address; the start-up wait returns at the first
+    def addresses():
+        return [(h, p) for s, h, p in svcutil.listening(w.stderr) if s == "hello"]
+    svcutil.wait_until(lambda: len(addresses()) >= 2, timeout=5, what="second listening line")
+    assert len(addresses()) == 2, w.stderr
+    ports = {p for _, p in addresses()}
     assert len(ports) == 2
     for p in ports:
         r = get(p, "/health")

@@ -191,13 +191,16 @@ static bool parse_u64(const char *s, uint64_t *out)
     return true;
 }
 
-/* "30s", "500ms", "2m", or seconds as a bare number. */
+/* "30s", "500ms", "2m", or seconds as a bare number. Zero means the
+ * default, as in Consul (a blocking query always blocks: wait=0 answering
+ * at once would turn a watch loop into a busy poll); anything above zero
+ * waits at least 1 ms. */
 static bool parse_wait(const char *s, uint64_t *ms)
 {
     double secs;
     if (!reg_duration_text(s, true, &secs))
         return false;
-    *ms = (uint64_t)(secs * 1000);
+    *ms = secs <= 0 ? DEFAULT_WAIT_MS : secs < 0.001 ? 1 : (uint64_t)(secs * 1000);
     return true;
 }
 

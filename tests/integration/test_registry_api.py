@@ -1160,3 +1160,28 @@ def test_watch_resumes_from_last_event_id(reg):
     assert w.status == 400 and b"Last-Event-ID" in w.resp.body, w.resp
     w.close()
     assert_unharmed(reg, revision=4)
+
+
+def test_wait_zero_means_the_default_wait(reg):
+    """wait=0 is Consul's default wait (5 min), not an instant answer: a
+    watch loop passing wait=0s would otherwise poll flat out."""
+    register(reg, "web", "w1")
+    res = {}
+
+    def client():
+        try:
+            res["r"], res["el"] = timed_get(reg.port, "/v1/services/web?index=1&wait=0s")
+        except Exception as e:  # noqa: BLE001
+            res["err"] = e
+
+    t = threading.Thread(target=client)
+    t.start()
+    wait_waiters(reg, 1)
+    time.sleep(1.0)
+    assert t.is_alive(), f"wait=0s answered at once: {res}"
+    assert status_json(reg)["waiters"] == 1
+    register(reg, "web", "w2")
+    t.join(5.0)
+    assert not t.is_alive(), "parked query not woken by the change"
+    assert "err" not in res, res
+    assert res["r"].status == 200 and int(res["r"].header("X-Weft-Index")) == 2

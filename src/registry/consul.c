@@ -160,8 +160,28 @@ static int check_keys(json_t *o, const char *const *known, const char *where, ch
     return 0;
 }
 
-/* One Consul check definition into the native body (ttl or check). */
-static int add_check(json_t *c, json_t *native, char *why, size_t whylen)
+/* Whether cid names the TTL check of instance id the way Consul's agent
+ * does: "service:ID", "service:ID:N" (one of several checks), or the ID. */
+static bool ttl_check_id_ok(const char *cid, const char *id)
+{
+    size_t n = strlen(id);
+    if (strcmp(cid, id) == 0)
+        return true;
+    if (strncmp(cid, "service:", 8) != 0 || strncmp(cid + 8, id, n) != 0)
+        return false;
+    const char *rest = cid + 8 + n;
+    if (*rest == '\0')
+        return true;
+    if (*rest++ != ':' || *rest == '\0')
+        return false;
+    while (*rest >= '0' && *rest <= '9')
+        rest++;
+    return *rest == '\0';
+}
+
+/* One Consul check definition into the native body (ttl or check); id is
+ * the instance's. */
+static int add_check(json_t *c, json_t *native, const char *id, char *why, size_t whylen)
 {
     static const char *const known[] = {"Name", "CheckID", "ID", "Notes", "HTTP", "TCP",
                                         "TTL", "Interval", "Timeout", "Status", "Method",
@@ -190,6 +210,19 @@ static int add_check(json_t *c, json_t *native, char *why, size_t whylen)
         }
         if (json_object_get(native, "ttl")) {
             snprintf(why, whylen, "Check: only one TTL check per service");
+            return WEFT_EINVAL;
+        }
+        /* The TTL check is the instance's lease and is passed by the
+         * instance's id: a name of its own would be refused (404) on every
+         * pass, and the lease would run out while the client heartbeats. */
+        json_t *cid = iget(c, "CheckID");
+        if (!cid)
+            cid = iget(c, "ID");
+        if (cid && !json_is_null(cid) &&
+            (!json_is_string(cid) || !ttl_check_id_ok(json_string_value(cid), id))) {
+            snprintf(why, whylen,
+                     "Check.CheckID: a TTL check is the instance's lease, named "
+                     "service:%.200s (or left out)", id);
             return WEFT_EINVAL;
         }
         json_object_set(native, "ttl", ttl);
@@ -267,7 +300,7 @@ int reg_consul_translate(json_t *c, json_t **native, char *svc, size_t svclen, c
         json_object_set(n, "meta", v);
     if ((v = iget(c, "Weights")) && json_is_object(v) && iget(v, "Passing"))
         json_object_set(n, "weight", iget(v, "Passing"));
-    if ((v = iget(c, "Check")) && !json_is_null(v) && add_check(v, n, why, whylen) < 0)
+    if ((v = iget(c, "Check")) && !json_is_null(v) && add_check(v, n, id, why, whylen) < 0)
         goto fail;
     if ((v = iget(c, "Checks")) && !json_is_null(v)) {
         if (!json_is_array(v)) {
@@ -276,7 +309,7 @@ int reg_consul_translate(json_t *c, json_t **native, char *svc, size_t svclen, c
         }
         size_t i;
         json_t *e;
-        json_array_foreach(v, i, e) if (add_check(e, n, why, whylen) < 0) goto fail;
+        json_array_foreach(v, i, e) if (add_check(e, n, id, why, whylen) < 0) goto fail;
     }
     *native = n;
     return 0;

@@ -223,3 +223,34 @@ def test_consul_refused_move_to_another_service_keeps_the_instance(tmp_path):
         assert c.catalog.service("a")[0] == idx  # nothing changed
     finally:
         assert r.stop() == 0
+
+
+def test_consul_ttl_check_ids(tmp_path):
+    """A TTL check is the instance's lease and is passed by the names
+    Consul's agent gives it: "service:ID", or "service:ID:N" when the
+    service has several checks. A CheckID of its own is refused at
+    registration: every pass by that name would be a 404 and the lease
+    would run out while the client heartbeats."""
+    r = Registry(tmp_path / "d", tmp_path)
+    try:
+        st, d = r.req("PUT", "/v1/agent/service/register",
+                      {"Name": "web", "ID": "w1", "Port": 80,
+                       "Check": {"TTL": "10s", "CheckID": "my-ttl"}})
+        assert st == 400 and d["error"].startswith("Check.CheckID:"), d
+        assert r.req("GET", "/v1/catalog/services")[1] == {}
+        # the names Consul itself would give are accepted
+        for cid in ("service:w1", "w1"):
+            assert r.req("PUT", "/v1/agent/service/register",
+                         {"Name": "web", "ID": "w1", "Port": 80,
+                          "Check": {"TTL": "10s", "CheckID": cid}})[0] == 200
+        # two checks: the TTL one is the second, "service:w2:2"
+        assert r.req("PUT", "/v1/agent/service/register",
+                     {"Name": "web", "ID": "w2", "Port": 81,
+                      "Checks": [{"TCP": "127.0.0.1:9", "Interval": "10s"},
+                                 {"TTL": "10s", "CheckID": "service:w2:2"}]})[0] == 200
+        assert r.req("PUT", "/v1/agent/check/pass/service:w2:2")[0] == 200
+        assert r.req("PUT", "/v1/agent/check/pass/service:w1")[0] == 200
+        assert r.req("PUT", "/v1/agent/check/pass/service:w3:2")[0] == 404
+        assert r.req("PUT", "/v1/agent/check/pass/service:w2:x")[0] == 404
+    finally:
+        assert r.stop() == 0

@@ -10,7 +10,8 @@
  * costs at most a few hundred milliseconds of absence.
  *
  * Shutdown order (SIGTERM/SIGINT): /ready turns 503 and worker 0 sends the
- * DELETE at once, so watchers (gateways, clients) drop the instance within
+ * DELETE at once (sent again up to 3 times if it fails, 50-200 ms apart),
+ * so watchers (gateways, clients) drop the instance within
  * milliseconds; every worker keeps serving for drain_delay_ms while those
  * watchers catch up, then drains its connections (in-flight requests
  * finish) and stops. A request that was already routed here is served.
@@ -41,6 +42,7 @@ typedef struct reg_agent {
     weft_timer timer;
     bool registered, stopping;
     int status;
+    int leave_tries; /* DELETEs left to send after the first one failed */
     uint32_t backoff_ms;
 } reg_agent;
 
@@ -254,8 +256,17 @@ static void agent_on_done(weft_http_creq *q, int err, void *ud)
     reg_agent *a = ud;
     weft_service *s = a->s;
     a->q = NULL;
-    if (a->stopping)
+    if (a->stopping) {
+        /* the DELETE sent at SIGTERM: idempotent, so a failed one is sent
+         * again (50, 100, 200 ms later) while the drain delay lasts;
+         * otherwise watchers keep the instance until its TTL runs out */
+        bool gone = err == 0 && (a->status == 200 || a->status == 404);
+        if (!gone && a->leave_tries > 0) {
+            weft_timer_start(a->loop, &a->timer, a->backoff_ms);
+            a->backoff_ms *= 2;
+        }
         return;
+    }
     if (err == 0 && a->status == 200) {
         if (!a->registered)
             weft_log(WEFT_LOG_INFO, "registered", WEFT_KV_STR("service", s->name),
@@ -339,6 +350,13 @@ static void agent_timer(weft_loop *loop, weft_timer *t)
 {
     (void)loop;
     reg_agent *a = t->data;
+    if (a->stopping) {
+        if (a->leave_tries > 0) {
+            a->leave_tries--;
+            agent_send(a, "DELETE", "", NULL);
+        }
+        return;
+    }
     if (a->registered)
         agent_heartbeat(a);
     else
@@ -362,17 +380,21 @@ static int agent_start(weft_service *s, weft_loop *loop)
     return 0;
 }
 
-/* Deregister: fire and forget (the drain delay gives it time to land). */
+/* Deregister: the drain delay gives the DELETE time to land, and to be
+ * sent again if it fails (agent_on_done). */
 static void agent_leave(reg_agent *a)
 {
     if (!a->http || a->stopping)
         return;
-    weft_timer_stop(a->loop, &a->timer);
+    a->stopping = true; /* a register or heartbeat cancelled here is not retried */
+    a->leave_tries = 0;
     if (a->q)
         weft_http_creq_cancel(a->q);
     a->q = NULL;
+    weft_timer_stop(a->loop, &a->timer);
+    a->leave_tries = 3;
+    a->backoff_ms = 50;
     agent_send(a, "DELETE", "", NULL);
-    a->stopping = true;
     weft_log(WEFT_LOG_INFO, "deregistering", WEFT_KV_STR("service", a->s->name),
              WEFT_KV_STR("id", a->s->id));
 }

@@ -351,27 +351,24 @@ def test_last_instance_deregistered_leaves_no_instance(system):
                   result="no_instance") >= 5
 
 
-class Upstream:
-    """A plain HTTP server on 127.0.0.1 registered in the registry as
-    `service`; records each request's method, headers and body and answers
-    with the statuses in `script` (the last one repeats)."""
+class JsonServer:
+    """A plain HTTP server on 127.0.0.1 whose answers come from
+    answer(method, path, headers, body) -> (status, body bytes), sent as
+    JSON."""
 
-    def __init__(self, reg, service, script=(200,)):
+    def __init__(self, answer):
         import http.server as hs
-        up = self
-        self.seen, self.script = [], list(script)
 
         class H(hs.BaseHTTPRequestHandler):
             def _any(self):
                 n = int(self.headers.get("Content-Length") or 0)
-                up.seen.append((self.command, dict(self.headers.items()), self.rfile.read(n)))
-                st = up.script.pop(0) if len(up.script) > 1 else up.script[0]
-                body = b'{"ok":true}'
+                st, out = answer(self.command, self.path, dict(self.headers.items()),
+                                 self.rfile.read(n) if n else b"")
                 self.send_response(st)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(out)
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
 
             def log_message(self, *a):
@@ -381,13 +378,28 @@ class Upstream:
         self.port = self.srv.server_address[1]
         self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
         self.thread.start()
-        st, _, _ = http(reg.port, "PUT", f"/v1/services/{service}/instances/up-{self.port}",
-                        body={"address": "127.0.0.1", "port": self.port, "ttl": 60})
-        assert st == 200
 
     def close(self):
         self.srv.shutdown()
         self.srv.server_close()
+
+
+class Upstream(JsonServer):
+    """Registered in the registry as `service`; records each request's
+    method, headers and body and answers with the statuses in `script`
+    (the last one repeats)."""
+
+    def __init__(self, reg, service, script=(200,)):
+        self.seen, self.script = [], list(script)
+        super().__init__(self._answer)
+        st, _, _ = http(reg.port, "PUT", f"/v1/services/{service}/instances/up-{self.port}",
+                        body={"address": "127.0.0.1", "port": self.port, "ttl": 60})
+        assert st == 200
+
+    def _answer(self, method, path, headers, body):
+        self.seen.append((method, headers, body))
+        st = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        return st, b'{"ok":true}'
 
 
 CLIENT_PROBE = BIN_DIR / "weft-test-client-probe"  # tests/sdk/client_probe.c
@@ -510,3 +522,46 @@ def test_post_lost_on_a_reused_connection_is_not_sent_again(system):
             pass
         lsn.close()
         t.join(timeout=5)
+
+
+class FlakyRegistry(JsonServer):
+    """A pass-through proxy in front of the real registry that answers the
+    first `fail_deletes` DELETEs with 503 itself."""
+
+    def __init__(self, reg, fail_deletes):
+        self.reg, self.methods, self.fail_deletes = reg, [], fail_deletes
+        super().__init__(self._answer)
+
+    def _answer(self, method, path, headers, body):
+        import http.client
+        self.methods.append(method)
+        if method == "DELETE" and self.fail_deletes > 0:
+            self.fail_deletes -= 1
+            return 503, b'{"error":"try again"}'
+        c = http.client.HTTPConnection("127.0.0.1", self.reg.port, timeout=5)
+        try:
+            c.request(method, path, body=body or None,
+                      headers={"Content-Type": "application/json"} if body else {})
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+
+def test_failed_deregistration_is_sent_again(system):
+    """The DELETE sent at SIGTERM is sent again when it fails (here a 503),
+    so watchers drop the instance at once instead of when its 10 s TTL
+    runs out."""
+    reg = system.reg()
+    prox = FlakyRegistry(reg, fail_deletes=1)
+    try:
+        p1 = system.svc("pricing", prox)
+        wait_until(lambda: instances(reg, "pricing"), what="pricing registered")
+        t0 = time.monotonic()
+        assert p1.stop() == 0
+        wait_until(lambda: not instances(reg, "pricing"), timeout=2.0,
+                   what="pricing deregistered")
+        assert time.monotonic() - t0 < 3.0
+        assert prox.methods.count("DELETE") == 2, prox.methods
+    finally:
+        prox.close()

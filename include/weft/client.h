@@ -28,7 +28,10 @@
  * behalf of a parent request lives no longer than that request: if the
  * parent is released first (client gone, or the response already sent) the
  * call is cancelled and its callback never runs. weft_client_free cancels
- * every call without callbacks. Threading: the loop's thread only.
+ * every call without callbacks; it must not be called from inside a
+ * call's callback (the client is still on the stack there): free it from
+ * the loop instead, e.g. a zero-delay timer. Threading: the loop's thread
+ * only.
  */
 #ifndef WEFT_CLIENT_H
 #define WEFT_CLIENT_H

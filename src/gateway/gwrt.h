@@ -233,6 +233,10 @@ char *gw_clusters_json(gw_worker *w);
 gw_epset *gw_epset_new(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n);
 void gw_epset_ref(gw_epset *s);
 void gw_epset_unref(gw_epset *s);
+/* An attempt on s[ep] ended: balancer accounting (in-flight count, latency)
+ * in s and, when the cluster has moved to a newer set that carried the
+ * endpoint's in-flight count over, in that set too. */
+void gw_epset_on_done(gw_epset *s, int ep, uint64_t latency_us, uint64_t now_us);
 /* Same endpoints (ids and weights, any order)? */
 bool gw_epset_equals(const gw_epset *s, const gw_endpoint_conf *eps, size_t n);
 /* Replace the cluster's endpoints (restarts health checks on the new set). */

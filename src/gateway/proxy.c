@@ -480,7 +480,7 @@ static void attempt_done(gw_req *g, int outcome, bool success, bool have_outcome
         cl->inflight--;
         g->inflight_taken = false;
         if (g->ep >= 0 && set) {
-            weft_lb_on_done(set->lb, g->ep, lat, now_us);
+            gw_epset_on_done(set, g->ep, lat, now_us);
             g->last_ewma_us = weft_lb_endpoints(set->lb)[g->ep].ewma_us;
         }
     }

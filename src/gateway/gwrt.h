@@ -11,7 +11,8 @@
  * checks and per-route retry budgets. Requests hold a reference to the
  * generation they started in; a reload installs a new generation and the old
  * one is freed when its last request finishes, so in-flight requests finish
- * on the configuration they started with and no connection is dropped.
+ * on the configuration they started with and no connection is dropped. The
+ * old generation's health checks and discovery stop at the swap.
  */
 #ifndef WEFT_GATEWAY_GWRT_H
 #define WEFT_GATEWAY_GWRT_H

@@ -455,3 +455,30 @@ def test_http_health_check_times_out_a_never_ending_answer(gateway):  # noqa: F8
         assert metric(g.metrics(), "weft_gateway_health_check_failures_total", cluster="c") >= 2
     finally:
         t.close()
+
+
+def test_replaced_generations_stop_their_health_checks(gateway, origins):
+    """A reload's old generation lives on while its requests finish, but it
+    serves no new request: its health checks must stop with the swap. Was:
+    they ran until its last request ended, so every reload made while a long
+    request was open added one more full round of checks per interval."""
+    a, = origins(1)
+    hc = "{path: /health, interval: 100ms, timeout: 200ms}"
+    g = gateway(hc_cluster([a], hc))
+    a.set_mode("sleep", delay_ms=4000)
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        slow = []
+        for i in range(3):
+            slow.append(ex.submit(g.get, f"/slow/{i}"))
+            wait_until(lambda: a.count() == i + 1, 2, what="a slow request in flight")
+            g.write_config(hc_cluster([a], hc).replace("retry: false",
+                                                       f"retry: false\n    timeout: {10 + i}s"))
+            assert g.reload().status == 200
+            wait_until(lambda: g.admin_get("/admin/config").json()["reloads"] == i + 1,
+                       what="reloaded")
+        time.sleep(0.3)  # the last generation's first checks are out
+        h0 = a.health_hits
+        time.sleep(1.0)
+        hits = a.health_hits - h0
+        assert hits <= 14, f"{hits} checks in 1 s at a 100 ms interval: old generations still check"
+        assert all(f.result(timeout=10).status == 200 for f in slow)

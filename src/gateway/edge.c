@@ -780,7 +780,7 @@ static void agg_finish(struct gw_agg *a)
 static void part_release(agg_part *p, uint64_t latency_us)
 {
     if (p->ep >= 0 && p->set)
-        weft_lb_on_done(p->set->lb, p->ep, latency_us, weft_now_us());
+        gw_epset_on_done(p->set, p->ep, latency_us, weft_now_us());
     p->ep = -1;
     gw_epset_unref(p->set);
     p->set = NULL;

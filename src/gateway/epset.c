@@ -6,7 +6,9 @@
  * endpoint id, so an endpoint that stays keeps its EWMA latency, in-flight
  * count, ejection and health verdict, and a returning endpoint list does not
  * reset what the gateway learned. Attempts in flight keep the old set alive
- * through their reference and account their result against it.
+ * through their reference and account their result against it; the end of
+ * such an attempt is also accounted in the current set (by id), which
+ * carried its in-flight count over and would otherwise keep it for good.
  */
 #include "gwrt.h"
 
@@ -117,6 +119,17 @@ int gw_cluster_set_endpoints(gw_cluster_rt *cl, const gw_endpoint_conf *eps, siz
     gw_health_start(s);
     gw_epset_unref(old);
     return 0;
+}
+
+void gw_epset_on_done(gw_epset *s, int ep, uint64_t latency_us, uint64_t now_us)
+{
+    weft_lb_on_done(s->lb, ep, latency_us, now_us);
+    gw_epset *cur = s->cl->set;
+    if (!cur || cur == s || ep < 0 || (size_t)ep >= s->n)
+        return;
+    int j = find_id(cur, s->eps[ep].id);
+    if (j >= 0)
+        weft_lb_on_done(cur->lb, j, latency_us, now_us);
 }
 
 bool gw_epset_equals(const gw_epset *s, const gw_endpoint_conf *eps, size_t n)

@@ -11,7 +11,8 @@
  * checks and per-route retry budgets. Requests hold a reference to the
  * generation they started in; a reload installs a new generation and the old
  * one is freed when its last request finishes, so in-flight requests finish
- * on the configuration they started with and no connection is dropped.
+ * on the configuration they started with and no connection is dropped. The
+ * old generation's health checks and discovery stop at the swap.
  */
 #ifndef WEFT_GATEWAY_GWRT_H
 #define WEFT_GATEWAY_GWRT_H
@@ -233,6 +234,10 @@ char *gw_clusters_json(gw_worker *w);
 gw_epset *gw_epset_new(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n);
 void gw_epset_ref(gw_epset *s);
 void gw_epset_unref(gw_epset *s);
+/* An attempt on s[ep] ended: balancer accounting (in-flight count, latency)
+ * in s and, when the cluster has moved to a newer set that carried the
+ * endpoint's in-flight count over, in that set too. */
+void gw_epset_on_done(gw_epset *s, int ep, uint64_t latency_us, uint64_t now_us);
 /* Same endpoints (ids and weights, any order)? */
 bool gw_epset_equals(const gw_epset *s, const gw_endpoint_conf *eps, size_t n);
 /* Replace the cluster's endpoints (restarts health checks on the new set). */

@@ -4,7 +4,8 @@
  * Each endpoint of a cluster with health_check configured is probed every
  * interval (jittered by ±10 % so checks of many endpoints and workers do not
  * align): an HTTP GET of the configured path through a small dedicated
- * client pool (2xx = pass), or a bare TCP connect. healthy_threshold
+ * client pool (2xx = pass), or a bare TCP connect; a check not over within
+ * the timeout (answer included) fails. healthy_threshold
  * consecutive passes mark it healthy, unhealthy_threshold consecutive
  * failures mark it down. Endpoints start healthy so a fresh gateway serves
  * at once; a down endpoint is noticed within
@@ -139,8 +140,14 @@ static void probe(weft_loop *loop, weft_timer *t)
             .on_done = http_done,
             .ud = h,
         };
-        if (weft_http_client_request(cl->gen->w->hc_client, &o, &h->q) < 0)
+        if (weft_http_client_request(cl->gen->w->hc_client, &o, &h->q) < 0) {
             verdict(h, false);
+            return;
+        }
+        /* The client's timeout bounds the head and then each body read; a
+         * check must end within timeout_ms whatever the answer does. */
+        if (hc->timeout_ms)
+            weft_timer_start(loop, &h->timer, hc->timeout_ms);
         return;
     }
     char spec[300];

@@ -480,7 +480,7 @@ static void attempt_done(gw_req *g, int outcome, bool success, bool have_outcome
         cl->inflight--;
         g->inflight_taken = false;
         if (g->ep >= 0 && set) {
-            weft_lb_on_done(set->lb, g->ep, lat, now_us);
+            gw_epset_on_done(set, g->ep, lat, now_us);
             g->last_ewma_us = weft_lb_endpoints(set->lb)[g->ep].ewma_us;
         }
     }
@@ -1041,6 +1041,21 @@ static void reap_gens(weft_loop *loop, weft_timer *t)
     }
 }
 
+/* A generation replaced by a reload only finishes the requests it has: its
+ * endpoint sets stay as they are, without health checks or discovery (which
+ * would otherwise run, a full round more per interval for each replaced
+ * generation, until its last request ended). */
+static void gen_retire(gw_gen *gen)
+{
+    gen->current = false;
+    for (size_t i = 0; i < gen->cfg->nclusters; i++) {
+        gw_cluster_rt *cl = &gen->clusters[i];
+        gw_dns_stop(cl);
+        gw_discovery_stop(cl);
+        gw_health_stop(cl->set);
+    }
+}
+
 /* The last reference to an old generation is often dropped from inside a
  * callback of one of its own clients (a request's on_done): freeing the
  * clients right there would pull them from under that callback. Park it
@@ -1522,7 +1537,7 @@ static void install_on_worker(weft_loop *loop, void *arg)
             gw_gen *old = w->gen;
             ng->current = true;
             w->gen = ng;
-            old->current = false;
+            gen_retire(old);
             gen_unref(old); /* freed now, or when its last request ends */
         } else {
             weft_log(WEFT_LOG_ERROR, "reload: out of memory on a worker; old config kept");

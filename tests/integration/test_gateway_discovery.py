@@ -1,6 +1,7 @@
 """Gateway clusters discovered from weft registry: changes within 100 ms,
 TTL expiry, weights, zone preference, stale on error, recovery."""
 import collections
+import concurrent.futures
 import time
 
 from gwutil import WEFT_BIN, gateway, metric, origin_of, origins, wait_until  # noqa: F401
@@ -139,3 +140,30 @@ def test_reload_keeps_the_discovered_endpoints(gateway, origins, tmp_path):  # n
             r = c.get(f"/after/{i}")
             assert r.status == 200 and origin_of(r) == a.name, r
     assert eps(g) == [a.addr]
+
+
+def test_inflight_carried_to_a_new_set_is_released(gateway, origins, tmp_path):  # noqa: F811
+    """An endpoint set built while a request to A is in flight carries A's
+    in-flight count over; when that request ends (accounted against the old
+    set) the count must drop in the current set too. Was: it stayed there
+    for good, and least_request never chose A again while B was idle."""
+    a, b = origins(2)
+    reg = Reg(tmp_path)
+    try:
+        g = gateway(cfg(reg).replace("round_robin", "least_request"))
+        reg.put("svc", "a", {"address": "127.0.0.1", "port": a.port})
+        wait_until(lambda: eps(g) == [a.addr], timeout=2, what="A registered")
+        a.set_mode("sleep", delay_ms=1000)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            slow = ex.submit(g.get, "/slow")
+            wait_until(lambda: a.count() == 1, timeout=2, what="the slow request reached A")
+            reg.put("svc", "b", {"address": "127.0.0.1", "port": b.port})
+            wait_until(lambda: eps(g) == sorted([a.addr, b.addr]), timeout=2, what="B registered")
+            assert g.endpoint("svc", a.addr)["inflight"] == 1
+            assert slow.result(timeout=10).status == 200
+        a.set_mode("ok")
+        assert g.endpoint("svc", a.addr)["inflight"] == 0
+        cnt = spread(g, 20)
+        assert cnt[a.name] > 0 and cnt[b.name] > 0, cnt
+    finally:
+        assert reg.stop() == 0

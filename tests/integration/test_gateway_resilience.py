@@ -3,6 +3,7 @@ mode, passive outlier detection and the circuit breaker (with fallback).
 One worker, so the per-worker state seen by /admin/clusters is the state
 that served the requests."""
 import concurrent.futures
+import socket
 import threading
 import time
 
@@ -392,3 +393,92 @@ routes:
     assert len(ejected) == 1 and ejected[0] in (a.addr, b.addr), eps
     assert eps[c.addr]["ejected"] is False
     assert metric(g.metrics(), "weft_gateway_ejections_total", cluster="c") == 1
+
+
+class _TrickleHealth:
+    """An endpoint whose /health answers 200 at once and then sends its
+    chunked body a byte every 50 ms, never ending it (a check of it can
+    only end by its timeout)."""
+
+    def __init__(self):
+        self.hits = 0
+        self.stop = threading.Event()
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.ls.settimeout(0.05)
+        self.addr = "127.0.0.1:%d" % self.ls.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            try:
+                c.settimeout(5)
+                if b"\r\n\r\n" not in c.recv(65536):
+                    return
+                self.hits += 1
+                c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                while not self.stop.is_set():
+                    c.sendall(b"1\r\nx\r\n")
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.ls.close()
+
+
+def test_http_health_check_times_out_a_never_ending_answer(gateway):  # noqa: F811
+    """timeout bounds the whole HTTP check, as in Envoy and HAProxy. Was: it
+    bounded the wait for the head and then each body read, so an answer
+    that kept trickling hung the check for good: no verdict, no further
+    checks, the endpoint stayed healthy whatever it did."""
+    t = _TrickleHealth()
+    try:
+        g = gateway(hc_cluster([t.addr], "{path: /health, interval: 100ms, "
+                                                 "timeout: 200ms, healthy_threshold: 1, "
+                                                 "unhealthy_threshold: 2}"))
+        wait_until(lambda: not g.endpoint("c", t.addr)["active_check_healthy"], 3,
+                   what="never-ending check counted as failed")
+        assert t.hits >= 2
+        assert metric(g.metrics(), "weft_gateway_health_check_failures_total", cluster="c") >= 2
+    finally:
+        t.close()
+
+
+def test_replaced_generations_stop_their_health_checks(gateway, origins):
+    """A reload's old generation lives on while its requests finish, but it
+    serves no new request: its health checks must stop with the swap. Was:
+    they ran until its last request ended, so every reload made while a long
+    request was open added one more full round of checks per interval."""
+    a, = origins(1)
+    hc = "{path: /health, interval: 100ms, timeout: 200ms}"
+    g = gateway(hc_cluster([a], hc))
+    a.set_mode("sleep", delay_ms=4000)
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        slow = []
+        for i in range(3):
+            slow.append(ex.submit(g.get, f"/slow/{i}"))
+            wait_until(lambda: a.count() == i + 1, 2, what="a slow request in flight")
+            g.write_config(hc_cluster([a], hc).replace("retry: false",
+                                                       f"retry: false\n    timeout: {10 + i}s"))
+            assert g.reload().status == 200
+            wait_until(lambda: g.admin_get("/admin/config").json()["reloads"] == i + 1,
+                       what="reloaded")
+        time.sleep(0.3)  # the last generation's first checks are out
+        h0 = a.health_hits
+        time.sleep(1.0)
+        hits = a.health_hits - h0
+        assert hits <= 14, f"{hits} checks in 1 s at a 100 ms interval: old generations still check"
+        assert all(f.result(timeout=10).status == 200 for f in slow)

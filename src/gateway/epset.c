@@ -132,16 +132,22 @@ void gw_epset_on_done(gw_epset *s, int ep, uint64_t latency_us, uint64_t now_us)
         weft_lb_on_done(cur->lb, j, latency_us, now_us);
 }
 
-bool gw_epset_equals(const gw_epset *s, const gw_endpoint_conf *eps, size_t n)
+/* Whether every endpoint of a (id and weight) is also in b. */
+static bool all_in(const gw_endpoint_conf *a, size_t na, const gw_endpoint_conf *b, size_t nb)
 {
-    if (!s || s->n != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < na; i++) {
         bool found = false;
-        for (size_t j = 0; j < s->n && !found; j++)
-            found = strcmp(s->eps[j].id, eps[i].id) == 0 && s->eps[j].weight == eps[i].weight;
+        for (size_t j = 0; j < nb && !found; j++)
+            found = strcmp(a[i].id, b[j].id) == 0 && a[i].weight == b[j].weight;
         if (!found)
             return false;
     }
     return true;
+}
+
+bool gw_epset_equals(const gw_epset *s, const gw_endpoint_conf *eps, size_t n)
+{
+    /* both ways: a list may name one endpoint twice (two registry
+     * instances at one address), and {A,B} -> {A,A} must not look equal */
+    return s && s->n == n && all_in(eps, n, s->eps, s->n) && all_in(s->eps, s->n, eps, n);
 }

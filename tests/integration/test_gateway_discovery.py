@@ -167,3 +167,21 @@ def test_inflight_carried_to_a_new_set_is_released(gateway, origins, tmp_path): 
         assert cnt[a.name] > 0 and cnt[b.name] > 0, cnt
     finally:
         assert reg.stop() == 0
+
+
+def test_an_instance_moving_to_a_taken_address_is_a_change(gateway, origins, tmp_path):  # noqa: F811
+    """{a, b} becoming {a, a} (instance b moves to a's address) is a change:
+    b's old address must go."""
+    a, b = origins(2)
+    reg = Reg(tmp_path)
+    try:
+        g = gateway(cfg(reg))
+        reg.put("svc", "a1", {"address": "127.0.0.1", "port": a.port})
+        reg.put("svc", "b", {"address": "127.0.0.1", "port": b.port})
+        wait_until(lambda: eps(g) == sorted([a.addr, b.addr]), timeout=2, what="a and b")
+        assert reg.put("svc", "b", {"address": "127.0.0.1", "port": a.port}) == 200
+        wait_until(lambda: b.addr not in eps(g), timeout=2, what="b removed")
+        assert spread(g, 10) == {a.name: 10}
+    finally:
+        assert reg.stop() == 0
+

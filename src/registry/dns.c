@@ -297,7 +297,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
         } else if (want_aaaa && is6) {
             ok = put_rr_ptr(&w, 12, T_AAAA, a6, 16);
             an += ok;
-        } else if (want_srv && (is4 || is6) && ntargets < 256) {
+        } else if (want_srv && (is4 || is6)) {
             /* rdata: priority, weight, port, target name (ID.NAME.service.weft) */
             size_t mark = w.n;
             char lid[64], lsvc[64];
@@ -311,8 +311,10 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
             size_t name_at = w.n;
             ok = ok && put_name(&w, labels, 4);
             if (ok) {
-                target_off[ntargets] = (uint16_t)name_at;
-                targets[ntargets++] = in;
+                if (ntargets < 256) { /* past that: no additional record */
+                    target_off[ntargets] = (uint16_t)name_at;
+                    targets[ntargets++] = in;
+                }
                 an++;
             } else {
                 w.n = mark;

@@ -836,3 +836,20 @@ routes:
     cnt = spread(40)
     assert cnt == {b.name: 30, c.name: 10}, cnt
     assert a.count() == 0
+
+
+def test_tcp_srv_answer_carries_more_than_256_instances(reg):
+    """Over TCP an answer is never cut: a service with 300 instances gets
+    300 SRV records (the additional addresses may stop earlier)."""
+    for i in range(300):
+        reg.put(f"s{i}", f"127.0.{2 + i // 250}.{i % 250 + 1}", port=20000 + i)
+    s = socket.create_connection(("127.0.0.1", reg.dns_port), timeout=5)
+    try:
+        q = build_query(f"_web._tcp.{ZONE}", T_SRV, qid=0x4242)
+        s.sendall(struct.pack("!H", len(q)) + q)
+        m = Msg(tcp_read_msg(s))
+    finally:
+        s.close()
+    assert m.id == 0x4242 and m.rcode == 0 and not m.tc, m.counts
+    assert sorted(r[4][2] for r in m.answer) == list(range(20000, 20300)), m.counts
+    assert all(r[1] == T_SRV for r in m.answer)

@@ -106,7 +106,7 @@ static bool put_rr_ptr(wbuf *w, uint16_t name_off, unsigned type, const void *rd
 typedef struct query {
     uint16_t id;
     uint16_t flags;
-    char labels[8][64];
+    char labels[8][64]; /* the last 8 labels of the name */
     size_t nlabels;
     unsigned qtype, qclass;
     size_t qend; /* offset just past the question */
@@ -140,11 +140,17 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
         unsigned l = q[p++];
         if (l == 0)
             break;
-        if ((l & 0xC0) || l > 63 || p + l > len || out->nlabels == 8)
-            return RC_FORMERR; /* no compression in questions; bounded depth */
+        if ((l & 0xC0) || l > 63 || p + l > len)
+            return RC_FORMERR; /* no compression in questions */
         total += l + 1;
         if (total > 255)
             return RC_FORMERR;
+        if (out->nlabels == 8) {
+            /* a longer name is well-formed: keep its last 8 labels, which
+             * decide the zone; no name of ours has that many */
+            memmove(out->labels[0], out->labels[1], sizeof out->labels[0] * 7);
+            out->nlabels = 7;
+        }
         for (unsigned i = 0; i < l; i++) {
             char c = (char)q[p + i];
             if (c >= 'A' && c <= 'Z')

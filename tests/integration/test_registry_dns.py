@@ -853,3 +853,18 @@ def test_tcp_srv_answer_carries_more_than_256_instances(reg):
     assert m.id == 0x4242 and m.rcode == 0 and not m.tc, m.counts
     assert sorted(r[4][2] for r in m.answer) == list(range(20000, 20300)), m.counts
     assert all(r[1] == T_SRV for r in m.answer)
+
+
+def test_names_with_many_labels_get_refused_or_nxdomain_not_formerr(reg):
+    """A query for a name of more than 8 labels is well-formed: out of the
+    zone it is REFUSED, in the zone it names nothing (NXDOMAIN)."""
+    web3(reg)
+    d = dig(reg.dns_port, "a.b.c.d.e.f.g.h.i.example.com", "A")
+    assert d.status == "REFUSED", d
+    d = dig(reg.dns_port, f"1.2.3.4.5.6.7.w1.web.{ZONE}", "A")
+    assert d.status == "NXDOMAIN", d
+    raw = udp_exchange(reg.dns_port, build_query(f"x.y.z.q.r.s.t.u.web.{ZONE}", T_SRV, qid=0x0909))
+    m = Msg(raw)
+    assert m.id == 0x0909 and m.rcode_name == "NXDOMAIN", m
+    assert m.questions == [(f"x.y.z.q.r.s.t.u.web.{ZONE}.", T_SRV, 1)], m
+    assert dig_short(reg.dns_port, f"w1.web.{ZONE}") == ["127.0.0.1"]

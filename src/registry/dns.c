@@ -193,6 +193,22 @@ static size_t error_answer(const query *qq, const uint8_t *q, size_t qlen, uint8
     return n;
 }
 
+/* Our OPT record (RFC 6891: an answer to a query with one carries one). */
+static bool put_opt(wbuf *w)
+{
+    return put(w, "\0", 1) && put16(w, T_OPT) && put16(w, 4096) && put32(w, 0) && put16(w, 0);
+}
+
+/* An answer without records (NXDOMAIN, REFUSED) to a parsed query. */
+static size_t empty_answer(const query *qq, const uint8_t *q, size_t qlen, uint8_t *out, int rc)
+{
+    size_t n = error_answer(qq, q, qlen, out, rc, true);
+    wbuf w = {out, n, n + 11, false};
+    if (qq->edns && put_opt(&w))
+        out[11] = 1;
+    return w.n;
+}
+
 static bool has_tag(const reg_instance *in, const char *tag)
 {
     for (size_t i = 0; i < in->ntags; i++)
@@ -236,7 +252,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
     size_t nl = qq.nlabels;
     if (nl < 3 || strcmp(qq.labels[nl - 1], "weft") != 0 ||
         strcmp(qq.labels[nl - 2], "service") != 0 || qq.qclass != 1)
-        return error_answer(&qq, q, qlen, out, RC_REFUSED, true);
+        return empty_answer(&qq, q, qlen, out, RC_REFUSED);
     size_t pre = nl - 2; /* labels before "service.weft" */
     const char *svc = NULL, *tag = NULL, *id = NULL;
     bool srv_form = false;
@@ -270,7 +286,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
         }
     }
     if (!svc)
-        return error_answer(&qq, q, qlen, out, RC_NXDOMAIN, true);
+        return empty_answer(&qq, q, qlen, out, RC_NXDOMAIN);
 
     /* header + question */
     size_t hdr = error_answer(&qq, q, qlen, out, 0, true);
@@ -349,7 +365,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
     if (qq.edns) {
         w.max = limit;
         w.full = false;
-        if (put(&w, "\0", 1) && put16(&w, T_OPT) && put16(&w, 4096) && put32(&w, 0) && put16(&w, 0))
+        if (put_opt(&w))
             ar++;
     }
     out[6] = (uint8_t)(an >> 8);

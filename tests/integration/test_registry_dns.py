@@ -868,3 +868,18 @@ def test_names_with_many_labels_get_refused_or_nxdomain_not_formerr(reg):
     assert m.id == 0x0909 and m.rcode_name == "NXDOMAIN", m
     assert m.questions == [(f"x.y.z.q.r.s.t.u.web.{ZONE}.", T_SRV, 1)], m
     assert dig_short(reg.dns_port, f"w1.web.{ZONE}") == ["127.0.0.1"]
+
+
+def test_edns_query_gets_opt_back_with_nxdomain_and_refused(reg):
+    """RFC 6891 section 7: a responder answers a query that has an OPT record
+    with one, whatever the rcode (a resolver that sees none concludes the
+    server lacks EDNS and falls back to 512-byte answers)."""
+    web3(reg)
+    for name, rcode in ((f"nosuch.{ZONE}", "NXDOMAIN"), ("www.example.com", "REFUSED"),
+                        (f"web.{ZONE}", "NOERROR")):
+        m = Msg(udp_exchange(reg.dns_port, build_query(name, T_A, qid=0x0e0e, edns=1232)))
+        assert m.id == 0x0e0e and m.rcode_name == rcode, m
+        assert [r[1] for r in m.additional] == [T_OPT], (name, m)
+        assert m.questions == [(name + ".", T_A, 1)], m
+        d = dig(reg.dns_port, name, "A", "+edns=0")
+        assert d.status == rcode and "OPT PSEUDOSECTION" in d.text, d

@@ -112,6 +112,7 @@ typedef struct query {
     size_t qend; /* offset just past the question */
     size_t edns_size;
     bool edns;
+    bool nul; /* a label holds a 0 byte: the name is none of ours */
 } query;
 
 /* Parse header, question and (if any) an OPT record. Returns 0, or the
@@ -155,6 +156,7 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
             char c = (char)q[p + i];
             if (c >= 'A' && c <= 'Z')
                 c = (char)(c + 32);
+            out->nul |= c == '\0';
             out->labels[out->nlabels][i] = c;
         }
         out->labels[out->nlabels][l] = '\0';
@@ -256,7 +258,9 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
     size_t pre = nl - 2; /* labels before "service.weft" */
     const char *svc = NULL, *tag = NULL, *id = NULL;
     bool srv_form = false;
-    if (pre == 1) {
+    if (qq.nul) {
+        /* labels are compared as C strings: "web\000" must not be "web" */
+    } else if (pre == 1) {
         svc = find_service(s, qq.labels[0]);
     } else if (pre == 2 && qq.labels[0][0] == '_' &&
                (strcmp(qq.labels[1], "_tcp") == 0 || strcmp(qq.labels[1], "_udp") == 0)) {

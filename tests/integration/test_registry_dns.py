@@ -883,3 +883,16 @@ def test_edns_query_gets_opt_back_with_nxdomain_and_refused(reg):
         assert m.questions == [(name + ".", T_A, 1)], m
         d = dig(reg.dns_port, name, "A", "+edns=0")
         assert d.status == rcode and "OPT PSEUDOSECTION" in d.text, d
+
+
+def test_label_with_a_zero_byte_names_nothing(reg):
+    """A label is a byte string: 'web\\000' (four bytes) is not the service
+    'web', nor is 'w1\\000x' its instance w1."""
+    web3(reg)
+    d = dig(reg.dns_port, f"web\\000.{ZONE}", "A")
+    assert d.status == "NXDOMAIN" and d.answer == [], d
+    d = dig(reg.dns_port, f"w1\\000x.web.{ZONE}", "A")
+    assert d.status == "NXDOMAIN" and d.answer == [], d
+    d = dig(reg.dns_port, f"_web\\000._tcp.{ZONE}", "SRV")
+    assert d.status == "NXDOMAIN" and d.answer == [], d
+    assert dig_short(reg.dns_port, f"web.{ZONE}") == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]

@@ -106,12 +106,13 @@ static bool put_rr_ptr(wbuf *w, uint16_t name_off, unsigned type, const void *rd
 typedef struct query {
     uint16_t id;
     uint16_t flags;
-    char labels[8][64];
+    char labels[8][64]; /* the last 8 labels of the name */
     size_t nlabels;
     unsigned qtype, qclass;
     size_t qend; /* offset just past the question */
     size_t edns_size;
     bool edns;
+    bool nul; /* a label holds a 0 byte: the name is none of ours */
 } query;
 
 /* Parse header, question and (if any) an OPT record. Returns 0, or the
@@ -140,15 +141,22 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
         unsigned l = q[p++];
         if (l == 0)
             break;
-        if ((l & 0xC0) || l > 63 || p + l > len || out->nlabels == 8)
-            return RC_FORMERR; /* no compression in questions; bounded depth */
+        if ((l & 0xC0) || l > 63 || p + l > len)
+            return RC_FORMERR; /* no compression in questions */
         total += l + 1;
         if (total > 255)
             return RC_FORMERR;
+        if (out->nlabels == 8) {
+            /* a longer name is well-formed: keep its last 8 labels, which
+             * decide the zone; no name of ours has that many */
+            memmove(out->labels[0], out->labels[1], sizeof out->labels[0] * 7);
+            out->nlabels = 7;
+        }
         for (unsigned i = 0; i < l; i++) {
             char c = (char)q[p + i];
             if (c >= 'A' && c <= 'Z')
                 c = (char)(c + 32);
+            out->nul |= c == '\0';
             out->labels[out->nlabels][i] = c;
         }
         out->labels[out->nlabels][l] = '\0';
@@ -185,6 +193,22 @@ static size_t error_answer(const query *qq, const uint8_t *q, size_t qlen, uint8
         n = qq->qend;
     }
     return n;
+}
+
+/* Our OPT record (RFC 6891: an answer to a query with one carries one). */
+static bool put_opt(wbuf *w)
+{
+    return put(w, "\0", 1) && put16(w, T_OPT) && put16(w, 4096) && put32(w, 0) && put16(w, 0);
+}
+
+/* An answer without records (NXDOMAIN, REFUSED) to a parsed query. */
+static size_t empty_answer(const query *qq, const uint8_t *q, size_t qlen, uint8_t *out, int rc)
+{
+    size_t n = error_answer(qq, q, qlen, out, rc, true);
+    wbuf w = {out, n, n + 11, false};
+    if (qq->edns && put_opt(&w))
+        out[11] = 1;
+    return w.n;
 }
 
 static bool has_tag(const reg_instance *in, const char *tag)
@@ -230,11 +254,13 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
     size_t nl = qq.nlabels;
     if (nl < 3 || strcmp(qq.labels[nl - 1], "weft") != 0 ||
         strcmp(qq.labels[nl - 2], "service") != 0 || qq.qclass != 1)
-        return error_answer(&qq, q, qlen, out, RC_REFUSED, true);
+        return empty_answer(&qq, q, qlen, out, RC_REFUSED);
     size_t pre = nl - 2; /* labels before "service.weft" */
     const char *svc = NULL, *tag = NULL, *id = NULL;
     bool srv_form = false;
-    if (pre == 1) {
+    if (qq.nul) {
+        /* labels are compared as C strings: "web\000" must not be "web" */
+    } else if (pre == 1) {
         svc = find_service(s, qq.labels[0]);
     } else if (pre == 2 && qq.labels[0][0] == '_' &&
                (strcmp(qq.labels[1], "_tcp") == 0 || strcmp(qq.labels[1], "_udp") == 0)) {
@@ -264,7 +290,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
         }
     }
     if (!svc)
-        return error_answer(&qq, q, qlen, out, RC_NXDOMAIN, true);
+        return empty_answer(&qq, q, qlen, out, RC_NXDOMAIN);
 
     /* header + question */
     size_t hdr = error_answer(&qq, q, qlen, out, 0, true);
@@ -297,7 +323,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
         } else if (want_aaaa && is6) {
             ok = put_rr_ptr(&w, 12, T_AAAA, a6, 16);
             an += ok;
-        } else if (want_srv && (is4 || is6) && ntargets < 256) {
+        } else if (want_srv && (is4 || is6)) {
             /* rdata: priority, weight, port, target name (ID.NAME.service.weft) */
             size_t mark = w.n;
             char lid[64], lsvc[64];
@@ -311,8 +337,10 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
             size_t name_at = w.n;
             ok = ok && put_name(&w, labels, 4);
             if (ok) {
-                target_off[ntargets] = (uint16_t)name_at;
-                targets[ntargets++] = in;
+                if (ntargets < 256) { /* past that: no additional record */
+                    target_off[ntargets] = (uint16_t)name_at;
+                    targets[ntargets++] = in;
+                }
                 an++;
             } else {
                 w.n = mark;
@@ -341,7 +369,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
     if (qq.edns) {
         w.max = limit;
         w.full = false;
-        if (put(&w, "\0", 1) && put16(&w, T_OPT) && put16(&w, 4096) && put32(&w, 0) && put16(&w, 0))
+        if (put_opt(&w))
             ar++;
     }
     out[6] = (uint8_t)(an >> 8);

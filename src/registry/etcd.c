@@ -723,6 +723,10 @@ static void watch_events(reg_etcd *e, json_t *events)
     size_t i;
     json_t *ev;
     bool any = false;
+    /* one revision can carry several events (a txn, a range delete, a
+     * lease with several keys): skip only what was applied before this
+     * message, not the events after the first one of a revision */
+    uint64_t applied = e->rev;
     json_array_foreach(events, i, ev) {
         json_t *kv = json_object_get(ev, "kv");
         uint64_t mod = jnum(kv, "mod_revision");
@@ -730,7 +734,7 @@ static void watch_events(reg_etcd *e, json_t *events)
         bool del = type && strcmp(type, "DELETE") == 0;
         char svc[256], id[256];
         json_t *value = NULL;
-        if (mod > e->rev && kv_decode(e, kv, svc, id, del ? NULL : &value)) {
+        if (mod > applied && kv_decode(e, kv, svc, id, del ? NULL : &value)) {
             if (del)
                 reg_apply_delete(e->store, svc, id, mod);
             else if (value)

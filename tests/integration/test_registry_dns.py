@@ -836,3 +836,63 @@ routes:
     cnt = spread(40)
     assert cnt == {b.name: 30, c.name: 10}, cnt
     assert a.count() == 0
+
+
+def test_tcp_srv_answer_carries_more_than_256_instances(reg):
+    """Over TCP an answer is never cut: a service with 300 instances gets
+    300 SRV records (the additional addresses may stop earlier)."""
+    for i in range(300):
+        reg.put(f"s{i}", f"127.0.{2 + i // 250}.{i % 250 + 1}", port=20000 + i)
+    s = socket.create_connection(("127.0.0.1", reg.dns_port), timeout=5)
+    try:
+        q = build_query(f"_web._tcp.{ZONE}", T_SRV, qid=0x4242)
+        s.sendall(struct.pack("!H", len(q)) + q)
+        m = Msg(tcp_read_msg(s))
+    finally:
+        s.close()
+    assert m.id == 0x4242 and m.rcode == 0 and not m.tc, m.counts
+    assert sorted(r[4][2] for r in m.answer) == list(range(20000, 20300)), m.counts
+    assert all(r[1] == T_SRV for r in m.answer)
+
+
+def test_names_with_many_labels_get_refused_or_nxdomain_not_formerr(reg):
+    """A query for a name of more than 8 labels is well-formed: out of the
+    zone it is REFUSED, in the zone it names nothing (NXDOMAIN)."""
+    web3(reg)
+    d = dig(reg.dns_port, "a.b.c.d.e.f.g.h.i.example.com", "A")
+    assert d.status == "REFUSED", d
+    d = dig(reg.dns_port, f"1.2.3.4.5.6.7.w1.web.{ZONE}", "A")
+    assert d.status == "NXDOMAIN", d
+    raw = udp_exchange(reg.dns_port, build_query(f"x.y.z.q.r.s.t.u.web.{ZONE}", T_SRV, qid=0x0909))
+    m = Msg(raw)
+    assert m.id == 0x0909 and m.rcode_name == "NXDOMAIN", m
+    assert m.questions == [(f"x.y.z.q.r.s.t.u.web.{ZONE}.", T_SRV, 1)], m
+    assert dig_short(reg.dns_port, f"w1.web.{ZONE}") == ["127.0.0.1"]
+
+
+def test_edns_query_gets_opt_back_with_nxdomain_and_refused(reg):
+    """RFC 6891 section 7: a responder answers a query that has an OPT record
+    with one, whatever the rcode (a resolver that sees none concludes the
+    server lacks EDNS and falls back to 512-byte answers)."""
+    web3(reg)
+    for name, rcode in ((f"nosuch.{ZONE}", "NXDOMAIN"), ("www.example.com", "REFUSED"),
+                        (f"web.{ZONE}", "NOERROR")):
+        m = Msg(udp_exchange(reg.dns_port, build_query(name, T_A, qid=0x0e0e, edns=1232)))
+        assert m.id == 0x0e0e and m.rcode_name == rcode, m
+        assert [r[1] for r in m.additional] == [T_OPT], (name, m)
+        assert m.questions == [(name + ".", T_A, 1)], m
+        d = dig(reg.dns_port, name, "A", "+edns=0")
+        assert d.status == rcode and "OPT PSEUDOSECTION" in d.text, d
+
+
+def test_label_with_a_zero_byte_names_nothing(reg):
+    """A label is a byte string: 'web\\000' (four bytes) is not the service
+    'web', nor is 'w1\\000x' its instance w1."""
+    web3(reg)
+    d = dig(reg.dns_port, f"web\\000.{ZONE}", "A")
+    assert d.status == "NXDOMAIN" and d.answer == [], d
+    d = dig(reg.dns_port, f"w1\\000x.web.{ZONE}", "A")
+    assert d.status == "NXDOMAIN" and d.answer == [], d
+    d = dig(reg.dns_port, f"_web\\000._tcp.{ZONE}", "SRV")
+    assert d.status == "NXDOMAIN" and d.answer == [], d
+    assert dig_short(reg.dns_port, f"web.{ZONE}") == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]

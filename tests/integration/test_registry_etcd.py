@@ -422,3 +422,28 @@ def test_etcd_member_killed_during_heartbeat_load(tmp_path):
             if n.proc.poll() is None:
                 assert n.stop() == 0
         c.stop()
+
+
+def test_several_events_at_one_revision_all_reach_the_mirror(nodes, cluster, request):
+    """A range delete (or a txn) changes several keys at one etcd revision,
+    and the watch delivers them as several events with the same
+    mod_revision: every one of them is applied, not just the first."""
+    import base64
+    a, b, _ = nodes
+    for i in range(4):
+        assert a.req("PUT", f"/v1/services/multi/instances/m{i}", inst(i))[0] == 200
+    assert a.req("PUT", "/v1/services/keep/instances/k0", inst(9))[0] == 200
+    wait_until(lambda: len(a.ids("multi")) == 4 and len(b.ids("multi")) == 4, 3,
+               what="all registered on both nodes")
+    key = f"/t/{request.node.name}/instances/multi/".encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    r = cluster.post(0, "/v3/kv/deleterange", {"key": base64.b64encode(key).decode(),
+                                               "range_end": base64.b64encode(end).decode()})
+    assert r.get("deleted") == "4", r
+
+    def gone():
+        return a.get("/v1/services/multi")[0] == 404 or not a.ids("multi")
+    def gone_b():
+        return b.get("/v1/services/multi")[0] == 404 or not b.ids("multi")
+    wait_until(lambda: gone() and gone_b(), 3, what="all four deletes applied on both nodes")
+    assert a.ids("keep") == {"k0"} and b.ids("keep") == {"k0"}

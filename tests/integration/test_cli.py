@@ -182,3 +182,32 @@ def test_json_log_format(weft):
     for line in w.stderr.splitlines():
         json.loads(line)  # every line stays JSON, through drain and stop
     assert json.loads(w.stderr.splitlines()[-1])["msg"] == "stopped"
+
+
+def test_bad_listen_in_file_names_its_line(tmp_path):
+    # a listen address from the file is checked where it is read, with its
+    # file:line, also when --listen overrides it (as workers: is)
+    cases = [
+        ("listen: nonsense\n", (), 1, 9, "listen", "nonsense"),
+        ("listen:\n  - 127.0.0.1:0\n  - 127.0.0.1:http\n", (), 3, 5, "listen[1]",
+         "127.0.0.1:http"),
+        ("listen: 127.0.0.1:99999\n", ("--listen", "127.0.0.1:0"), 1, 9, "listen",
+         "127.0.0.1:99999"),
+    ]
+    for i, (text, flags, line, col, key, addr) in enumerate(cases):
+        cfg = tmp_path / f"l{i}.yaml"
+        cfg.write_text(text)
+        p = run_weft("hello", "-c", str(cfg), *flags, timeout=10)
+        assert p.returncode == 2, (text, p.stderr)
+        assert p.stderr == (f"weft hello: {cfg}:{line}:{col}: {key}: "
+                            f"bad listen address '{addr}' (want HOST:PORT)\n"), p.stderr
+
+
+def test_too_many_listen_addresses_in_file(tmp_path):
+    # the flag says "too many --listen addresses"; the file must not keep
+    # the first 16 and drop the rest silently
+    cfg = tmp_path / "many.yaml"
+    cfg.write_text("listen:\n" + "  - 127.0.0.1:0\n" * 17)
+    p = run_weft("hello", "-c", str(cfg), timeout=10)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == f"weft hello: {cfg}:18:5: listen[16]: more than 16 listen addresses\n"

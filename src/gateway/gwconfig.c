@@ -993,6 +993,8 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
             get_u32(ard, "status", 301, 308, &st, err) < 0)
             goto fail;
         r->status = (int)st;
+        if (st != 301 && st != 302 && st != 303 && st != 307 && st != 308)
+            FAIL(ard, "status", "expected a redirect status: 301, 302, 303, 307 or 308");
         if (!r->location || !valid_value(r->location))
             FAIL(ard, "location", "missing or invalid location");
     } else if (adr) {

@@ -366,3 +366,29 @@ def test_sigterm_drains_inflight_proxied_request(gateway, origins):
     assert "e" not in result, result
     assert result["r"].status == 200 and result["r"].header("X-Origin") == slow.name
     assert g.stop() == 0
+
+
+def check_error(tmp_path, name, text, line, col, key, reason):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(text)
+    r = check(p)
+    assert r.returncode == 2, (name, r.returncode, r.stdout, r.stderr)
+    assert r.stderr == f"weft gateway: {p}:{line}:{col}: {key}: {reason}\n", (name, r.stderr)
+
+
+CLUSTER = "clusters:\n  api:\n    endpoints: [127.0.0.1:9001]\n"
+
+
+def test_check_redirect_status_must_redirect(tmp_path):
+    # 304 Not Modified, 305 and 306 are in 301..308 but do not redirect
+    for st in (304, 305, 306):
+        check_error(tmp_path, f"r{st}",
+                    CLUSTER + f"routes:\n  - redirect: {{location: /x, status: {st}}}\n",
+                    5, 38, "routes[0].redirect.status",
+                    "expected a redirect status: 301, 302, 303, 307 or 308")
+    for st in (301, 302, 303, 307, 308):
+        p = tmp_path / f"ok{st}.yaml"
+        p.write_text(CLUSTER + f"routes:\n  - redirect: {{location: /x, status: {st}}}\n")
+        r = check(p)
+        assert r.returncode == 0, (st, r.stderr)
+

@@ -1102,6 +1102,11 @@ int gw_config_from_conf(const char *path, const weft_conf_node *root, gw_config 
         weft_conf_bool(root, "via", &c->via, err) < 0 ||
         get_str(root, "deadline_header", &c->deadline_header, err) < 0)
         goto fail;
+    /* sent on every upstream request; the proxy formats it in a small buffer */
+    if (c->deadline_header[0] &&
+        (!valid_token(c->deadline_header) || strlen(c->deadline_header) > 64))
+        FAIL(root, "deadline_header",
+             "expected a header name of at most 64 characters, or \"\" for none");
     c->cache_max_bytes = 64u << 20;
     c->cache_policy = WEFT_CACHE_LRU;
     const weft_conf_node *cc = weft_conf_get(root, "cache");

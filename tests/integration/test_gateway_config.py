@@ -392,3 +392,19 @@ def test_check_redirect_status_must_redirect(tmp_path):
         r = check(p)
         assert r.returncode == 0, (st, r.stderr)
 
+
+def test_check_deadline_header_is_a_header_name(tmp_path):
+    # the name goes into every upstream request: a space would make them
+    # malformed, and a name too long for the proxy was silently not sent
+    reason = 'expected a header name of at most 64 characters, or "" for none'
+    routes = "routes:\n  - cluster: api\n"
+    check_error(tmp_path, "space", CLUSTER + 'deadline_header: "X Deadline"\n' + routes,
+                4, 18, "deadline_header", reason)
+    check_error(tmp_path, "long", CLUSTER + "deadline_header: X-" + "a" * 70 + "\n" + routes,
+                4, 18, "deadline_header", reason)
+    for ok in ('""', "X-" + "a" * 62, "X-Deadline"):
+        p = tmp_path / "ok.yaml"
+        p.write_text(CLUSTER + f"deadline_header: {ok}\n" + routes)
+        r = check(p)
+        assert r.returncode == 0, (ok, r.stderr)
+

@@ -20,6 +20,7 @@
 #include "http/codec.h"
 #include "weft/log.h"
 
+#include <inttypes.h>
 #include <jansson.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -980,8 +981,12 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         for (size_t i = 0; i < r->nsplits; i++) {
             if (parse_split_item(c, weft_conf_seq_at(asp, i), &r->splits[i], err) < 0)
                 goto fail;
-            if (!r->splits[i].when_header && !r->splits[i].when_cookie)
+            if (!r->splits[i].when_header && !r->splits[i].when_cookie) {
+                if (r->splits[i].weight > UINT32_MAX - r->split_total)
+                    FAIL(weft_conf_seq_at(asp, i), NULL,
+                         "the weights add up to more than %" PRIu32, UINT32_MAX);
                 r->split_total += r->splits[i].weight;
+            }
         }
         if (r->split_total == 0)
             FAIL(asp, NULL, "at least one weighted (unconditional) split needs weight > 0");

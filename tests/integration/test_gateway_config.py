@@ -408,3 +408,11 @@ def test_check_deadline_header_is_a_header_name(tmp_path):
         r = check(p)
         assert r.returncode == 0, (ok, r.stderr)
 
+
+def test_check_split_weights_do_not_wrap(tmp_path):
+    # the total is 32 bits: 4295 weights of 1000000 wrapped to 32705, and
+    # then the first split took all the traffic
+    items = "".join("      - {cluster: api, weight: 1000000}\n" for _ in range(4295))
+    check_error(tmp_path, "wrap", CLUSTER + "routes:\n  - split:\n" + items,
+                4300, 9, "routes[0].split[4294]",
+                "the weights add up to more than 4294967295")

@@ -78,7 +78,7 @@ int weft_cli_parse(weft_cli *cli, const char *prog, int argc, char **argv,
         } else if (strcmp(a, "--workers") == 0) {
             char *end;
             long n = strtol(val, &end, 10);
-            if (*end || n < 0 || n > 256) {
+            if (end == val || *end || n < 0 || n > 256) {
                 fprintf(stderr, "weft %s: --workers must be 0..256 (0 = one per CPU)\n", prog);
                 return -1;
             }

@@ -211,3 +211,11 @@ def test_too_many_listen_addresses_in_file(tmp_path):
     p = run_weft("hello", "-c", str(cfg), timeout=10)
     assert p.returncode == 2, p.stderr
     assert p.stderr == f"weft hello: {cfg}:18:5: listen[16]: more than 16 listen addresses\n"
+
+
+def test_empty_workers_flag_is_an_error():
+    # "" is no number: it must not pass as 0 (one worker per CPU)
+    for args in (("--workers", ""), ("--workers=",)):
+        p = run_weft("hello", *args, "--listen", "127.0.0.1:0", timeout=10)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr == ("weft hello: --workers must be 0..256 (0 = one per CPU)\n"), p.stderr

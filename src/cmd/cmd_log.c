@@ -143,7 +143,8 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
             rbytes = o->defaults.log.retention_bytes, seg = (int64_t)o->defaults.log.segment_bytes,
             fint = o->defaults.log.fsync_interval_ms, delay = o->group_initial_delay_ms,
             rcheck = o->retention_check_ms, pre = (int64_t)o->defaults.log.preallocate_bytes;
-    const char *fs = NULL;
+    static const char *const fsyncs[] = {"always", "interval", NULL};
+    int fs = -1;
     if (weft_conf_bool(n, "auto_create", &o->auto_create, &err) < 0 ||
         weft_conf_int(n, "partitions", 1, 10000, &parts, &err) < 0 ||
         weft_conf_int(n, "retention_ms", -1, INT64_MAX, &rms, &err) < 0 ||
@@ -153,20 +154,16 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
         weft_conf_int(n, "group_initial_delay_ms", 0, 300000, &delay, &err) < 0 ||
         weft_conf_int(n, "retention_check_ms", 100, 3600000, &rcheck, &err) < 0 ||
         weft_conf_int(n, "preallocate_bytes", 0, 1LL << 30, &pre, &err) < 0 ||
-        weft_conf_string(n, "fsync", &fs, &err) < 0)
+        weft_conf_enum(n, "fsync", fsyncs, &fs, &err) < 0)
         goto bad;
-    if (fs && strcmp(fs, "always") != 0 && strcmp(fs, "interval") != 0) {
-        fprintf(stderr, "weft log: %s: log.fsync: expected always or interval\n", cli->config_path);
-        return -1;
-    }
     o->defaults.partitions = (int32_t)parts;
     o->defaults.log.retention_ms = rms;
     o->defaults.log.retention_bytes = rbytes;
     o->defaults.log.segment_bytes = (uint64_t)seg;
     o->defaults.log.fsync_interval_ms = (uint32_t)fint;
     o->defaults.log.preallocate_bytes = (uint64_t)pre;
-    if (fs)
-        o->defaults.log.fsync = strcmp(fs, "always") == 0 ? PLOG_FSYNC_ALWAYS : PLOG_FSYNC_INTERVAL;
+    if (fs >= 0)
+        o->defaults.log.fsync = fs == 0 ? PLOG_FSYNC_ALWAYS : PLOG_FSYNC_INTERVAL;
     o->group_initial_delay_ms = (uint32_t)delay;
     o->retention_check_ms = (uint32_t)rcheck;
     return 0;

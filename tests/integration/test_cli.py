@@ -219,3 +219,12 @@ def test_empty_workers_flag_is_an_error():
         p = run_weft("hello", *args, "--listen", "127.0.0.1:0", timeout=10)
         assert p.returncode == 2, (args, p.stderr)
         assert p.stderr == ("weft hello: --workers must be 0..256 (0 = one per CPU)\n"), p.stderr
+
+
+def test_log_bad_fsync_names_its_line(tmp_path):
+    cfg = tmp_path / "log.yaml"
+    cfg.write_text("log:\n  fsync: sometimes\n")
+    p = run_weft("log", "-c", str(cfg), "--data", str(tmp_path / "d"), "--listen",
+                 "127.0.0.1:0", timeout=10)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == f"weft log: {cfg}:2:10: log.fsync: expected one of: always, interval\n"

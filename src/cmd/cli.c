@@ -223,6 +223,8 @@ static int read_common(weft_cli *cli, const weft_conf_node *root, weft_conf_err 
             cli->log_format = fm;
     }
     const weft_conf_node *http = weft_conf_get(root, "http");
+    if (cli->http_may_be_addr && weft_conf_kind(http) == WEFT_CONF_SCALAR)
+        http = NULL; /* the subcommand reads the address */
     if (http && load_http(cli, http, err) < 0)
         return WEFT_ECONFIG;
     return 0;

@@ -10,6 +10,7 @@
 
 #include "eventlog/elog.h"
 #include "eventlog/streams.h"
+#include "http/http_int.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
 
@@ -97,9 +98,20 @@ static int read_http_conf(weft_cli *cli, const char **addr)
     const weft_conf_node *n = cli->conf ? weft_conf_get(weft_conf_root(cli->conf), "http") : NULL;
     weft_conf_err err;
     const char *v = NULL;
+    int rc = 0;
     if (n && weft_conf_kind(n) == WEFT_CONF_SCALAR)
-        v = weft_conf_scalar(n);
-    else if (n && weft_conf_string(n, "listen", &v, &err) < 0) {
+        rc = weft_conf_string(weft_conf_root(cli->conf), "http", &v, &err);
+    else if (n)
+        rc = weft_conf_string(n, "listen", &v, &err);
+    if (rc == 0 && v) {
+        const weft_conf_node *at = weft_conf_kind(n) == WEFT_CONF_SCALAR ? n
+                                                                         : weft_conf_get(n, "listen");
+        struct sockaddr_storage sa;
+        socklen_t len;
+        if (weft_http_parse_hostport(v, &sa, &len) < 0)
+            rc = weft_conf_errorf(&err, at, NULL, "bad listen address '%s' (want HOST:PORT)", v);
+    }
+    if (rc < 0) {
         fprintf(stderr, "weft log: %s\n", err.msg);
         return -1;
     }
@@ -179,6 +191,7 @@ int weft_cmd_log(int argc, char **argv)
     int rc = weft_cli_parse(&cli, "log", argc, argv, extra, weft_help_log);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
+    cli.http_may_be_addr = true; /* http: HOST:PORT is the streams listener */
     if (weft_cli_load_common(&cli) < 0) {
         weft_cli_release(&cli);
         return 2;

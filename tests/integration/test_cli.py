@@ -228,3 +228,17 @@ def test_log_bad_fsync_names_its_line(tmp_path):
                  "127.0.0.1:0", timeout=10)
     assert p.returncode == 2, p.stderr
     assert p.stderr == f"weft log: {cfg}:2:10: log.fsync: expected one of: always, interval\n"
+
+
+
+def test_log_http_address_in_file_names_its_line(tmp_path):
+    for i, (text, line, col, key) in enumerate([("http: nowhere\n", 1, 7, "http"),
+                                                 ("http:\n  listen: nowhere\n", 2, 11,
+                                                  "http.listen")]):
+        cfg = tmp_path / f"log{i}.yaml"
+        cfg.write_text(text)
+        p = run_weft("log", "-c", str(cfg), "--data", str(tmp_path / "d"), "--listen",
+                     "127.0.0.1:0", timeout=10)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr == (f"weft log: {cfg}:{line}:{col}: {key}: "
+                            "bad listen address 'nowhere' (want HOST:PORT)\n"), p.stderr

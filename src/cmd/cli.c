@@ -8,6 +8,7 @@
  */
 #include "cli.h"
 
+#include "http/http_int.h"
 #include "weft/service.h"
 
 #include "weft/log.h"
@@ -77,7 +78,7 @@ int weft_cli_parse(weft_cli *cli, const char *prog, int argc, char **argv,
         } else if (strcmp(a, "--workers") == 0) {
             char *end;
             long n = strtol(val, &end, 10);
-            if (*end || n < 0 || n > 256) {
+            if (end == val || *end || n < 0 || n > 256) {
                 fprintf(stderr, "weft %s: --workers must be 0..256 (0 = one per CPU)\n", prog);
                 return -1;
             }
@@ -159,23 +160,48 @@ static int load_http(weft_cli *cli, const weft_conf_node *http, weft_conf_err *e
     return 0;
 }
 
-/* The common keys of root into cli (flags given on the command line win).
+/* A listen address from the file, parsed as the listeners will parse it so
+ * that a bad one is reported with its file:line (and by --check). */
+static int listen_addr(const weft_conf_node *n, const char **out, weft_conf_err *err)
+{
+    const char *s = weft_conf_kind(n) == WEFT_CONF_SCALAR ? weft_conf_scalar(n) : NULL;
+    struct sockaddr_storage sa;
+    socklen_t len;
+    if (!s)
+        return weft_conf_errorf(err, n, NULL, "expected HOST:PORT");
+    if (weft_http_parse_hostport(s, &sa, &len) < 0)
+        return weft_conf_errorf(err, n, NULL, "bad listen address '%s' (want HOST:PORT)", s);
+    *out = s;
+    return 0;
+}
+
+/* The common keys of root into cli (flags given on the command line win,
+ * but the file's values are checked all the same).
  * No side effects beyond cli, so a reload can validate a new file with it. */
 static int read_common(weft_cli *cli, const weft_conf_node *root, weft_conf_err *err)
 {
     const weft_conf_node *ln = weft_conf_get(root, "listen");
-    if (ln && cli->nlisten == 0) {
+    if (ln) {
+        const char *addrs[CLI_MAX_LISTEN];
+        size_t n = 0;
         if (weft_conf_kind(ln) == WEFT_CONF_SCALAR) {
-            cli->listen[cli->nlisten++] = weft_conf_scalar(ln);
+            if (listen_addr(ln, &addrs[n++], err) < 0)
+                return WEFT_ECONFIG;
         } else if (weft_conf_kind(ln) == WEFT_CONF_SEQ) {
-            for (size_t i = 0; i < weft_conf_seq_len(ln) && cli->nlisten < CLI_MAX_LISTEN; i++) {
+            for (size_t i = 0; i < weft_conf_seq_len(ln); i++) {
                 const weft_conf_node *it = weft_conf_seq_at(ln, i);
-                if (weft_conf_kind(it) != WEFT_CONF_SCALAR)
-                    return weft_conf_errorf(err, it, "listen", "expected HOST:PORT");
-                cli->listen[cli->nlisten++] = weft_conf_scalar(it);
+                if (n == CLI_MAX_LISTEN)
+                    return weft_conf_errorf(err, it, NULL, "more than %d listen addresses",
+                                            CLI_MAX_LISTEN);
+                if (listen_addr(it, &addrs[n++], err) < 0)
+                    return WEFT_ECONFIG;
             }
         } else {
             return weft_conf_errorf(err, ln, "listen", "expected HOST:PORT or a list of them");
+        }
+        if (cli->nlisten == 0) {
+            for (size_t i = 0; i < n; i++)
+                cli->listen[cli->nlisten++] = addrs[i];
         }
     }
     int64_t w = cli->workers;
@@ -197,6 +223,8 @@ static int read_common(weft_cli *cli, const weft_conf_node *root, weft_conf_err 
             cli->log_format = fm;
     }
     const weft_conf_node *http = weft_conf_get(root, "http");
+    if (cli->http_may_be_addr && weft_conf_kind(http) == WEFT_CONF_SCALAR)
+        http = NULL; /* the subcommand reads the address */
     if (http && load_http(cli, http, err) < 0)
         return WEFT_ECONFIG;
     return 0;

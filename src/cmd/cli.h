@@ -29,6 +29,9 @@ typedef struct weft_cli {
     int log_format;
     weft_conf *conf;   /* NULL when no -c */
     weft_http_server_opts http;
+    /* `http: HOST:PORT` (an address, not the server options) is allowed;
+     * set between weft_cli_parse() and weft_cli_load_common() (weft log) */
+    bool http_may_be_addr;
     /* extra flags the subcommand accepts: "--name VALUE" pairs */
     const char *extra_names[8];
     const char *extra_values[8];

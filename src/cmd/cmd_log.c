@@ -10,6 +10,7 @@
 
 #include "eventlog/elog.h"
 #include "eventlog/streams.h"
+#include "http/http_int.h"
 #include "weft/log.h"
 #include "weft/metrics.h"
 
@@ -97,9 +98,20 @@ static int read_http_conf(weft_cli *cli, const char **addr)
     const weft_conf_node *n = cli->conf ? weft_conf_get(weft_conf_root(cli->conf), "http") : NULL;
     weft_conf_err err;
     const char *v = NULL;
+    int rc = 0;
     if (n && weft_conf_kind(n) == WEFT_CONF_SCALAR)
-        v = weft_conf_scalar(n);
-    else if (n && weft_conf_string(n, "listen", &v, &err) < 0) {
+        rc = weft_conf_string(weft_conf_root(cli->conf), "http", &v, &err);
+    else if (n)
+        rc = weft_conf_string(n, "listen", &v, &err);
+    if (rc == 0 && v) {
+        const weft_conf_node *at = weft_conf_kind(n) == WEFT_CONF_SCALAR ? n
+                                                                         : weft_conf_get(n, "listen");
+        struct sockaddr_storage sa;
+        socklen_t len;
+        if (weft_http_parse_hostport(v, &sa, &len) < 0)
+            rc = weft_conf_errorf(&err, at, NULL, "bad listen address '%s' (want HOST:PORT)", v);
+    }
+    if (rc < 0) {
         fprintf(stderr, "weft log: %s\n", err.msg);
         return -1;
     }
@@ -143,7 +155,8 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
             rbytes = o->defaults.log.retention_bytes, seg = (int64_t)o->defaults.log.segment_bytes,
             fint = o->defaults.log.fsync_interval_ms, delay = o->group_initial_delay_ms,
             rcheck = o->retention_check_ms, pre = (int64_t)o->defaults.log.preallocate_bytes;
-    const char *fs = NULL;
+    static const char *const fsyncs[] = {"always", "interval", NULL};
+    int fs = -1;
     if (weft_conf_bool(n, "auto_create", &o->auto_create, &err) < 0 ||
         weft_conf_int(n, "partitions", 1, 10000, &parts, &err) < 0 ||
         weft_conf_int(n, "retention_ms", -1, INT64_MAX, &rms, &err) < 0 ||
@@ -153,20 +166,16 @@ static int read_conf(weft_cli *cli, elog_opts *o, const char **data)
         weft_conf_int(n, "group_initial_delay_ms", 0, 300000, &delay, &err) < 0 ||
         weft_conf_int(n, "retention_check_ms", 100, 3600000, &rcheck, &err) < 0 ||
         weft_conf_int(n, "preallocate_bytes", 0, 1LL << 30, &pre, &err) < 0 ||
-        weft_conf_string(n, "fsync", &fs, &err) < 0)
+        weft_conf_enum(n, "fsync", fsyncs, &fs, &err) < 0)
         goto bad;
-    if (fs && strcmp(fs, "always") != 0 && strcmp(fs, "interval") != 0) {
-        fprintf(stderr, "weft log: %s: log.fsync: expected always or interval\n", cli->config_path);
-        return -1;
-    }
     o->defaults.partitions = (int32_t)parts;
     o->defaults.log.retention_ms = rms;
     o->defaults.log.retention_bytes = rbytes;
     o->defaults.log.segment_bytes = (uint64_t)seg;
     o->defaults.log.fsync_interval_ms = (uint32_t)fint;
     o->defaults.log.preallocate_bytes = (uint64_t)pre;
-    if (fs)
-        o->defaults.log.fsync = strcmp(fs, "always") == 0 ? PLOG_FSYNC_ALWAYS : PLOG_FSYNC_INTERVAL;
+    if (fs >= 0)
+        o->defaults.log.fsync = fs == 0 ? PLOG_FSYNC_ALWAYS : PLOG_FSYNC_INTERVAL;
     o->group_initial_delay_ms = (uint32_t)delay;
     o->retention_check_ms = (uint32_t)rcheck;
     return 0;
@@ -182,6 +191,7 @@ int weft_cmd_log(int argc, char **argv)
     int rc = weft_cli_parse(&cli, "log", argc, argv, extra, weft_help_log);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
+    cli.http_may_be_addr = true; /* http: HOST:PORT is the streams listener */
     if (weft_cli_load_common(&cli) < 0) {
         weft_cli_release(&cli);
         return 2;

@@ -958,11 +958,13 @@ static enum parse_rc parse_duration_ms(const char *s, int64_t *out)
     } units[] = {{"us", 1},          {"ms", 1000},          {"s", 1000000},
                  {"m", 60000000ull}, {"h", 3600000000ull}};
     uint64_t ip, fp = 0, fscale = 1, unit = 0;
+    bool nonzero;
     enum parse_rc rc;
 
     rc = parse_digits(&s, &ip);
     if (rc == PARSE_BAD)
         return PARSE_BAD;
+    nonzero = ip != 0;
     bool frac = *s == '.';
     if (frac) {
         s++;
@@ -970,6 +972,7 @@ static enum parse_rc parse_duration_ms(const char *s, int64_t *out)
             return PARSE_BAD;
         /* nine digits are below a microsecond even for hours */
         for (int nd = 0; is_digit(*s); s++, nd++) {
+            nonzero |= *s != '0';
             if (nd < 9) {
                 fp = fp * 10 + (uint64_t)(*s - '0');
                 fscale *= 10;
@@ -993,6 +996,8 @@ static enum parse_rc parse_duration_ms(const char *s, int64_t *out)
     if (ip > ((uint64_t)INT64_MAX - fus) / unit)
         return PARSE_RANGE;
     uint64_t us = ip * unit + fus;
+    if (us == 0 && nonzero)
+        us = 1; /* below a microsecond ("0.5us") is still not 0 */
     *out = (int64_t)(us / 1000 + (us % 1000 != 0));
     return PARSE_OK;
 }

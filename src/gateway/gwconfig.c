@@ -20,6 +20,7 @@
 #include "http/codec.h"
 #include "weft/log.h"
 
+#include <inttypes.h>
 #include <jansson.h>
 #include <sys/socket.h>
 #include <stdio.h>
@@ -980,8 +981,12 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         for (size_t i = 0; i < r->nsplits; i++) {
             if (parse_split_item(c, weft_conf_seq_at(asp, i), &r->splits[i], err) < 0)
                 goto fail;
-            if (!r->splits[i].when_header && !r->splits[i].when_cookie)
+            if (!r->splits[i].when_header && !r->splits[i].when_cookie) {
+                if (r->splits[i].weight > UINT32_MAX - r->split_total)
+                    FAIL(weft_conf_seq_at(asp, i), NULL,
+                         "the weights add up to more than %" PRIu32, UINT32_MAX);
                 r->split_total += r->splits[i].weight;
+            }
         }
         if (r->split_total == 0)
             FAIL(asp, NULL, "at least one weighted (unconditional) split needs weight > 0");
@@ -993,6 +998,8 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
             get_u32(ard, "status", 301, 308, &st, err) < 0)
             goto fail;
         r->status = (int)st;
+        if (st != 301 && st != 302 && st != 303 && st != 307 && st != 308)
+            FAIL(ard, "status", "expected a redirect status: 301, 302, 303, 307 or 308");
         if (!r->location || !valid_value(r->location))
             FAIL(ard, "location", "missing or invalid location");
     } else if (adr) {
@@ -1100,6 +1107,11 @@ int gw_config_from_conf(const char *path, const weft_conf_node *root, gw_config 
         weft_conf_bool(root, "via", &c->via, err) < 0 ||
         get_str(root, "deadline_header", &c->deadline_header, err) < 0)
         goto fail;
+    /* sent on every upstream request; the proxy formats it in a small buffer */
+    if (c->deadline_header[0] &&
+        (!valid_token(c->deadline_header) || strlen(c->deadline_header) > 64))
+        FAIL(root, "deadline_header",
+             "expected a header name of at most 64 characters, or \"\" for none");
     c->cache_max_bytes = 64u << 20;
     c->cache_policy = WEFT_CACHE_LRU;
     const weft_conf_node *cc = weft_conf_get(root, "cache");

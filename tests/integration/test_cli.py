@@ -182,3 +182,63 @@ def test_json_log_format(weft):
     for line in w.stderr.splitlines():
         json.loads(line)  # every line stays JSON, through drain and stop
     assert json.loads(w.stderr.splitlines()[-1])["msg"] == "stopped"
+
+
+def test_bad_listen_in_file_names_its_line(tmp_path):
+    # a listen address from the file is checked where it is read, with its
+    # file:line, also when --listen overrides it (as workers: is)
+    cases = [
+        ("listen: nonsense\n", (), 1, 9, "listen", "nonsense"),
+        ("listen:\n  - 127.0.0.1:0\n  - 127.0.0.1:http\n", (), 3, 5, "listen[1]",
+         "127.0.0.1:http"),
+        ("listen: 127.0.0.1:99999\n", ("--listen", "127.0.0.1:0"), 1, 9, "listen",
+         "127.0.0.1:99999"),
+    ]
+    for i, (text, flags, line, col, key, addr) in enumerate(cases):
+        cfg = tmp_path / f"l{i}.yaml"
+        cfg.write_text(text)
+        p = run_weft("hello", "-c", str(cfg), *flags, timeout=10)
+        assert p.returncode == 2, (text, p.stderr)
+        assert p.stderr == (f"weft hello: {cfg}:{line}:{col}: {key}: "
+                            f"bad listen address '{addr}' (want HOST:PORT)\n"), p.stderr
+
+
+def test_too_many_listen_addresses_in_file(tmp_path):
+    # the flag says "too many --listen addresses"; the file must not keep
+    # the first 16 and drop the rest silently
+    cfg = tmp_path / "many.yaml"
+    cfg.write_text("listen:\n" + "  - 127.0.0.1:0\n" * 17)
+    p = run_weft("hello", "-c", str(cfg), timeout=10)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == f"weft hello: {cfg}:18:5: listen[16]: more than 16 listen addresses\n"
+
+
+def test_empty_workers_flag_is_an_error():
+    # "" is no number: it must not pass as 0 (one worker per CPU)
+    for args in (("--workers", ""), ("--workers=",)):
+        p = run_weft("hello", *args, "--listen", "127.0.0.1:0", timeout=10)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr == ("weft hello: --workers must be 0..256 (0 = one per CPU)\n"), p.stderr
+
+
+def test_log_bad_fsync_names_its_line(tmp_path):
+    cfg = tmp_path / "log.yaml"
+    cfg.write_text("log:\n  fsync: sometimes\n")
+    p = run_weft("log", "-c", str(cfg), "--data", str(tmp_path / "d"), "--listen",
+                 "127.0.0.1:0", timeout=10)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == f"weft log: {cfg}:2:10: log.fsync: expected one of: always, interval\n"
+
+
+
+def test_log_http_address_in_file_names_its_line(tmp_path):
+    for i, (text, line, col, key) in enumerate([("http: nowhere\n", 1, 7, "http"),
+                                                 ("http:\n  listen: nowhere\n", 2, 11,
+                                                  "http.listen")]):
+        cfg = tmp_path / f"log{i}.yaml"
+        cfg.write_text(text)
+        p = run_weft("log", "-c", str(cfg), "--data", str(tmp_path / "d"), "--listen",
+                     "127.0.0.1:0", timeout=10)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr == (f"weft log: {cfg}:{line}:{col}: {key}: "
+                            "bad listen address 'nowhere' (want HOST:PORT)\n"), p.stderr

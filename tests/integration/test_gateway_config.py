@@ -366,3 +366,53 @@ def test_sigterm_drains_inflight_proxied_request(gateway, origins):
     assert "e" not in result, result
     assert result["r"].status == 200 and result["r"].header("X-Origin") == slow.name
     assert g.stop() == 0
+
+
+def check_error(tmp_path, name, text, line, col, key, reason):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(text)
+    r = check(p)
+    assert r.returncode == 2, (name, r.returncode, r.stdout, r.stderr)
+    assert r.stderr == f"weft gateway: {p}:{line}:{col}: {key}: {reason}\n", (name, r.stderr)
+
+
+CLUSTER = "clusters:\n  api:\n    endpoints: [127.0.0.1:9001]\n"
+
+
+def test_check_redirect_status_must_redirect(tmp_path):
+    # 304 Not Modified, 305 and 306 are in 301..308 but do not redirect
+    for st in (304, 305, 306):
+        check_error(tmp_path, f"r{st}",
+                    CLUSTER + f"routes:\n  - redirect: {{location: /x, status: {st}}}\n",
+                    5, 38, "routes[0].redirect.status",
+                    "expected a redirect status: 301, 302, 303, 307 or 308")
+    for st in (301, 302, 303, 307, 308):
+        p = tmp_path / f"ok{st}.yaml"
+        p.write_text(CLUSTER + f"routes:\n  - redirect: {{location: /x, status: {st}}}\n")
+        r = check(p)
+        assert r.returncode == 0, (st, r.stderr)
+
+
+def test_check_deadline_header_is_a_header_name(tmp_path):
+    # the name goes into every upstream request: a space would make them
+    # malformed, and a name too long for the proxy was silently not sent
+    reason = 'expected a header name of at most 64 characters, or "" for none'
+    routes = "routes:\n  - cluster: api\n"
+    check_error(tmp_path, "space", CLUSTER + 'deadline_header: "X Deadline"\n' + routes,
+                4, 18, "deadline_header", reason)
+    check_error(tmp_path, "long", CLUSTER + "deadline_header: X-" + "a" * 70 + "\n" + routes,
+                4, 18, "deadline_header", reason)
+    for ok in ('""', "X-" + "a" * 62, "X-Deadline"):
+        p = tmp_path / "ok.yaml"
+        p.write_text(CLUSTER + f"deadline_header: {ok}\n" + routes)
+        r = check(p)
+        assert r.returncode == 0, (ok, r.stderr)
+
+
+def test_check_split_weights_do_not_wrap(tmp_path):
+    # the total is 32 bits: 4295 weights of 1000000 wrapped to 32705, and
+    # then the first split took all the traffic
+    items = "".join("      - {cluster: api, weight: 1000000}\n" for _ in range(4295))
+    check_error(tmp_path, "wrap", CLUSTER + "routes:\n  - split:\n" + items,
+                4300, 9, "routes[0].split[4294]",
+                "the weights add up to more than 4294967295")

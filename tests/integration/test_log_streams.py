@@ -720,3 +720,21 @@ def test_config_file_http_key(tmp_path):
         assert r.status_code == 200
     finally:
         lg.stop()
+
+
+def test_config_file_http_key_as_an_address(tmp_path):
+    # docs/eventlog.md: `http: HOST:PORT` as well as `http: {listen: ...}`;
+    # the scalar form was rejected as "http: expected a mapping"
+    cfg = tmp_path / "log.yaml"
+    cfg.write_text("http: 127.0.0.1:0\n")
+    lg = Log(tmp_path, extra=["-c", cfg])
+    try:
+        # the streams line may follow the Kafka one the start-up wait saw
+        m = wait_until(lambda: re.search(r"service=streams addr=\S+:(\d+)", lg.text()),
+                       what="streams listening line")
+        port = int(m.group(1))
+        r = requests.post(f"http://127.0.0.1:{port}/streams/c-1",
+                          json={"events": [ev("1")]}, timeout=5)
+        assert r.status_code == 200
+    finally:
+        lg.stop()

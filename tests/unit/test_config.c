@@ -1043,6 +1043,18 @@ static void test_load_string_name_and_nul_input(void **state)
     weft_conf_free(c);
 }
 
+static void test_duration_below_a_microsecond_is_not_zero(void **state)
+{
+    (void)state;
+    /* a non-zero duration never becomes 0 (often read as "off"), even when
+     * it is below the microsecond the arithmetic works in */
+    assert_int_equal(dur("0.5us"), 1);
+    assert_int_equal(dur("0.0001ms"), 1);
+    assert_int_equal(dur("0.0000000001s"), 1);
+    assert_int_equal(dur("0.0000000000h"), 0);
+    assert_int_equal(dur("0.000us"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1106,6 +1118,7 @@ int main(void)
         cmocka_unit_test(test_errorf_other_cases),
         cmocka_unit_test(test_errorf_truncates_long_message),
         cmocka_unit_test(test_load_string_name_and_nul_input),
+        cmocka_unit_test(test_duration_below_a_microsecond_is_not_zero),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

@@ -712,9 +712,10 @@ def test_config_file_http_key(tmp_path):
     cfg.write_text("http:\n  listen: 127.0.0.1:0\n  max_body: 2MiB\n")
     lg = Log(tmp_path, extra=["-c", cfg])
     try:
-        m = [x for x in re.finditer(r"service=streams addr=\S+:(\d+)", lg.text())]
-        assert m
-        port = int(m[0].group(1))
+        # the streams line may follow the Kafka one the start-up wait saw
+        m = wait_until(lambda: re.search(r"service=streams addr=\S+:(\d+)", lg.text()),
+                       what="streams listening line")
+        port = int(m.group(1))
         r = requests.post(f"http://127.0.0.1:{port}/streams/c-1",
                           json={"events": [ev("1")]}, timeout=5)
         assert r.status_code == 200

@@ -43,6 +43,19 @@
  * as done, and a repeated lease grant can only leave an unused lease that
  * etcd expires. The watch, when its stream ends, is re-established on the
  * next endpoint from the last applied revision, so no event is lost.
+ *
+ * Watch liveness: a member that stops answering with its connection left
+ * open (stopped, or cut off from the majority by a partition) leaves the
+ * watch stream silent, and etcd's progress notifications are minutes
+ * apart. So once the stream has been silent for PROBE_MS (2 s), the node
+ * probes the watch's endpoint with a linearizable read of one key (a
+ * range of the prefix key itself, count only; it needs the member to
+ * reach a quorum), PROBE_TIMEOUT_MS (2 s) to answer, and again PROBE_MS
+ * after each answer while the silence lasts. A probe that fails, times
+ * out or gets an answer other than 200 restarts the watch on the next
+ * endpoint, as does any call that fails on the watch's endpoint: a dead
+ * watch is replaced within about 4 to 6 s, and resumes from the last
+ * applied revision (or re-lists if that was compacted) like any restart.
  */
 #include "etcd.h"
 
@@ -58,6 +71,8 @@
 #define CALL_BUDGET_MS 12000 /* every endpoint, all tries: then the call fails */
 #define WAIT_MS 3000         /* a write waits this long for the mirror */
 #define WATCH_CREATED_MS 5000
+#define PROBE_MS 2000         /* watch silent this long: probe its endpoint */
+#define PROBE_TIMEOUT_MS 2000 /* a probe not answered by then: the watch is dead */
 #define LIST_PAGE 1000
 #define MAX_BODY (256u << 20)
 #define MAX_TXN_TRIES 5
@@ -137,6 +152,11 @@ struct reg_etcd {
     weft_timer watch_timer; /* reconnect backoff, or "created" deadline */
     bool wcreated;
     uint32_t wbackoff_ms;
+    size_t wep;          /* the watch's endpoint */
+    uint64_t wlast_ms;   /* when the watch stream last sent anything */
+    weft_http_creq *pq;  /* liveness probe of the watch's endpoint */
+    int pstatus;
+    weft_timer probe_timer;
 };
 
 static uint64_t now_ms(reg_etcd *e) { return weft_loop_now_ms(e->loop); }
@@ -313,17 +333,22 @@ static void call_free(call *c)
     free(c);
 }
 
-/* The current endpoint failed: move on (unless another call already did). */
+static void watch_again(reg_etcd *e, const char *why, int err);
+
+/* Endpoint ep failed: the current endpoint moves on (unless another call
+ * already moved it), and a watch on ep is restarted elsewhere. */
 static void endpoint_failed(reg_etcd *e, size_t ep, int err, int status)
 {
-    if (e->cur != ep || e->url.n < 2)
-        return;
-    e->cur = (ep + 1) % e->url.n;
-    weft_log(WEFT_LOG_WARN, "etcd endpoint failed, using the next one",
-             WEFT_KV_STR("endpoint", e->url.host[ep]), WEFT_KV_INT("port", e->url.port[ep]),
-             WEFT_KV_STR("error", err ? weft_strerror(err) : "server error"),
-             WEFT_KV_INT("status", status), WEFT_KV_STR("next", e->url.host[e->cur]),
-             WEFT_KV_INT("next_port", e->url.port[e->cur]));
+    if (e->cur == ep && e->url.n > 1) {
+        e->cur = (ep + 1) % e->url.n;
+        weft_log(WEFT_LOG_WARN, "etcd endpoint failed, using the next one",
+                 WEFT_KV_STR("endpoint", e->url.host[ep]), WEFT_KV_INT("port", e->url.port[ep]),
+                 WEFT_KV_STR("error", err ? weft_strerror(err) : "server error"),
+                 WEFT_KV_INT("status", status), WEFT_KV_STR("next", e->url.host[e->cur]),
+                 WEFT_KV_INT("next_port", e->url.port[e->cur]));
+    }
+    if (e->wq && e->wep == ep) /* watch_again cancels it first: no recursion */
+        watch_again(e, "a call to the watch's endpoint failed", err ? err : WEFT_EIO);
 }
 
 static void call_retry_cb(weft_loop *loop, weft_timer *t)
@@ -692,12 +717,11 @@ static void list_page(reg_etcd *e, const char *from64)
     call_start(e, "/v3/kv/range", req, list_answer, NULL);
 }
 
+static void watch_stop(reg_etcd *e);
+
 static void relist(reg_etcd *e)
 {
-    if (e->wq) {
-        weft_http_creq_cancel(e->wq);
-        e->wq = NULL;
-    }
+    watch_stop(e);
     weft_timer_stop(e->loop, &e->watch_timer);
     snap_clear(e);
     e->list_rev = 0;
@@ -706,7 +730,100 @@ static void relist(reg_etcd *e)
 
 /* ---- watch ---- */
 
-static void watch_again(reg_etcd *e, const char *why, int err);
+/* POST req (consumed) to the watch's endpoint, with o's callbacks and
+ * timeout; *out is NULL when it fails. */
+static int wep_post(reg_etcd *e, const char *target, json_t *req, weft_http_creq_opts *o,
+                    weft_http_creq **out)
+{
+    static const char *const hdrs[] = {"Content-Type: application/json", NULL};
+    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    o->method = "POST";
+    o->host = e->url.host[e->wep];
+    o->port = e->url.port[e->wep];
+    o->target = target;
+    o->headers = hdrs;
+    o->body = body;
+    o->body_len = body ? strlen(body) : 0;
+    o->ud = e;
+    int rc = body ? weft_http_client_request(e->hc, o, out) : WEFT_ENOMEM;
+    free(body);
+    if (rc < 0)
+        *out = NULL;
+    return rc;
+}
+
+/* Cancel the watch stream and its liveness probe (no callback follows). */
+static void watch_stop(reg_etcd *e)
+{
+    if (e->wq)
+        weft_http_creq_cancel(e->wq);
+    e->wq = NULL;
+    if (e->pq)
+        weft_http_creq_cancel(e->pq);
+    e->pq = NULL;
+    weft_timer_stop(e->loop, &e->probe_timer);
+}
+
+/* Probe again when the stream will have been silent for PROBE_MS. */
+static void probe_arm(reg_etcd *e)
+{
+    uint64_t due = e->wlast_ms + PROBE_MS, now = now_ms(e);
+    weft_timer_start(e->loop, &e->probe_timer, due > now ? due - now : 0);
+}
+
+static void probe_resp(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
+{
+    (void)q;
+    reg_etcd *e = ud;
+    e->pstatus = resp->status;
+}
+
+static void probe_done(weft_http_creq *q, int err, void *ud)
+{
+    (void)q;
+    reg_etcd *e = ud;
+    e->pq = NULL;
+    if (err || e->pstatus != 200) {
+        weft_log(WEFT_LOG_WARN, "etcd: the watch's endpoint failed a liveness probe",
+                 WEFT_KV_STR("endpoint", e->url.host[e->wep]),
+                 WEFT_KV_INT("port", e->url.port[e->wep]),
+                 WEFT_KV_STR("error", err ? weft_strerror(err) : "server error"),
+                 WEFT_KV_INT("status", e->pstatus));
+        watch_again(e, "no answer to a liveness probe", err ? err : WEFT_EIO);
+        return;
+    }
+    weft_timer_start(e->loop, &e->probe_timer, PROBE_MS);
+}
+
+/* The watch has been silent for PROBE_MS: is its endpoint still there? A
+ * linearizable read of one key, which the member answers only while it
+ * is in touch with a quorum. */
+static void probe_timer_cb(weft_loop *loop, weft_timer *t)
+{
+    (void)loop;
+    reg_etcd *e = t->data;
+    if (!e->wq || !e->wcreated || e->pq)
+        return;
+    if (now_ms(e) < e->wlast_ms + PROBE_MS) {
+        probe_arm(e);
+        return;
+    }
+    weft_http_creq_opts o = {
+        .timeout_ms = PROBE_TIMEOUT_MS,
+        .on_response = probe_resp,
+        .on_done = probe_done,
+    };
+    e->pstatus = 0;
+    int rc = wep_post(e, "/v3/kv/range",
+                      json_pack("{s:s, s:b}", "key", e->kp64, "count_only", 1), &o, &e->pq);
+    if (rc < 0) {
+        if (rc == WEFT_ENOMEM)
+            weft_timer_start(e->loop, &e->probe_timer, PROBE_MS);
+        else
+            watch_again(e, "cannot probe the watch's endpoint", rc);
+    }
+}
 
 static void watch_timer_cb(weft_loop *loop, weft_timer *t)
 {
@@ -783,6 +900,7 @@ static void watch_line(reg_etcd *e, const char *line, size_t n)
         e->wcreated = true;
         e->wbackoff_ms = 0;
         weft_timer_stop(e->loop, &e->watch_timer);
+        probe_arm(e);
     }
     json_t *events = json_object_get(res, "events");
     if (json_array_size(events))
@@ -800,6 +918,7 @@ static void watch_resp(weft_http_creq *q, const weft_http_cresp *resp, void *ud)
 static void watch_body(weft_http_creq *q, weft_str data, void *ud)
 {
     reg_etcd *e = ud;
+    e->wlast_ms = now_ms(e);
     if (e->wstatus != 200 || weft_buf_append(&e->wbuf, data.p, data.n) < 0)
         return; /* on_done restarts it */
     /* newline-delimited JSON messages */
@@ -823,6 +942,7 @@ static void watch_done(weft_http_creq *q, int err, void *ud)
     (void)q;
     reg_etcd *e = ud;
     e->wq = NULL;
+    watch_stop(e);
     watch_again(e, err ? weft_strerror(err) : "watch stream ended", err);
 }
 
@@ -830,15 +950,13 @@ static void watch_done(weft_http_creq *q, int err, void *ud)
  * next endpoint, after a backoff that grows while it keeps failing. */
 static void watch_again(reg_etcd *e, const char *why, int err)
 {
-    if (e->wq) {
-        weft_http_creq_cancel(e->wq);
-        e->wq = NULL;
-    }
+    watch_stop(e);
     if (e->stopping)
         return;
+    /* either way the watch resumes elsewhere than on wep */
     if (!e->wcreated || err || e->wstatus >= 500)
-        endpoint_failed(e, e->cur, err, err ? 0 : e->wstatus);
-    else if (e->url.n > 1)
+        endpoint_failed(e, e->wep, err, err ? 0 : e->wstatus);
+    else if (e->cur == e->wep && e->url.n > 1)
         e->cur = (e->cur + 1) % e->url.n;
     weft_log(WEFT_LOG_WARN, "etcd: watch interrupted, resuming", WEFT_KV_STR("reason", why),
              WEFT_KV_UINT("from_revision", e->rev + 1));
@@ -854,29 +972,18 @@ static void watch_start(reg_etcd *e)
         return;
     json_t *req = json_pack("{s:{s:s, s:s, s:o}}", "create_request", "key", e->kp64, "range_end",
                             e->kend64, "start_revision", jstr_u64(e->rev + 1));
-    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
-    json_decref(req);
-    static const char *const hdrs[] = {"Content-Type: application/json", NULL};
     weft_http_creq_opts o = {
-        .method = "POST",
-        .host = e->url.host[e->cur],
-        .port = e->url.port[e->cur],
-        .target = "/v3/watch",
-        .headers = hdrs,
-        .body = body,
-        .body_len = body ? strlen(body) : 0,
         .on_response = watch_resp,
         .on_body = watch_body,
         .on_done = watch_done,
-        .ud = e,
     };
     e->wcreated = false;
     e->wstatus = 0;
+    e->wep = e->cur;
+    e->wlast_ms = now_ms(e);
     weft_buf_clear(&e->wbuf);
-    int rc = body ? weft_http_client_request(e->hc, &o, &e->wq) : WEFT_ENOMEM;
-    free(body);
+    int rc = wep_post(e, "/v3/watch", req, &o, &e->wq);
     if (rc < 0) {
-        e->wq = NULL;
         watch_again(e, weft_strerror(rc), rc);
         return;
     }
@@ -1264,6 +1371,7 @@ int reg_etcd_start(const reg_etcd_url *url, reg_store *store, weft_loop *loop,
     weft_timer_init(&e->wait_timer, wait_timer_cb, e);
     weft_timer_init(&e->list_timer, list_retry_cb, e);
     weft_timer_init(&e->watch_timer, watch_timer_cb, e);
+    weft_timer_init(&e->probe_timer, probe_timer_cb, e);
     size_t n = strlen(url->prefix) + sizeof "/instances/";
     e->kprefix = malloc(n);
     if (e->kprefix)
@@ -1297,9 +1405,7 @@ void reg_etcd_free(reg_etcd *e)
     if (!e)
         return;
     e->stopping = true;
-    if (e->wq)
-        weft_http_creq_cancel(e->wq);
-    e->wq = NULL;
+    watch_stop(e);
     weft_timer_stop(e->loop, &e->watch_timer);
     weft_timer_stop(e->loop, &e->list_timer);
     weft_timer_stop(e->loop, &e->wait_timer);

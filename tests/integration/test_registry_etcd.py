@@ -447,3 +447,70 @@ def test_several_events_at_one_revision_all_reach_the_mirror(nodes, cluster, req
         return b.get("/v1/services/multi")[0] == 404 or not b.ids("multi")
     wait_until(lambda: gone() and gone_b(), 3, what="all four deletes applied on both nodes")
     assert a.ids("keep") == {"k0"} and b.ids("keep") == {"k0"}
+
+
+def test_watch_on_a_frozen_member_moves_to_another(cluster, tmp_path):
+    """The member holding a node's watch stops answering with its
+    connection left open (SIGSTOP: a partition looks the same): the node's
+    liveness probe notices, the watch resumes on another member with
+    nothing lost, and writes through the node are answered without waiting
+    out the mirror's 3 s bound. Then the same with a write through the node
+    right after the freeze: the write's failed call moves the watch."""
+    import base64
+    lead = cluster.leader()
+    w = next(i for i in range(3) if i != lead)  # a follower: no election in the way
+    others = [i for i in range(3) if i != w]
+    prefix = "/t/frozen"
+    n = Node(tmp_path, cluster.store_url([w] + others, prefix))  # its watch is on member w
+    try:
+        assert n.req("PUT", "/v1/services/fz/instances/f0", inst(1))[0] == 200
+        assert n.ids("fz") == {"f0"}
+        cluster.procs[w].send_signal(signal.SIGSTOP)
+        try:
+            # written in etcd through another member, not through the node:
+            # no call of the node's fails, only the probe can notice
+            key = base64.b64encode(f"{prefix}/instances/fz/f1".encode()).decode()
+            val = base64.b64encode(json.dumps(inst(2)).encode()).decode()
+            cluster.post(others[0], "/v3/kv/put", {"key": key, "value": val})
+            t0 = time.monotonic()
+            wait_until(lambda: n.ids("fz") == {"f0", "f1"}, 10, what="the change on the node",
+                       interval=0.1)
+            print(f"the watch moved off the frozen member in {time.monotonic() - t0:.1f} s")
+            assert "etcd: watch interrupted" in n.text()
+            for i in range(3):
+                t0 = time.monotonic()
+                st, d, _ = n.req("PUT", f"/v1/services/fz/instances/g{i}", inst(10 + i))
+                took = time.monotonic() - t0
+                assert st == 200 and d["changed"], d
+                assert took < 2, f"a write took {took:.1f} s"
+                assert f"g{i}" in n.ids("fz")  # read-your-writes, not a timed-out wait
+            t0 = time.monotonic()
+            assert n.req("DELETE", "/v1/services/fz/instances/f0")[0] == 200
+            assert time.monotonic() - t0 < 2
+            assert n.ids("fz") == {"f1", "g0", "g1", "g2"}
+            assert "answering a write before this node's mirror has it" not in n.text()
+        finally:
+            cluster.procs[w].send_signal(signal.SIGCONT)
+        cluster.wait_healthy(w)
+        # a write through a node whose watch is on the member frozen just
+        # now: the write's call fails over after its 2 s attempt, and that
+        # failure moves the watch too (before the probe would)
+        n2 = Node(tmp_path, cluster.store_url([w] + others, prefix))
+        try:
+            assert n2.ids("fz") == {"f1", "g0", "g1", "g2"}
+            assert n2.req("PUT", "/v1/services/fz/instances/h0", inst(20))[0] == 200
+            cluster.procs[w].send_signal(signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                st, d, _ = n2.req("PUT", "/v1/services/fz/instances/h1", inst(21))
+                took = time.monotonic() - t0
+                assert st == 200 and d["changed"], d
+                assert took < 3.5, f"the write took {took:.1f} s"
+                assert "h1" in n2.ids("fz")
+                assert "answering a write before this node's mirror has it" not in n2.text()
+            finally:
+                cluster.procs[w].send_signal(signal.SIGCONT)
+        finally:
+            assert n2.stop() == 0
+    finally:
+        assert n.stop() == 0

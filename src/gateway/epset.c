@@ -9,6 +9,14 @@
  * through their reference and account their result against it; the end of
  * such an attempt is also accounted in the current set (by id), which
  * carried its in-flight count over and would otherwise keep it for good.
+ *
+ * A reload builds a new generation, whose sets start from the config (or
+ * from the last discovered endpoints); gw_epset_inherit() then carries the
+ * active-check verdicts and outlier ejections over from the replaced
+ * generation's set of the same cluster, by endpoint id, so a reload does
+ * not make a known-bad endpoint eligible again. Balancer state (EWMA,
+ * in-flight) is not carried there: attempts of the old generation account
+ * their end in the old generation's sets only.
  */
 #include "gwrt.h"
 
@@ -105,6 +113,26 @@ fail:
     s->refs = 1;
     gw_epset_unref(s);
     return NULL;
+}
+
+void gw_epset_inherit(gw_epset *s, const gw_epset *prev, bool health, bool outlier)
+{
+    if (!prev || (!health && !outlier))
+        return;
+    for (size_t i = 0; i < s->n; i++) {
+        int j = find_id(prev, s->eps[i].id);
+        if (j < 0)
+            continue;
+        if (outlier)
+            s->outlier[i] = prev->outlier[j];
+        if (health) {
+            s->hc[i].healthy = prev->hc[j].healthy;
+            s->hc[i].ok_streak = prev->hc[j].ok_streak;
+            s->hc[i].fail_streak = prev->hc[j].fail_streak;
+            s->hc[i].carried = true;
+        }
+    }
+    gw_cluster_refresh_health(s->cl, weft_loop_now_ms(s->cl->gen->w->loop));
 }
 
 int gw_cluster_set_endpoints(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n)

@@ -10,7 +10,9 @@
  * with, so a reload swaps the pointer atomically and in-flight requests
  * finish on the old config. Worker-local mutable state (balancer counters,
  * breakers, outlier counters, connection pools) lives in gw_worker, keyed by
- * cluster index, and is rebuilt for a new snapshot.
+ * cluster index, and is rebuilt for a new snapshot, except per-endpoint
+ * health verdicts and outlier ejections, which each worker carries over by
+ * cluster name and endpoint id (gwrt.h).
  */
 #ifndef WEFT_GATEWAY_GW_H
 #define WEFT_GATEWAY_GW_H

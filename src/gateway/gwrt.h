@@ -12,7 +12,13 @@
  * generation they started in; a reload installs a new generation and the old
  * one is freed when its last request finishes, so in-flight requests finish
  * on the configuration they started with and no connection is dropped. The
- * old generation's health checks and discovery stop at the swap.
+ * old generation's health checks and discovery stop at the swap. The new
+ * generation is built fresh except for what it learned about endpoints:
+ * for a cluster of the same name, endpoints with the same id keep their
+ * active-check verdict (if the health-check settings are unchanged) and
+ * their outlier ejection (if detection is on in both); see
+ * gw_epset_inherit(). Breakers, adaptive limits and retry budgets start
+ * over. All of this happens on the worker's own thread at its swap.
  */
 #ifndef WEFT_GATEWAY_GWRT_H
 #define WEFT_GATEWAY_GWRT_H
@@ -39,6 +45,7 @@ typedef struct gw_hc_ep {
     weft_io io;
     uint64_t started_ms;
     bool resp_ok;          /* the HTTP check answered 2xx */
+    bool carried;          /* verdict carried over by a reload: first probe after a full interval */
     struct gw_epset *set;
     size_t idx;
 } gw_hc_ep;
@@ -240,6 +247,13 @@ void gw_epset_unref(gw_epset *s);
 void gw_epset_on_done(gw_epset *s, int ep, uint64_t latency_us, uint64_t now_us);
 /* Same endpoints (ids and weights, any order)? */
 bool gw_epset_equals(const gw_epset *s, const gw_endpoint_conf *eps, size_t n);
+/* Reload: carry per-endpoint state over from prev (the replaced
+ * generation's set of the same cluster) by endpoint id — the active-check
+ * verdict and streaks when `health` (the health-check settings are
+ * unchanged), the outlier state when `outlier` (detection on in both) — and
+ * recompute the balancer's view. Call on a new set before
+ * gw_health_start(); carried endpoints are first probed a full interval on. */
+void gw_epset_inherit(gw_epset *s, const gw_epset *prev, bool health, bool outlier);
 /* Replace the cluster's endpoints (restarts health checks on the new set). */
 int gw_cluster_set_endpoints(gw_cluster_rt *cl, const gw_endpoint_conf *eps, size_t n);
 

@@ -9,7 +9,10 @@
  * consecutive passes mark it healthy, unhealthy_threshold consecutive
  * failures mark it down. Endpoints start healthy so a fresh gateway serves
  * at once; a down endpoint is noticed within
- * unhealthy_threshold × interval.
+ * unhealthy_threshold × interval. A reload that leaves a cluster's checks
+ * unchanged carries each remaining endpoint's verdict and streaks over
+ * (gw_epset_inherit), and its first check then comes a normal interval
+ * later; a changed check starts over from healthy.
  *
  * Each worker runs its own checks (no shared state on the request path);
  * with W workers an endpoint sees W probes per interval. An endpoint is
@@ -172,7 +175,7 @@ void gw_health_start(gw_epset *set)
     for (size_t i = 0; i < set->n; i++) {
         gw_hc_ep *h = &set->hc[i];
         weft_timer_init(&h->timer, probe, h);
-        schedule(h, true);
+        schedule(h, !h->carried);
     }
 }
 

@@ -5,6 +5,9 @@
  * Everything a request touches is worker-local: the generation (config
  * snapshot + balancers, breakers, outlier counters, retry budgets), the
  * connection pool (one weft_http_client per worker) and the metrics slots.
+ * A reload builds each worker a new generation on that worker's thread,
+ * carrying over from the one it replaces only the endpoints' health
+ * verdicts and outlier ejections (see gen_new).
  *
  * One downstream request may make several upstream attempts. Each attempt
  * passes, in order: the cluster's circuit breaker (a short-circuit costs no
@@ -1150,28 +1153,45 @@ static bool same_discovery(const gw_cluster_conf *a, const gw_cluster_conf *b)
     return false;
 }
 
+/* Whether two clusters' active health checks would judge an endpoint the
+ * same way, so a verdict reached under a's settings still holds under b's. */
+static bool same_health(const gw_health_conf *a, const gw_health_conf *b)
+{
+    return a->enabled && b->enabled && a->tcp == b->tcp && str_eq(a->path, b->path) &&
+           a->interval_ms == b->interval_ms && a->timeout_ms == b->timeout_ms &&
+           a->healthy_threshold == b->healthy_threshold &&
+           a->unhealthy_threshold == b->unhealthy_threshold;
+}
+
+/* The previous generation's cluster of this name, or NULL. */
+static const gw_cluster_rt *prev_cluster(const gw_gen *prev, const char *name)
+{
+    if (!prev)
+        return NULL;
+    for (size_t i = 0; i < prev->cfg->nclusters; i++)
+        if (strcmp(prev->clusters[i].conf->name, name) == 0 && prev->clusters[i].set)
+            return &prev->clusters[i];
+    return NULL;
+}
+
 /* The endpoints a cluster of the new generation starts with. A static list is
  * the config's; a discovered cluster of the same name and source starts from
  * what the previous generation last discovered, so a reload does not leave
  * it empty (every request 503) until DNS or the registry answers again. */
-static void initial_endpoints(const gw_gen *prev, const gw_cluster_conf *cc,
+static void initial_endpoints(const gw_cluster_rt *pc, const gw_cluster_conf *cc,
                               const gw_endpoint_conf **eps, size_t *n)
 {
     *eps = cc->eps;
     *n = cc->neps;
-    if (!prev || (!cc->dns_name && !cc->disc_service))
-        return;
-    for (size_t i = 0; i < prev->cfg->nclusters; i++) {
-        const gw_cluster_rt *pc = &prev->clusters[i];
-        if (strcmp(pc->conf->name, cc->name) == 0 && pc->set && same_discovery(cc, pc->conf)) {
-            *eps = pc->set->eps;
-            *n = pc->set->n;
-            return;
-        }
+    if (pc && (cc->dns_name || cc->disc_service) && same_discovery(cc, pc->conf)) {
+        *eps = pc->set->eps;
+        *n = pc->set->n;
     }
 }
 
-/* prev: the generation being replaced (NULL at worker start). */
+/* prev: the generation being replaced (NULL at worker start). Everything is
+ * built anew except per-endpoint health verdicts and outlier ejections,
+ * carried over from prev's cluster of the same name (gw_epset_inherit). */
 static gw_gen *gen_new(gw_worker *w, gw_config *cfg, const gw_gen *prev)
 {
     weft_metrics *m = w->rt->m;
@@ -1202,10 +1222,16 @@ static gw_gen *gen_new(gw_worker *w, gw_config *cfg, const gw_gen *prev)
         cl->client = weft_http_client_new(w->loop, &co);
         const gw_endpoint_conf *eps;
         size_t neps;
-        initial_endpoints(prev, cc, &eps, &neps);
+        const gw_cluster_rt *pc = prev_cluster(prev, cc->name);
+        initial_endpoints(pc, cc, &eps, &neps);
         cl->set = gw_epset_new(cl, eps, neps);
         if (!cl->set || !cl->client)
             goto fail;
+        /* what the replaced generation learned about endpoints still
+         * configured: verdicts, if judged the same way; ejections */
+        if (pc)
+            gw_epset_inherit(cl->set, pc->set, same_health(&cc->health, &pc->conf->health),
+                             cc->outlier_enabled && pc->conf->outlier_enabled);
         weft_breaker_init(&cl->breaker, &cc->breaker);
         weft_adaptive_init(&cl->adaptive, &cc->adaptive_opts);
         /* a NULL label set (out of memory) is refused: ids WEFT_METRIC_NONE */

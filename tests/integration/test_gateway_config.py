@@ -342,7 +342,7 @@ routes:
             time.sleep(0.03)
     assert g.admin_get("/admin/config").json()["reloads"] == 10
     wait_until(lambda: not g.endpoint("c", os_[2].addr)["healthy"], 2,
-               what="health state rebuilt after the last reload")
+               what="health state after the last reload")
 
 
 def test_sigterm_drains_inflight_proxied_request(gateway, origins):

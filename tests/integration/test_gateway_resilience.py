@@ -166,6 +166,110 @@ routes:
         assert metric(g.metrics(), "weft_gateway_ejections_total", cluster="c") == 2
 
 
+# ---------------------------------------------------------------- reloads
+
+def reload_cluster(os_, tag, hc=None, outlier="false"):
+    """One cluster c plus a direct route /<tag> answering <tag>: reloading
+    with another tag changes only that unrelated route."""
+    return f"""
+clusters:
+  c:
+    endpoints: {eps_yaml(os_)}
+    lb: round_robin
+    outlier_detection: {outlier}
+    circuit_breaker: false
+{f"    health_check: {hc}" if hc else ""}
+routes:
+  - name: {tag}
+    match: {{prefix: /{tag}}}
+    direct: {{status: 200, body: "{tag}"}}
+  - name: r
+    cluster: c
+    retry: false
+"""
+
+
+def reload_to(g, text, tag):
+    """Reload with `text` and wait until the (one) worker serves it."""
+    g.write_config(text)
+    assert g.reload().status == 200
+    wait_until(lambda: g.get(f"/{tag}").body == tag.encode(), 3, interval=0.005,
+               what="the new generation installed")
+
+
+# slow enough that a verdict rebuilt from scratch would take > 1 s
+SLOW_HC = "{path: /health, interval: 1s, timeout: 500ms, healthy_threshold: 1, " \
+          "unhealthy_threshold: 2}"
+
+
+def test_reload_keeps_health_verdict_of_unchanged_cluster(gateway, origins):
+    a, b = origins(2)
+    g = gateway(reload_cluster([a, b], "v1", SLOW_HC))
+    a.health_status = 500
+    wait_until(lambda: not g.endpoint("c", a.addr)["healthy"], 4, what="A marked down")
+    fails = metric(g.metrics(), "weft_gateway_health_check_failures_total", cluster="c")
+
+    reload_to(g, reload_cluster([a, b], "v2", SLOW_HC), "v2")
+    ep = g.endpoint("c", a.addr)
+    assert ep["healthy"] is False and ep["active_check_healthy"] is False, ep
+    n = a.count()
+    rs = sequential(g.port, 30, target="/x")
+    assert all(r.status == 200 and origin_of(r) == b.name for r in rs), rs
+    assert a.count() == n
+    # the carried-over endpoint is next checked a full interval (0.9-1.1 s)
+    # after the reload, not at once as a fresh one would be
+    time.sleep(0.5)
+    assert metric(g.metrics(), "weft_gateway_health_check_failures_total",
+                  cluster="c") == fails
+    assert g.endpoint("c", a.addr)["healthy"] is False
+    # and the verdict still follows the checks after the reload
+    a.health_status = 200
+    wait_until(lambda: g.endpoint("c", a.addr)["healthy"], 3, what="A healthy again")
+
+
+def test_reload_with_changed_health_check_starts_fresh(gateway, origins):
+    a, b = origins(2)
+    g = gateway(reload_cluster([a, b], "v1", SLOW_HC))
+    a.health_status = 500
+    wait_until(lambda: not g.endpoint("c", a.addr)["healthy"], 4, what="A marked down")
+
+    # another path: the old verdict says nothing about it, so the endpoint
+    # starts healthy as at start-up (/healthz answers 200 on the origin)
+    reload_to(g, reload_cluster([a, b], "v2", SLOW_HC.replace("/health", "/healthz")), "v2")
+    ep = g.endpoint("c", a.addr)
+    assert ep["healthy"] is True and ep["active_check_healthy"] is True, ep
+    n = a.count(path="/x")
+    rs = sequential(g.port, 10, target="/x")
+    assert all(r.status == 200 for r in rs), rs
+    assert a.count(path="/x") == n + 5
+    # a changed check is verified soon, as at start-up: it passes here
+    wait_until(lambda: a.count(path="/healthz") >= 1, 2, what="the new check runs")
+    assert g.endpoint("c", a.addr)["healthy"] is True
+
+
+def test_reload_keeps_outlier_ejection(gateway, origins):
+    a, b = origins(2)
+    a.set_mode("status", status=500)
+    od = "{consecutive_5xx: 3, base_ejection_time: 10s, max_ejection_percent: 50}"
+    g = gateway(reload_cluster([a, b], "v1", outlier=od))
+    st = [r.status for r in sequential(g.port, 6, target="/x")]
+    assert st == [500, 200] * 3, st
+    ep = g.endpoint("c", a.addr)
+    assert ep["ejected"] is True and ep["times_ejected"] == 1, ep
+
+    reload_to(g, reload_cluster([a, b], "v2", outlier=od), "v2")
+    ep = g.endpoint("c", a.addr)
+    assert ep["ejected"] is True and ep["healthy"] is False, ep
+    assert ep["times_ejected"] == 1 and 8000 < ep["ejected_for_ms"] <= 10000, ep
+    rs = sequential(g.port, 30, target="/x")
+    assert all(r.status == 200 and origin_of(r) == b.name for r in rs), rs
+    assert a.count() == 3
+
+    # outlier detection turned off: nothing to carry, A serves again
+    reload_to(g, reload_cluster([a, b], "v3"), "v3")
+    assert g.endpoint("c", a.addr)["ejected"] is False
+
+
 # ---------------------------------------------------------------- breaker
 
 def breaker_cfg(o, fallback=""):

@@ -385,19 +385,22 @@ endpoints_done:;
     const weft_conf_node *hash = weft_conf_get(n, "hash");
     if (hash) {
         bool src = false;
+        const char *hdr = NULL, *cookie = NULL;
         if (weft_conf_bool(hash, "source_ip", &src, err) < 0 ||
-            get_str(hash, "header", &cl->hash_name, err) < 0)
+            weft_conf_string(hash, "header", &hdr, err) < 0 ||
+            weft_conf_string(hash, "cookie", &cookie, err) < 0)
             goto fail;
-        if (cl->hash_name) {
-            cl->hash_on = GW_HASH_HEADER;
-        } else if (get_str(hash, "cookie", &cl->hash_name, err) < 0) {
-            goto fail;
-        } else if (cl->hash_name) {
-            cl->hash_on = GW_HASH_COOKIE;
-        } else if (src) {
-            cl->hash_on = GW_HASH_SOURCE_IP;
-        } else {
+        /* one key only: with two, one of them would silently be ignored */
+        if (src + !!hdr + !!cookie > 1)
+            FAIL(hash, NULL,
+                 "choose one of: source_ip: true, header: NAME, cookie: NAME (not several)");
+        if (!src && !hdr && !cookie)
             FAIL(hash, NULL, "hash needs one of: source_ip: true, header: NAME, cookie: NAME");
+        cl->hash_on = hdr ? GW_HASH_HEADER : cookie ? GW_HASH_COOKIE : GW_HASH_SOURCE_IP;
+        if (hdr || cookie) {
+            cl->hash_name = strdup(hdr ? hdr : cookie);
+            if (!cl->hash_name)
+                goto nomem;
         }
     } else if (cl->lb == WEFT_LB_RING_HASH || cl->lb == WEFT_LB_MAGLEV) {
         cl->hash_on = GW_HASH_SOURCE_IP;
@@ -469,8 +472,23 @@ endpoints_done:;
             get_u32(ac, "min_limit", 1, 100000, &cl->adaptive_opts.min_limit, err) < 0 ||
             get_u32(ac, "max_limit", 1, 100000, &cl->adaptive_opts.max_limit, err) < 0)
             goto fail;
+        /* the limiter would quietly raise max_limit to min_limit and clamp
+         * initial_limit into the range: say so instead */
+        const weft_adaptive_opts *ao = &cl->adaptive_opts;
+        if (ao->min_limit > ao->max_limit)
+            FAIL(ac, weft_conf_get(ac, "min_limit") ? "min_limit" : "max_limit",
+                 "min_limit (%" PRIu32 ") is greater than max_limit (%" PRIu32 ")",
+                 ao->min_limit, ao->max_limit);
+        if (weft_conf_get(ac, "initial_limit") &&
+            (ao->initial_limit < ao->min_limit || ao->initial_limit > ao->max_limit))
+            FAIL(ac, "initial_limit",
+                 "must be between min_limit (%" PRIu32 ") and max_limit (%" PRIu32 ")",
+                 ao->min_limit, ao->max_limit);
     }
     return 0;
+nomem:
+    weft_conf_errorf(err, n, NULL, "out of memory");
+    return WEFT_ENOMEM;
 fail:
     return WEFT_ECONFIG;
 }
@@ -616,6 +634,12 @@ static int parse_retry(const weft_conf_node *n, gw_retry_conf *rc, weft_conf_err
     if (bo && (get_dur(bo, "base", &rc->backoff_base_ms, err) < 0 ||
                get_dur(bo, "max", &rc->backoff_max_ms, err) < 0))
         goto fail;
+    /* the first delay is base and every delay is capped at max: base > max
+     * would silently mean max for every retry */
+    if (bo && rc->backoff_base_ms > rc->backoff_max_ms)
+        FAIL(bo, weft_conf_get(bo, "base") ? "base" : "max",
+             "base (%" PRIu32 "ms) is greater than max (%" PRIu32 "ms)", rc->backoff_base_ms,
+             rc->backoff_max_ms);
     const weft_conf_node *bu = weft_conf_get(n, "budget");
     if (bu) {
         if (weft_conf_kind(bu) == WEFT_CONF_SCALAR) {

@@ -416,3 +416,57 @@ def test_check_split_weights_do_not_wrap(tmp_path):
     check_error(tmp_path, "wrap", CLUSTER + "routes:\n  - split:\n" + items,
                 4300, 9, "routes[0].split[4294]",
                 "the weights add up to more than 4294967295")
+
+
+def check_ok(tmp_path, text):
+    p = tmp_path / "ok.yaml"
+    p.write_text(text)
+    r = check(p)
+    assert r.returncode == 0, (text, r.stderr)
+
+
+def test_check_adaptive_limits_are_ordered(tmp_path):
+    # the limiter raised max_limit to min_limit and clamped initial_limit
+    # into the range without a word
+    ac = CLUSTER + "    adaptive_concurrency:\n"
+    routes = "routes:\n  - cluster: api\n"
+    check_error(tmp_path, "minmax", ac + "      min_limit: 50\n      max_limit: 10\n" + routes,
+                5, 18, "clusters.api.adaptive_concurrency.min_limit",
+                "min_limit (50) is greater than max_limit (10)")
+    # only max_limit given: below the default min_limit (5)
+    check_error(tmp_path, "maxonly", ac + "      max_limit: 3\n" + routes,
+                5, 18, "clusters.api.adaptive_concurrency.max_limit",
+                "min_limit (5) is greater than max_limit (3)")
+    check_error(tmp_path, "initial",
+                ac + "      initial_limit: 200\n      max_limit: 100\n" + routes,
+                5, 22, "clusters.api.adaptive_concurrency.initial_limit",
+                "must be between min_limit (5) and max_limit (100)")
+    check_ok(tmp_path, ac + "      min_limit: 10\n      max_limit: 10\n" + routes)
+    check_ok(tmp_path, ac + "      initial_limit: 10\n      max_limit: 10\n" + routes)
+
+
+def test_check_retry_backoff_base_not_above_max(tmp_path):
+    # every delay is capped at max: a larger base silently meant max
+    rt = CLUSTER + "routes:\n  - cluster: api\n    retry:\n      backoff: "
+    check_error(tmp_path, "both", rt + "{base: 2s, max: 1s}\n", 7, 23,
+                "routes[0].retry.backoff.base", "base (2000ms) is greater than max (1000ms)")
+    # only base given: the default max is 250ms
+    check_error(tmp_path, "base", rt + "{base: 1s}\n", 7, 23,
+                "routes[0].retry.backoff.base", "base (1000ms) is greater than max (250ms)")
+    check_ok(tmp_path, rt + "{base: 1s, max: 1s}\n")
+    check_ok(tmp_path, rt + "{max: 5s}\n")
+
+
+def test_check_hash_key_choose_one(tmp_path):
+    # header silently won over source_ip, and a cookie next to a header was
+    # reported as an unknown key
+    reason = "choose one of: source_ip: true, header: NAME, cookie: NAME (not several)"
+    routes = "routes:\n  - cluster: api\n"
+    for name, keys in (("hs", "{header: X-User, source_ip: true}"),
+                       ("hc", "{header: X-User, cookie: sid}"),
+                       ("sc", "{source_ip: true, cookie: sid}")):
+        check_error(tmp_path, name, CLUSTER + f"    lb: ring_hash\n    hash: {keys}\n" + routes,
+                    5, 11, "clusters.api.hash", reason)
+    for keys in ("{header: X-User}", "{cookie: sid}", "{source_ip: true}",
+                 "{header: X-User, source_ip: false}"):
+        check_ok(tmp_path, CLUSTER + f"    lb: ring_hash\n    hash: {keys}\n" + routes)

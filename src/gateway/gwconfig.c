@@ -261,6 +261,19 @@ static int get_str(const weft_conf_node *m, const char *key, char **out, weft_co
     return 0;
 }
 
+/* Item i of a list of names or codes: a non-empty string. A null item
+ * (`- ~`, `- null`, `-`) is an error at the item, not the text "~" or
+ * "null"; so are mappings and sequences. */
+static int seq_name(const weft_conf_node *seq, size_t i, const char **out, weft_conf_err *err)
+{
+    const weft_conf_node *it = weft_conf_seq_at(seq, i);
+    if (weft_conf_text(it, out, err) < 0)
+        return WEFT_ECONFIG;
+    if (!**out)
+        return weft_conf_errorf(err, it, NULL, "expected a non-empty string");
+    return 0;
+}
+
 static int get_dur(const weft_conf_node *m, const char *key, uint32_t *out, weft_conf_err *err)
 {
     int64_t v = *out;
@@ -579,9 +592,11 @@ static int parse_header_ops(const weft_conf_node *n, gw_header_ops *o, weft_conf
         o->nremove = weft_conf_seq_len(rm);
         o->remove = calloc(o->nremove ? o->nremove : 1, sizeof *o->remove);
         for (size_t i = 0; i < o->nremove; i++) {
-            const char *s = weft_conf_scalar(weft_conf_seq_at(rm, i));
-            if (!s || !valid_token(s))
-                FAIL(weft_conf_seq_at(rm, i), "remove", "not a valid header name");
+            const char *s;
+            if (seq_name(rm, i, &s, err) < 0)
+                goto fail;
+            if (!valid_token(s))
+                FAIL(weft_conf_seq_at(rm, i), NULL, "not a valid header name");
             o->remove[i] = strdup(s);
         }
     }
@@ -603,13 +618,15 @@ static int parse_retry(const weft_conf_node *n, gw_retry_conf *rc, weft_conf_err
         static const char *const names[] = {"connect-failure", "reset", "5xx", "gateway-error",
                                             "retriable-status", "timeout"};
         for (size_t i = 0; i < weft_conf_seq_len(on); i++) {
-            const char *s = weft_conf_scalar(weft_conf_seq_at(on, i));
+            const char *s;
             int bit = -1;
-            for (int b = 0; s && b < 6; b++)
+            if (seq_name(on, i, &s, err) < 0)
+                goto fail;
+            for (int b = 0; b < 6; b++)
                 if (strcmp(s, names[b]) == 0)
                     bit = b;
             if (bit < 0)
-                FAIL(weft_conf_seq_at(on, i), "on",
+                FAIL(weft_conf_seq_at(on, i), NULL,
                      "unknown retry condition (connect-failure, reset, 5xx, gateway-error, "
                      "retriable-status, timeout)");
             rc->on |= 1u << bit;
@@ -621,12 +638,14 @@ static int parse_retry(const weft_conf_node *n, gw_retry_conf *rc, weft_conf_err
             FAIL(st, "statuses", "expected a list of up to 16 status codes");
         rc->nstatuses = weft_conf_seq_len(st);
         for (size_t i = 0; i < rc->nstatuses; i++) {
-            const char *s = weft_conf_scalar(weft_conf_seq_at(st, i));
-            char *end;
-            long v = s ? strtol(s, &end, 10) : 0;
-            if (!s || *end || v < 100 || v > 599)
-                FAIL(weft_conf_seq_at(st, i), "statuses", "expected a status code 100-599");
-            rc->statuses[i] = (int)v;
+            /* three plain digits: strtol also took " 500" and "+500" */
+            const char *s;
+            if (weft_conf_text(weft_conf_seq_at(st, i), &s, err) < 0)
+                goto fail;
+            if (strlen(s) != 3 || s[0] < '1' || s[0] > '5' || s[1] < '0' || s[1] > '9' ||
+                s[2] < '0' || s[2] > '9')
+                FAIL(weft_conf_seq_at(st, i), NULL, "expected a status code 100-599");
+            rc->statuses[i] = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
         }
         rc->on |= GW_RETRY_STATUS;
     }
@@ -806,9 +825,9 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
             a->naud = weft_conf_seq_len(aud);
             a->audiences = calloc(a->naud ? a->naud : 1, sizeof *a->audiences);
             for (size_t i = 0; i < a->naud; i++) {
-                const char *v = weft_conf_scalar(weft_conf_seq_at(aud, i));
-                if (!v)
-                    FAIL(weft_conf_seq_at(aud, i), "audiences", "expected a string");
+                const char *v;
+                if (seq_name(aud, i, &v, err) < 0)
+                    goto fail;
                 a->audiences[i] = strdup(v);
             }
         }
@@ -817,15 +836,17 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
             if (weft_conf_kind(alg) != WEFT_CONF_SEQ)
                 FAIL(alg, "algorithms", "expected a list like [RS256, ES256]");
             for (size_t i = 0; i < weft_conf_seq_len(alg); i++) {
-                const char *v = weft_conf_scalar(weft_conf_seq_at(alg, i));
-                if (v && strcmp(v, "HS256") == 0)
+                const char *v;
+                if (seq_name(alg, i, &v, err) < 0)
+                    goto fail;
+                if (strcmp(v, "HS256") == 0)
                     a->algs |= WEFT_JWT_HS256;
-                else if (v && strcmp(v, "RS256") == 0)
+                else if (strcmp(v, "RS256") == 0)
                     a->algs |= WEFT_JWT_RS256;
-                else if (v && strcmp(v, "ES256") == 0)
+                else if (strcmp(v, "ES256") == 0)
                     a->algs |= WEFT_JWT_ES256;
                 else
-                    FAIL(weft_conf_seq_at(alg, i), "algorithms", "supported: HS256, RS256, ES256");
+                    FAIL(weft_conf_seq_at(alg, i), NULL, "supported: HS256, RS256, ES256");
             }
         }
         static const char *const maps[] = {"forward_claims", "require_claims"};
@@ -848,8 +869,11 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
             for (size_t i = 0; i < cnt; i++) {
                 const char *claim;
                 const weft_conf_node *v = weft_conf_map_at(fc, i, &claim);
-                const char *val = weft_conf_scalar(v);
-                if (!val || (m == 0 && !valid_token(val)))
+                /* typed read: a null is an error, not the text "~" or "null" */
+                const char *val;
+                if (weft_conf_text(v, &val, err) < 0)
+                    goto fail;
+                if (m == 0 && !valid_token(val))
                     FAIL(v, claim, m == 0 ? "expected a header name" : "expected a value");
                 ops[i].name = strdup(claim);
                 ops[i].value = strdup(val);
@@ -958,11 +982,12 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
             if (weft_conf_kind(meth) != WEFT_CONF_SEQ)
                 FAIL(meth, "methods", "expected a list like [GET, POST]");
             for (size_t i = 0; i < weft_conf_seq_len(meth); i++) {
-                const char *s = weft_conf_scalar(weft_conf_seq_at(meth, i));
-                int mid = s ? weft_http_method_from(weft_str_from(s)) : 0;
+                const char *s;
+                if (seq_name(meth, i, &s, err) < 0)
+                    goto fail;
+                int mid = weft_http_method_from(weft_str_from(s));
                 if (mid == WEFT_METHOD_UNKNOWN)
-                    FAIL(weft_conf_seq_at(meth, i), "methods", "unknown method '%s'",
-                         s ? s : "");
+                    FAIL(weft_conf_seq_at(meth, i), NULL, "unknown method '%s'", s);
                 r->methods |= WEFT_M(mid);
             }
         }

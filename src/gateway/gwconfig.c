@@ -817,7 +817,8 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
         uint32_t leeway = 0;
         if (get_str(jw, "issuer", &a->issuer, err) < 0 || get_dur(jw, "leeway", &leeway, err) < 0)
             goto fail;
-        a->leeway_s = leeway / 1000;
+        /* whole seconds, rounded up: 500ms must not become no leeway at all */
+        a->leeway_s = leeway / 1000 + (leeway % 1000 != 0);
         const weft_conf_node *aud = weft_conf_get(jw, "audiences");
         if (aud) {
             if (weft_conf_kind(aud) != WEFT_CONF_SEQ)

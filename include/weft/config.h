@@ -65,6 +65,11 @@ const weft_conf_node *weft_conf_seq_at(const weft_conf_node *seq, size_t i);
  * "FILE:LINE:COL: KEY: reason" in err (KEY is the dotted path when known).
  */
 int weft_conf_string(const weft_conf_node *map, const char *key, const char **out, weft_conf_err *err);
+/* The text of node n itself, typically a sequence item. A null (plain empty,
+ * ~ or null — unless quoted), a mapping or a sequence is WEFT_ECONFIG with
+ * "FILE:LINE:COL: KEY: expected a string" at n; weft_conf_scalar() would
+ * return "~" or "null" as text. */
+int weft_conf_text(const weft_conf_node *n, const char **out, weft_conf_err *err);
 int weft_conf_int(const weft_conf_node *map, const char *key, int64_t min, int64_t max,
                   int64_t *out, weft_conf_err *err);
 int weft_conf_bool(const weft_conf_node *map, const char *key, bool *out, weft_conf_err *err);

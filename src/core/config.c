@@ -907,6 +907,16 @@ int weft_conf_string(const weft_conf_node *map, const char *key, const char **ou
     return 0;
 }
 
+int weft_conf_text(const weft_conf_node *n, const char **out, weft_conf_err *err)
+{
+    const char *s = n ? value_text(n) : NULL;
+    if (!s)
+        return n ? node_err(err, n, "expected a string")
+                 : weft_conf_errorf(err, NULL, NULL, "expected a string");
+    *out = s;
+    return 0;
+}
+
 int weft_conf_int(const weft_conf_node *map, const char *key, int64_t min, int64_t max,
                   int64_t *out, weft_conf_err *err)
 {

@@ -33,6 +33,17 @@
         goto fail;                                                                                 \
     } while (0)
 
+/* Out of memory: an error at n, and the function returns WEFT_ENOMEM. The
+ * parsers below keep `ret` for that: FAIL and plain `goto fail` leave it at
+ * 0 and `fail:` returns WEFT_ECONFIG, while a failing step that may run out
+ * of memory (get_str, a sub-parser) is stored in ret and passed on. */
+#define NOMEM(n)                                                                                   \
+    do {                                                                                           \
+        weft_conf_errorf(err, (n), NULL, "out of memory");                                         \
+        ret = WEFT_ENOMEM;                                                                         \
+        goto fail;                                                                                 \
+    } while (0)
+
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 static void kv_free(gw_kv_match *m)
@@ -255,9 +266,25 @@ static int get_str(const weft_conf_node *m, const char *key, char **out, weft_co
     if (weft_conf_string(m, key, &s, err) < 0)
         return WEFT_ECONFIG;
     if (s) {
+        char *d = strdup(s);
+        if (!d)
+            return weft_conf_errorf(err, m, key, "out of memory"), WEFT_ENOMEM;
         free(*out);
-        *out = strdup(s);
+        *out = d;
     }
+    return 0;
+}
+
+/* Item i of a list of names or codes: a non-empty string. A null item
+ * (`- ~`, `- null`, `-`) is an error at the item, not the text "~" or
+ * "null"; so are mappings and sequences. */
+static int seq_name(const weft_conf_node *seq, size_t i, const char **out, weft_conf_err *err)
+{
+    const weft_conf_node *it = weft_conf_seq_at(seq, i);
+    if (weft_conf_text(it, out, err) < 0)
+        return WEFT_ECONFIG;
+    if (!**out)
+        return weft_conf_errorf(err, it, NULL, "expected a non-empty string");
     return 0;
 }
 
@@ -283,14 +310,17 @@ static int get_u32(const weft_conf_node *m, const char *key, int64_t min, int64_
 static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_conf *cl,
                          weft_conf_err *err)
 {
+    int ret = 0;
     cl->name = strdup(name);
+    cl->health.path = strdup("/health");
+    if (!cl->name || !cl->health.path)
+        NOMEM(n);
     cl->lb = WEFT_LB_P2C_EWMA;
     cl->panic_percent = 50;
     cl->connect_timeout_ms = 2000;
     cl->idle_timeout_ms = 30000;
     cl->max_idle = 64;
     cl->max_pending = 1024;
-    cl->health.path = strdup("/health");
     cl->health.interval_ms = 5000;
     cl->health.timeout_ms = 1000;
     cl->health.healthy_threshold = 2;
@@ -311,8 +341,8 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
     if (disc) {
         const char *url = NULL;
         if (weft_conf_string(disc, "registry", &url, err) < 0 ||
-            get_str(disc, "service", &cl->disc_service, err) < 0 ||
-            get_str(disc, "zone", &cl->disc_zone, err) < 0)
+            (ret = get_str(disc, "service", &cl->disc_service, err)) < 0 ||
+            (ret = get_str(disc, "zone", &cl->disc_zone, err)) < 0)
             goto fail;
         if (!url)
             FAIL(disc, "registry", "expected the registry's URL, http://HOST:PORT");
@@ -327,11 +357,11 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
         int type = 2;
         int64_t port = 0;
         cl->dns_refresh_ms = 30000;
-        if (get_str(dns, "name", &cl->dns_name, err) < 0 ||
+        if ((ret = get_str(dns, "name", &cl->dns_name, err)) < 0 ||
             weft_conf_enum(dns, "type", types, &type, err) < 0 ||
             weft_conf_int(dns, "port", 1, 65535, &port, err) < 0 ||
             get_dur(dns, "refresh", &cl->dns_refresh_ms, err) < 0 ||
-            get_str(dns, "resolver", &cl->dns_resolver, err) < 0)
+            (ret = get_str(dns, "resolver", &cl->dns_resolver, err)) < 0)
             goto fail;
         if (!cl->dns_name || !cl->dns_name[0])
             FAIL(dns, "name", "missing the DNS name to resolve");
@@ -348,10 +378,11 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
         FAIL(eps ? eps : n, eps ? NULL : "endpoints",
              "a cluster needs a non-empty list of endpoints (\"host:port\" or {address, weight}) "
              "or dns: {name, port, type}");
-    cl->neps = weft_conf_seq_len(eps);
-    cl->eps = calloc(cl->neps, sizeof *cl->eps);
+    /* neps only once eps exists: config_free walks eps[0..neps) */
+    cl->eps = calloc(weft_conf_seq_len(eps), sizeof *cl->eps);
     if (!cl->eps)
-        FAIL(n, NULL, "out of memory");
+        NOMEM(eps);
+    cl->neps = weft_conf_seq_len(eps);
     for (size_t i = 0; i < cl->neps; i++) {
         const weft_conf_node *e = weft_conf_seq_at(eps, i);
         const char *addr = NULL;
@@ -367,7 +398,10 @@ static int parse_cluster(const char *name, const weft_conf_node *n, gw_cluster_c
         } else {
             FAIL(e, NULL, "expected \"host:port\" or {address: host:port, weight: N}");
         }
-        if (parse_endpoint(addr, &cl->eps[i]) < 0)
+        int erc = parse_endpoint(addr, &cl->eps[i]);
+        if (erc == WEFT_ENOMEM)
+            NOMEM(e);
+        if (erc < 0)
             FAIL(e, NULL, "bad endpoint '%s' (want host:port with port 1-65535)", addr);
     }
 endpoints_done:;
@@ -385,19 +419,22 @@ endpoints_done:;
     const weft_conf_node *hash = weft_conf_get(n, "hash");
     if (hash) {
         bool src = false;
+        const char *hdr = NULL, *cookie = NULL;
         if (weft_conf_bool(hash, "source_ip", &src, err) < 0 ||
-            get_str(hash, "header", &cl->hash_name, err) < 0)
+            weft_conf_string(hash, "header", &hdr, err) < 0 ||
+            weft_conf_string(hash, "cookie", &cookie, err) < 0)
             goto fail;
-        if (cl->hash_name) {
-            cl->hash_on = GW_HASH_HEADER;
-        } else if (get_str(hash, "cookie", &cl->hash_name, err) < 0) {
-            goto fail;
-        } else if (cl->hash_name) {
-            cl->hash_on = GW_HASH_COOKIE;
-        } else if (src) {
-            cl->hash_on = GW_HASH_SOURCE_IP;
-        } else {
+        /* one key only: with two, one of them would silently be ignored */
+        if (src + !!hdr + !!cookie > 1)
+            FAIL(hash, NULL,
+                 "choose one of: source_ip: true, header: NAME, cookie: NAME (not several)");
+        if (!src && !hdr && !cookie)
             FAIL(hash, NULL, "hash needs one of: source_ip: true, header: NAME, cookie: NAME");
+        cl->hash_on = hdr ? GW_HASH_HEADER : cookie ? GW_HASH_COOKIE : GW_HASH_SOURCE_IP;
+        if (hdr || cookie) {
+            cl->hash_name = strdup(hdr ? hdr : cookie);
+            if (!cl->hash_name)
+                NOMEM(hash);
         }
     } else if (cl->lb == WEFT_LB_RING_HASH || cl->lb == WEFT_LB_MAGLEV) {
         cl->hash_on = GW_HASH_SOURCE_IP;
@@ -416,7 +453,7 @@ endpoints_done:;
         bool en = true;
         if (weft_conf_bool(hc, "enabled", &en, err) < 0 ||
             weft_conf_bool(hc, "tcp", &cl->health.tcp, err) < 0 ||
-            get_str(hc, "path", &cl->health.path, err) < 0 ||
+            (ret = get_str(hc, "path", &cl->health.path, err)) < 0 ||
             get_dur(hc, "interval", &cl->health.interval_ms, err) < 0 ||
             get_dur(hc, "timeout", &cl->health.timeout_ms, err) < 0 ||
             get_u32(hc, "healthy_threshold", 1, 100, &cl->health.healthy_threshold, err) < 0 ||
@@ -469,27 +506,44 @@ endpoints_done:;
             get_u32(ac, "min_limit", 1, 100000, &cl->adaptive_opts.min_limit, err) < 0 ||
             get_u32(ac, "max_limit", 1, 100000, &cl->adaptive_opts.max_limit, err) < 0)
             goto fail;
+        /* the limiter would quietly raise max_limit to min_limit and clamp
+         * initial_limit into the range: say so instead */
+        const weft_adaptive_opts *ao = &cl->adaptive_opts;
+        if (ao->min_limit > ao->max_limit)
+            FAIL(ac, weft_conf_get(ac, "min_limit") ? "min_limit" : "max_limit",
+                 "min_limit (%" PRIu32 ") is greater than max_limit (%" PRIu32 ")",
+                 ao->min_limit, ao->max_limit);
+        if (weft_conf_get(ac, "initial_limit") &&
+            (ao->initial_limit < ao->min_limit || ao->initial_limit > ao->max_limit))
+            FAIL(ac, "initial_limit",
+                 "must be between min_limit (%" PRIu32 ") and max_limit (%" PRIu32 ")",
+                 ao->min_limit, ao->max_limit);
     }
     return 0;
 fail:
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 /* {Name: value | {regex: RE} | {present: true} | {absent: true}} */
 static int parse_kv_map(const weft_conf_node *m, const char *what, gw_kv_match **out, size_t *nout,
                         bool header_names, weft_conf_err *err)
 {
+    int ret = 0;
     if (weft_conf_kind(m) != WEFT_CONF_MAP)
         FAIL(m, NULL, "%s is a mapping of name to value, {regex: ...}, {present: true} or "
                       "{absent: true}", what);
     size_t n = weft_conf_map_len(m);
     *out = calloc(n ? n : 1, sizeof **out);
+    if (!*out)
+        NOMEM(m);
     *nout = n;
     for (size_t i = 0; i < n; i++) {
         const char *key;
         const weft_conf_node *v = weft_conf_map_at(m, i, &key);
         gw_kv_match *k = &(*out)[i];
         k->name = strdup(key);
+        if (!k->name)
+            NOMEM(v);
         if (header_names && !valid_token(key))
             FAIL(v, key, "not a valid header name");
         if (weft_conf_kind(v) == WEFT_CONF_SCALAR) {
@@ -497,13 +551,15 @@ static int parse_kv_map(const weft_conf_node *m, const char *what, gw_kv_match *
             if (weft_conf_string(m, key, &sv, err) < 0) /* null is an error */
                 goto fail;
             k->value = strdup(sv);
+            if (!k->value)
+                NOMEM(v);
         } else {
             const char *re = NULL;
             bool present = false, absent = false;
             if (weft_conf_string(v, "regex", &re, err) < 0 ||
                 weft_conf_bool(v, "present", &present, err) < 0 ||
                 weft_conf_bool(v, "absent", &absent, err) < 0 ||
-                get_str(v, "exact", &k->value, err) < 0)
+                (ret = get_str(v, "exact", &k->value, err)) < 0)
                 goto fail;
             if (re) {
                 char why[200];
@@ -518,11 +574,12 @@ static int parse_kv_map(const weft_conf_node *m, const char *what, gw_kv_match *
     }
     return 0;
 fail:
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 static int parse_header_ops(const weft_conf_node *n, gw_header_ops *o, weft_conf_err *err)
 {
+    int ret = 0;
     static const char *const kinds[] = {"set", "add"};
     for (int k = 0; k < 2; k++) {
         const weft_conf_node *m = weft_conf_get(n, kinds[k]);
@@ -532,6 +589,8 @@ static int parse_header_ops(const weft_conf_node *n, gw_header_ops *o, weft_conf
             FAIL(m, kinds[k], "expected a mapping of header name to value");
         size_t cnt = weft_conf_map_len(m);
         gw_header_op *ops = calloc(cnt ? cnt : 1, sizeof *ops);
+        if (!ops)
+            NOMEM(m);
         if (k == 0) {
             o->set = ops;
             o->nset = cnt;
@@ -552,24 +611,33 @@ static int parse_header_ops(const weft_conf_node *n, gw_header_ops *o, weft_conf
                 FAIL(v, key, "expected a header value without control characters");
             ops[i].name = strdup(key);
             ops[i].value = strdup(val);
+            if (!ops[i].name || !ops[i].value)
+                NOMEM(v);
         }
     }
     const weft_conf_node *rm = weft_conf_get(n, "remove");
     if (rm) {
         if (weft_conf_kind(rm) != WEFT_CONF_SEQ)
             FAIL(rm, "remove", "expected a list of header names");
-        o->nremove = weft_conf_seq_len(rm);
-        o->remove = calloc(o->nremove ? o->nremove : 1, sizeof *o->remove);
+        size_t cnt = weft_conf_seq_len(rm);
+        o->remove = calloc(cnt ? cnt : 1, sizeof *o->remove);
+        if (!o->remove)
+            NOMEM(rm);
+        o->nremove = cnt;
         for (size_t i = 0; i < o->nremove; i++) {
-            const char *s = weft_conf_scalar(weft_conf_seq_at(rm, i));
-            if (!s || !valid_token(s))
-                FAIL(weft_conf_seq_at(rm, i), "remove", "not a valid header name");
+            const char *s;
+            if (seq_name(rm, i, &s, err) < 0)
+                goto fail;
+            if (!valid_token(s))
+                FAIL(weft_conf_seq_at(rm, i), NULL, "not a valid header name");
             o->remove[i] = strdup(s);
+            if (!o->remove[i])
+                NOMEM(weft_conf_seq_at(rm, i));
         }
     }
     return 0;
 fail:
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 static int parse_retry(const weft_conf_node *n, gw_retry_conf *rc, weft_conf_err *err)
@@ -585,13 +653,15 @@ static int parse_retry(const weft_conf_node *n, gw_retry_conf *rc, weft_conf_err
         static const char *const names[] = {"connect-failure", "reset", "5xx", "gateway-error",
                                             "retriable-status", "timeout"};
         for (size_t i = 0; i < weft_conf_seq_len(on); i++) {
-            const char *s = weft_conf_scalar(weft_conf_seq_at(on, i));
+            const char *s;
             int bit = -1;
-            for (int b = 0; s && b < 6; b++)
+            if (seq_name(on, i, &s, err) < 0)
+                goto fail;
+            for (int b = 0; b < 6; b++)
                 if (strcmp(s, names[b]) == 0)
                     bit = b;
             if (bit < 0)
-                FAIL(weft_conf_seq_at(on, i), "on",
+                FAIL(weft_conf_seq_at(on, i), NULL,
                      "unknown retry condition (connect-failure, reset, 5xx, gateway-error, "
                      "retriable-status, timeout)");
             rc->on |= 1u << bit;
@@ -603,12 +673,14 @@ static int parse_retry(const weft_conf_node *n, gw_retry_conf *rc, weft_conf_err
             FAIL(st, "statuses", "expected a list of up to 16 status codes");
         rc->nstatuses = weft_conf_seq_len(st);
         for (size_t i = 0; i < rc->nstatuses; i++) {
-            const char *s = weft_conf_scalar(weft_conf_seq_at(st, i));
-            char *end;
-            long v = s ? strtol(s, &end, 10) : 0;
-            if (!s || *end || v < 100 || v > 599)
-                FAIL(weft_conf_seq_at(st, i), "statuses", "expected a status code 100-599");
-            rc->statuses[i] = (int)v;
+            /* three plain digits: strtol also took " 500" and "+500" */
+            const char *s;
+            if (weft_conf_text(weft_conf_seq_at(st, i), &s, err) < 0)
+                goto fail;
+            if (strlen(s) != 3 || s[0] < '1' || s[0] > '5' || s[1] < '0' || s[1] > '9' ||
+                s[2] < '0' || s[2] > '9')
+                FAIL(weft_conf_seq_at(st, i), NULL, "expected a status code 100-599");
+            rc->statuses[i] = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
         }
         rc->on |= GW_RETRY_STATUS;
     }
@@ -616,6 +688,12 @@ static int parse_retry(const weft_conf_node *n, gw_retry_conf *rc, weft_conf_err
     if (bo && (get_dur(bo, "base", &rc->backoff_base_ms, err) < 0 ||
                get_dur(bo, "max", &rc->backoff_max_ms, err) < 0))
         goto fail;
+    /* the first delay is base and every delay is capped at max: base > max
+     * would silently mean max for every retry */
+    if (bo && rc->backoff_base_ms > rc->backoff_max_ms)
+        FAIL(bo, weft_conf_get(bo, "base") ? "base" : "max",
+             "base (%" PRIu32 "ms) is greater than max (%" PRIu32 "ms)", rc->backoff_base_ms,
+             rc->backoff_max_ms);
     const weft_conf_node *bu = weft_conf_get(n, "budget");
     if (bu) {
         if (weft_conf_kind(bu) == WEFT_CONF_SCALAR) {
@@ -640,6 +718,7 @@ fail:
 static int parse_split_item(const gw_config *c, const weft_conf_node *it, gw_split *sp,
                             weft_conf_err *err)
 {
+    int ret = 0;
     const char *cl = NULL;
     sp->weight = 1;
     if (weft_conf_string(it, "cluster", &cl, err) < 0 ||
@@ -654,7 +733,7 @@ static int parse_split_item(const gw_config *c, const weft_conf_node *it, gw_spl
     if (h) {
         gw_kv_match *km = NULL;
         size_t nk = 0;
-        if (parse_kv_map(h, "header", &km, &nk, true, err) < 0) {
+        if ((ret = parse_kv_map(h, "header", &km, &nk, true, err)) < 0) {
             if (km) {
                 for (size_t i = 0; i < nk; i++)
                     kv_free(&km[i]);
@@ -672,22 +751,23 @@ static int parse_split_item(const gw_config *c, const weft_conf_node *it, gw_spl
     }
     const weft_conf_node *ck = weft_conf_get(it, "cookie");
     if (ck) {
-        if (get_str(ck, "name", &sp->when_cookie, err) < 0 ||
-            get_str(ck, "value", &sp->when_cookie_value, err) < 0)
+        if ((ret = get_str(ck, "name", &sp->when_cookie, err)) < 0 ||
+            (ret = get_str(ck, "value", &sp->when_cookie_value, err)) < 0)
             goto fail;
         if (!sp->when_cookie)
             FAIL(ck, "name", "missing cookie name");
     }
     return 0;
 fail:
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 static int parse_ratelimit(const weft_conf_node *n, gw_route_conf *r, weft_conf_err *err)
 {
+    int ret = 0;
     gw_ratelimit_conf *rl = calloc(1, sizeof *rl);
     if (!rl)
-        FAIL(n, NULL, "out of memory");
+        NOMEM(n);
     pthread_mutex_init(&rl->mu, NULL);
     r->ratelimit = rl;
     int64_t rps = 0;
@@ -708,6 +788,8 @@ static int parse_ratelimit(const weft_conf_node *n, gw_route_conf *r, weft_conf_
     } else if (strncmp(key, "header:", 7) == 0 && valid_token(key + 7)) {
         rl->key = GW_RL_HEADER;
         rl->header = strdup(key + 7);
+        if (!rl->header)
+            NOMEM(weft_conf_get(n, "key"));
     } else {
         FAIL(weft_conf_get(n, "key"), NULL, "expected client_ip, api_key or header:NAME");
     }
@@ -716,27 +798,32 @@ static int parse_ratelimit(const weft_conf_node *n, gw_route_conf *r, weft_conf_
         FAIL(n, NULL, "cannot create the rate limiter");
     return 0;
 fail:
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_conf *r,
                       weft_conf_err *err)
 {
+    int ret = 0;
     gw_auth_conf *a = calloc(1, sizeof *a);
     if (!a)
-        FAIL(n, NULL, "out of memory");
+        NOMEM(n);
     r->auth = a;
     const weft_conf_node *ak = weft_conf_get(n, "api_keys");
     if (ak) {
         a->key_header = strdup("X-API-Key");
-        if (get_str(ak, "header", &a->key_header, err) < 0 ||
-            get_str(ak, "query", &a->key_query, err) < 0)
+        if (!a->key_header)
+            NOMEM(ak);
+        if ((ret = get_str(ak, "header", &a->key_header, err)) < 0 ||
+            (ret = get_str(ak, "query", &a->key_query, err)) < 0)
             goto fail;
         const weft_conf_node *keys = weft_conf_get(ak, "keys");
         if (!keys || weft_conf_kind(keys) != WEFT_CONF_SEQ || weft_conf_seq_len(keys) == 0)
             FAIL(keys ? keys : ak, keys ? NULL : "keys",
                  "expected a list of {name, hash: \"sha256:<hex>\"} (weft hash-key prints one)");
         a->keys = weft_apikeys_new();
+        if (!a->keys)
+            NOMEM(keys);
         for (size_t i = 0; i < weft_conf_seq_len(keys); i++) {
             const weft_conf_node *k = weft_conf_seq_at(keys, i);
             const char *name = NULL, *hash = NULL;
@@ -772,20 +859,26 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
         if (weft_jwks_load_file(path, &a->jwks, why, sizeof why) < 0)
             FAIL(weft_conf_get(jw, "jwks"), NULL, "%s", why);
         uint32_t leeway = 0;
-        if (get_str(jw, "issuer", &a->issuer, err) < 0 || get_dur(jw, "leeway", &leeway, err) < 0)
+        if ((ret = get_str(jw, "issuer", &a->issuer, err)) < 0 || get_dur(jw, "leeway", &leeway, err) < 0)
             goto fail;
-        a->leeway_s = leeway / 1000;
+        /* whole seconds, rounded up: 500ms must not become no leeway at all */
+        a->leeway_s = leeway / 1000 + (leeway % 1000 != 0);
         const weft_conf_node *aud = weft_conf_get(jw, "audiences");
         if (aud) {
             if (weft_conf_kind(aud) != WEFT_CONF_SEQ)
                 FAIL(aud, "audiences", "expected a list of strings");
-            a->naud = weft_conf_seq_len(aud);
-            a->audiences = calloc(a->naud ? a->naud : 1, sizeof *a->audiences);
+            size_t cnt = weft_conf_seq_len(aud);
+            a->audiences = calloc(cnt ? cnt : 1, sizeof *a->audiences);
+            if (!a->audiences)
+                NOMEM(aud);
+            a->naud = cnt;
             for (size_t i = 0; i < a->naud; i++) {
-                const char *v = weft_conf_scalar(weft_conf_seq_at(aud, i));
-                if (!v)
-                    FAIL(weft_conf_seq_at(aud, i), "audiences", "expected a string");
+                const char *v;
+                if (seq_name(aud, i, &v, err) < 0)
+                    goto fail;
                 a->audiences[i] = strdup(v);
+                if (!a->audiences[i])
+                    NOMEM(weft_conf_seq_at(aud, i));
             }
         }
         const weft_conf_node *alg = weft_conf_get(jw, "algorithms");
@@ -793,15 +886,17 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
             if (weft_conf_kind(alg) != WEFT_CONF_SEQ)
                 FAIL(alg, "algorithms", "expected a list like [RS256, ES256]");
             for (size_t i = 0; i < weft_conf_seq_len(alg); i++) {
-                const char *v = weft_conf_scalar(weft_conf_seq_at(alg, i));
-                if (v && strcmp(v, "HS256") == 0)
+                const char *v;
+                if (seq_name(alg, i, &v, err) < 0)
+                    goto fail;
+                if (strcmp(v, "HS256") == 0)
                     a->algs |= WEFT_JWT_HS256;
-                else if (v && strcmp(v, "RS256") == 0)
+                else if (strcmp(v, "RS256") == 0)
                     a->algs |= WEFT_JWT_RS256;
-                else if (v && strcmp(v, "ES256") == 0)
+                else if (strcmp(v, "ES256") == 0)
                     a->algs |= WEFT_JWT_ES256;
                 else
-                    FAIL(weft_conf_seq_at(alg, i), "algorithms", "supported: HS256, RS256, ES256");
+                    FAIL(weft_conf_seq_at(alg, i), NULL, "supported: HS256, RS256, ES256");
             }
         }
         static const char *const maps[] = {"forward_claims", "require_claims"};
@@ -814,6 +909,8 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
                      m == 0 ? "header name" : "required value");
             size_t cnt = weft_conf_map_len(fc);
             gw_header_op *ops = calloc(cnt ? cnt : 1, sizeof *ops);
+            if (!ops)
+                NOMEM(fc);
             if (m == 0) {
                 a->forward = ops;
                 a->nforward = cnt;
@@ -824,11 +921,16 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
             for (size_t i = 0; i < cnt; i++) {
                 const char *claim;
                 const weft_conf_node *v = weft_conf_map_at(fc, i, &claim);
-                const char *val = weft_conf_scalar(v);
-                if (!val || (m == 0 && !valid_token(val)))
+                /* typed read: a null is an error, not the text "~" or "null" */
+                const char *val;
+                if (weft_conf_text(v, &val, err) < 0)
+                    goto fail;
+                if (m == 0 && !valid_token(val))
                     FAIL(v, claim, m == 0 ? "expected a header name" : "expected a value");
                 ops[i].name = strdup(claim);
                 ops[i].value = strdup(val);
+                if (!ops[i].name || !ops[i].value)
+                    NOMEM(v);
             }
         }
     }
@@ -836,26 +938,29 @@ static int parse_auth(const char *cfgpath, const weft_conf_node *n, gw_route_con
         FAIL(n, NULL, "auth needs api_keys, jwt, or both");
     return 0;
 fail:
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 static int parse_aggregate(gw_config *c, const weft_conf_node *n, gw_route_conf *r,
                            weft_conf_err *err)
 {
+    int ret = 0;
     const weft_conf_node *parts = weft_conf_get(n, "parts");
     if (!parts || weft_conf_kind(parts) != WEFT_CONF_SEQ || weft_conf_seq_len(parts) == 0)
         FAIL(parts ? parts : n, parts ? NULL : "parts",
              "aggregate needs a list of parts {name, cluster, path, timeout, fallback}");
+    r->parts = calloc(weft_conf_seq_len(parts), sizeof *r->parts);
+    if (!r->parts)
+        NOMEM(parts);
     r->nparts = weft_conf_seq_len(parts);
-    r->parts = calloc(r->nparts, sizeof *r->parts);
     for (size_t i = 0; i < r->nparts; i++) {
         const weft_conf_node *p = weft_conf_seq_at(parts, i);
         gw_agg_part *ap = &r->parts[i];
         const char *cl = NULL;
         ap->timeout_ms = 1000;
-        if (get_str(p, "name", &ap->name, err) < 0 || weft_conf_string(p, "cluster", &cl, err) < 0 ||
-            get_str(p, "path", &ap->path, err) < 0 || get_dur(p, "timeout", &ap->timeout_ms, err) < 0 ||
-            get_str(p, "fallback", &ap->fallback_json, err) < 0)
+        if ((ret = get_str(p, "name", &ap->name, err)) < 0 || weft_conf_string(p, "cluster", &cl, err) < 0 ||
+            (ret = get_str(p, "path", &ap->path, err)) < 0 || get_dur(p, "timeout", &ap->timeout_ms, err) < 0 ||
+            (ret = get_str(p, "fallback", &ap->fallback_json, err)) < 0)
             goto fail;
         if (!ap->name || !cl || !ap->path || ap->path[0] != '/')
             FAIL(p, NULL, "each part needs name, cluster and a path starting with /");
@@ -875,12 +980,13 @@ static int parse_aggregate(gw_config *c, const weft_conf_node *n, gw_route_conf 
     }
     return 0;
 fail:
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, size_t idx,
                        weft_conf_err *err)
 {
+    int ret = 0;
     char why[200];
     r->timeout_ms = 15000;
     r->retry.attempts = 2;
@@ -893,18 +999,20 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
     r->retry.budget_ttl_ms = 10000;
     if (weft_conf_kind(n) != WEFT_CONF_MAP)
         FAIL(n, NULL, "a route is a mapping (match, cluster | split | redirect | direct, ...)");
-    if (get_str(n, "name", &r->name, err) < 0)
+    if ((ret = get_str(n, "name", &r->name, err)) < 0)
         goto fail;
     if (!r->name) {
         char tmp[32];
         snprintf(tmp, sizeof tmp, "route%zu", idx);
         r->name = strdup(tmp);
+        if (!r->name)
+            NOMEM(n);
     }
     const weft_conf_node *m = weft_conf_get(n, "match");
     if (m) {
         const char *p = NULL;
         int kinds = 0;
-        if (get_str(m, "host", &r->host, err) < 0)
+        if ((ret = get_str(m, "host", &r->host, err)) < 0)
             goto fail;
         static const char *const pk[] = {"path", "prefix", "regex"};
         for (int k = 0; k < 3; k++) {
@@ -923,6 +1031,8 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
             FAIL(m, NULL, "give only one of path, prefix, regex");
         if (p) {
             r->path = strdup(p);
+            if (!r->path)
+                NOMEM(m);
             if (r->path_kind == GW_PATH_REGEX) {
                 r->path_re = compile_re(p, why, sizeof why);
                 if (!r->path_re)
@@ -934,19 +1044,20 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
             if (weft_conf_kind(meth) != WEFT_CONF_SEQ)
                 FAIL(meth, "methods", "expected a list like [GET, POST]");
             for (size_t i = 0; i < weft_conf_seq_len(meth); i++) {
-                const char *s = weft_conf_scalar(weft_conf_seq_at(meth, i));
-                int mid = s ? weft_http_method_from(weft_str_from(s)) : 0;
+                const char *s;
+                if (seq_name(meth, i, &s, err) < 0)
+                    goto fail;
+                int mid = weft_http_method_from(weft_str_from(s));
                 if (mid == WEFT_METHOD_UNKNOWN)
-                    FAIL(weft_conf_seq_at(meth, i), "methods", "unknown method '%s'",
-                         s ? s : "");
+                    FAIL(weft_conf_seq_at(meth, i), NULL, "unknown method '%s'", s);
                 r->methods |= WEFT_M(mid);
             }
         }
         const weft_conf_node *h = weft_conf_get(m, "headers");
-        if (h && parse_kv_map(h, "headers", &r->headers, &r->nheaders, true, err) < 0)
+        if (h && (ret = parse_kv_map(h, "headers", &r->headers, &r->nheaders, true, err)) < 0)
             goto fail;
         const weft_conf_node *q = weft_conf_get(m, "query");
-        if (q && parse_kv_map(q, "query", &r->query, &r->nquery, false, err) < 0)
+        if (q && (ret = parse_kv_map(q, "query", &r->query, &r->nquery, false, err)) < 0)
             goto fail;
     }
     /* action: exactly one of cluster, split, redirect, direct */
@@ -960,7 +1071,7 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         FAIL(n, NULL, "a route needs exactly one of: cluster, split, redirect, direct, aggregate");
     if (agg) {
         r->action = GW_ACT_AGGREGATE;
-        if (parse_aggregate(c, agg, r, err) < 0)
+        if ((ret = parse_aggregate(c, agg, r, err)) < 0)
             goto fail;
     }
     if (acl) {
@@ -969,6 +1080,8 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         if (ci < 0)
             FAIL(acl, NULL, "no cluster named '%s'", name ? name : "");
         r->splits = calloc(1, sizeof *r->splits);
+        if (!r->splits)
+            NOMEM(acl);
         r->nsplits = 1;
         r->splits[0].cluster = ci;
         r->splits[0].weight = 1;
@@ -976,10 +1089,12 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
     } else if (asp) {
         if (weft_conf_kind(asp) != WEFT_CONF_SEQ || weft_conf_seq_len(asp) == 0)
             FAIL(asp, NULL, "split is a list of {cluster, weight[, header | cookie]}");
+        r->splits = calloc(weft_conf_seq_len(asp), sizeof *r->splits);
+        if (!r->splits)
+            NOMEM(asp);
         r->nsplits = weft_conf_seq_len(asp);
-        r->splits = calloc(r->nsplits, sizeof *r->splits);
         for (size_t i = 0; i < r->nsplits; i++) {
-            if (parse_split_item(c, weft_conf_seq_at(asp, i), &r->splits[i], err) < 0)
+            if ((ret = parse_split_item(c, weft_conf_seq_at(asp, i), &r->splits[i], err)) < 0)
                 goto fail;
             if (!r->splits[i].when_header && !r->splits[i].when_cookie) {
                 if (r->splits[i].weight > UINT32_MAX - r->split_total)
@@ -994,7 +1109,7 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         r->action = GW_ACT_REDIRECT;
         r->status = 302;
         uint32_t st = 302;
-        if (get_str(ard, "location", &r->location, err) < 0 ||
+        if ((ret = get_str(ard, "location", &r->location, err)) < 0 ||
             get_u32(ard, "status", 301, 308, &st, err) < 0)
             goto fail;
         r->status = (int)st;
@@ -1006,26 +1121,26 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         r->action = GW_ACT_DIRECT;
         uint32_t st = 200;
         if (get_u32(adr, "status", 200, 599, &st, err) < 0 ||
-            get_str(adr, "body", &r->body, err) < 0 ||
-            get_str(adr, "content_type", &r->content_type, err) < 0)
+            (ret = get_str(adr, "body", &r->body, err)) < 0 ||
+            (ret = get_str(adr, "content_type", &r->content_type, err)) < 0)
             goto fail;
         r->status = (int)st;
         r->body_len = r->body ? strlen(r->body) : 0;
-        if (!r->content_type)
-            r->content_type = strdup("text/plain; charset=utf-8");
+        if (!r->content_type && !(r->content_type = strdup("text/plain; charset=utf-8")))
+            NOMEM(adr);
     }
-    if (get_str(n, "strip_prefix", &r->strip_prefix, err) < 0 ||
-        get_str(n, "prefix_rewrite", &r->prefix_rewrite, err) < 0 ||
+    if ((ret = get_str(n, "strip_prefix", &r->strip_prefix, err)) < 0 ||
+        (ret = get_str(n, "prefix_rewrite", &r->prefix_rewrite, err)) < 0 ||
         get_dur(n, "timeout", &r->timeout_ms, err) < 0 ||
         get_dur(n, "per_try_timeout", &r->per_try_timeout_ms, err) < 0)
         goto fail;
     if (r->timeout_ms == 0)
         FAIL(weft_conf_get(n, "timeout"), NULL, "must be greater than 0");
     const weft_conf_node *rq = weft_conf_get(n, "request_headers");
-    if (rq && parse_header_ops(rq, &r->req_ops, err) < 0)
+    if (rq && (ret = parse_header_ops(rq, &r->req_ops, err)) < 0)
         goto fail;
     const weft_conf_node *rs = weft_conf_get(n, "response_headers");
-    if (rs && parse_header_ops(rs, &r->resp_ops, err) < 0)
+    if (rs && (ret = parse_header_ops(rs, &r->resp_ops, err)) < 0)
         goto fail;
     const weft_conf_node *rt = weft_conf_get(n, "retry");
     if (rt) {
@@ -1040,10 +1155,10 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         }
     }
     const weft_conf_node *rlc = weft_conf_get(n, "rate_limit");
-    if (rlc && parse_ratelimit(rlc, r, err) < 0)
+    if (rlc && (ret = parse_ratelimit(rlc, r, err)) < 0)
         goto fail;
     const weft_conf_node *au = weft_conf_get(n, "auth");
-    if (au && parse_auth(c->path, au, r, err) < 0)
+    if (au && (ret = parse_auth(c->path, au, r, err)) < 0)
         goto fail;
     const weft_conf_node *ca = weft_conf_get(n, "cache");
     r->cache_ttl_ms = 60000; /* when the response gives no lifetime */
@@ -1077,22 +1192,23 @@ static int parse_route(gw_config *c, const weft_conf_node *n, gw_route_conf *r, 
         uint32_t st = 503;
         r->fallback = true;
         if (get_u32(fb, "status", 200, 599, &st, err) < 0 ||
-            get_str(fb, "body", &r->fallback_body, err) < 0 ||
-            get_str(fb, "content_type", &r->fallback_type, err) < 0)
+            (ret = get_str(fb, "body", &r->fallback_body, err)) < 0 ||
+            (ret = get_str(fb, "content_type", &r->fallback_type, err)) < 0)
             goto fail;
         r->fallback_status = (int)st;
         r->fallback_body_len = r->fallback_body ? strlen(r->fallback_body) : 0;
-        if (!r->fallback_type)
-            r->fallback_type = strdup("application/json");
+        if (!r->fallback_type && !(r->fallback_type = strdup("application/json")))
+            NOMEM(fb);
     }
     return 0;
 fail:
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 int gw_config_from_conf(const char *path, const weft_conf_node *root, gw_config **out,
                         weft_conf_err *err)
 {
+    int ret = 0;
     gw_config *c = calloc(1, sizeof *c);
     if (!c)
         return WEFT_ENOMEM;
@@ -1102,10 +1218,12 @@ int gw_config_from_conf(const char *path, const weft_conf_node *root, gw_config 
     c->xff = true;
     c->via = true;
     c->deadline_header = strdup("X-Weft-Deadline-Ms");
+    if ((path && !c->path) || !c->deadline_header)
+        NOMEM(root);
     if (weft_conf_bool(root, "access_log", &c->access_log, err) < 0 ||
         weft_conf_bool(root, "forwarded_headers", &c->xff, err) < 0 ||
         weft_conf_bool(root, "via", &c->via, err) < 0 ||
-        get_str(root, "deadline_header", &c->deadline_header, err) < 0)
+        (ret = get_str(root, "deadline_header", &c->deadline_header, err)) < 0)
         goto fail;
     /* sent on every upstream request; the proxy formats it in a small buffer */
     if (c->deadline_header[0] &&
@@ -1127,28 +1245,33 @@ int gw_config_from_conf(const char *path, const weft_conf_node *root, gw_config 
     if (cls) {
         if (weft_conf_kind(cls) != WEFT_CONF_MAP)
             FAIL(cls, "clusters", "expected a mapping of cluster name to cluster");
-        c->nclusters = weft_conf_map_len(cls);
-        c->clusters = calloc(c->nclusters ? c->nclusters : 1, sizeof *c->clusters);
+        size_t cnt = weft_conf_map_len(cls);
+        c->clusters = calloc(cnt ? cnt : 1, sizeof *c->clusters);
+        if (!c->clusters)
+            NOMEM(cls);
+        c->nclusters = cnt;
         for (size_t i = 0; i < c->nclusters; i++) {
             const char *name;
             const weft_conf_node *cn = weft_conf_map_at(cls, i, &name);
-            if (parse_cluster(name, cn, &c->clusters[i], err) < 0)
+            if ((ret = parse_cluster(name, cn, &c->clusters[i], err)) < 0)
                 goto fail;
         }
     }
     const weft_conf_node *rts = weft_conf_get(root, "routes");
     if (!rts || weft_conf_kind(rts) != WEFT_CONF_SEQ || weft_conf_seq_len(rts) == 0)
         FAIL(rts ? rts : root, rts ? NULL : "routes", "the gateway needs a list of routes");
+    c->routes = calloc(weft_conf_seq_len(rts), sizeof *c->routes);
+    if (!c->routes)
+        NOMEM(rts);
     c->nroutes = weft_conf_seq_len(rts);
-    c->routes = calloc(c->nroutes, sizeof *c->routes);
     for (size_t i = 0; i < c->nroutes; i++)
-        if (parse_route(c, weft_conf_seq_at(rts, i), &c->routes[i], i, err) < 0)
+        if ((ret = parse_route(c, weft_conf_seq_at(rts, i), &c->routes[i], i, err)) < 0)
             goto fail;
     *out = c;
     return 0;
 fail:
     config_free(c);
-    return WEFT_ECONFIG;
+    return ret < 0 ? ret : WEFT_ECONFIG;
 }
 
 int gw_config_load(const char *path, gw_config **out, weft_conf_err *err)

@@ -416,3 +416,112 @@ def test_check_split_weights_do_not_wrap(tmp_path):
     check_error(tmp_path, "wrap", CLUSTER + "routes:\n  - split:\n" + items,
                 4300, 9, "routes[0].split[4294]",
                 "the weights add up to more than 4294967295")
+
+
+def check_ok(tmp_path, text):
+    p = tmp_path / "ok.yaml"
+    p.write_text(text)
+    r = check(p)
+    assert r.returncode == 0, (text, r.stderr)
+
+
+def test_check_adaptive_limits_are_ordered(tmp_path):
+    # the limiter raised max_limit to min_limit and clamped initial_limit
+    # into the range without a word
+    ac = CLUSTER + "    adaptive_concurrency:\n"
+    routes = "routes:\n  - cluster: api\n"
+    check_error(tmp_path, "minmax", ac + "      min_limit: 50\n      max_limit: 10\n" + routes,
+                5, 18, "clusters.api.adaptive_concurrency.min_limit",
+                "min_limit (50) is greater than max_limit (10)")
+    # only max_limit given: below the default min_limit (5)
+    check_error(tmp_path, "maxonly", ac + "      max_limit: 3\n" + routes,
+                5, 18, "clusters.api.adaptive_concurrency.max_limit",
+                "min_limit (5) is greater than max_limit (3)")
+    check_error(tmp_path, "initial",
+                ac + "      initial_limit: 200\n      max_limit: 100\n" + routes,
+                5, 22, "clusters.api.adaptive_concurrency.initial_limit",
+                "must be between min_limit (5) and max_limit (100)")
+    check_ok(tmp_path, ac + "      min_limit: 10\n      max_limit: 10\n" + routes)
+    check_ok(tmp_path, ac + "      initial_limit: 10\n      max_limit: 10\n" + routes)
+
+
+def test_check_retry_backoff_base_not_above_max(tmp_path):
+    # every delay is capped at max: a larger base silently meant max
+    rt = CLUSTER + "routes:\n  - cluster: api\n    retry:\n      backoff: "
+    check_error(tmp_path, "both", rt + "{base: 2s, max: 1s}\n", 7, 23,
+                "routes[0].retry.backoff.base", "base (2000ms) is greater than max (1000ms)")
+    # only base given: the default max is 250ms
+    check_error(tmp_path, "base", rt + "{base: 1s}\n", 7, 23,
+                "routes[0].retry.backoff.base", "base (1000ms) is greater than max (250ms)")
+    check_ok(tmp_path, rt + "{base: 1s, max: 1s}\n")
+    check_ok(tmp_path, rt + "{max: 5s}\n")
+
+
+def test_check_hash_key_choose_one(tmp_path):
+    # header silently won over source_ip, and a cookie next to a header was
+    # reported as an unknown key
+    reason = "choose one of: source_ip: true, header: NAME, cookie: NAME (not several)"
+    routes = "routes:\n  - cluster: api\n"
+    for name, keys in (("hs", "{header: X-User, source_ip: true}"),
+                       ("hc", "{header: X-User, cookie: sid}"),
+                       ("sc", "{source_ip: true, cookie: sid}")):
+        check_error(tmp_path, name, CLUSTER + f"    lb: ring_hash\n    hash: {keys}\n" + routes,
+                    5, 11, "clusters.api.hash", reason)
+    for keys in ("{header: X-User}", "{cookie: sid}", "{source_ip: true}",
+                 "{header: X-User, source_ip: false}"):
+        check_ok(tmp_path, CLUSTER + f"    lb: ring_hash\n    hash: {keys}\n" + routes)
+
+
+def test_check_retry_statuses_are_plain_integers(tmp_path):
+    # strtol took a leading space or sign: " 500" and +500 were 500
+    rt = CLUSTER + "routes:\n  - cluster: api\n    retry:\n      statuses: [502, "
+    for bad in ('" 500"', "+500", '"500abc"', "0500", "5e2", "500.0", "99", "600", '""'):
+        check_error(tmp_path, "bad", rt + bad + "]\n", 7, 23,
+                    "routes[0].retry.statuses[1]", "expected a status code 100-599")
+    check_error(tmp_path, "null", rt + "~]\n", 7, 23,
+                "routes[0].retry.statuses[1]", "expected a string")
+    for ok in ("100", "599", '"503"'):
+        check_ok(tmp_path, rt + ok + "]\n")
+
+
+JWKS = REPO / "tests" / "unit" / "data" / "auth" / "jwks.json"
+
+
+def test_check_null_list_items_are_errors(tmp_path):
+    # `- ~` was the header name "~" (a valid token) and `- null` the
+    # audience "null"; every list of names now refuses nulls at the item
+    route = CLUSTER + "routes:\n  - cluster: api\n"
+    for item in ("~", "null", ""):
+        check_error(tmp_path, "rm", route + f"    request_headers:\n      remove:\n"
+                    f"        - X-Debug\n        - {item}\n",
+                    9, 10 if item == "" else 11, "routes[0].request_headers.remove[1]",
+                    "expected a string")
+        check_error(tmp_path, "aud", route + f"    auth:\n      jwt:\n        jwks: {JWKS}\n"
+                    f"        audiences:\n          - api\n          - {item}\n",
+                    11, 12 if item == "" else 13, "routes[0].auth.jwt.audiences[1]",
+                    "expected a string")
+    lists = {"request_headers.remove": "    request_headers:\n      remove: [X-A, {}]\n",
+             "response_headers.remove": "    response_headers:\n      remove: [X-A, {}]\n",
+             "match.methods": "    match:\n      methods: [GET, {}]\n",
+             "retry.on": "    retry:\n      on: [5xx, {}]\n",
+             "auth.jwt.algorithms":
+                 f"    auth:\n      jwt:\n        jwks: {JWKS}\n        algorithms: [RS256, {{}}]\n"}
+    for key, text in lists.items():
+        line = 5 + len(text.splitlines())
+        col = text.splitlines()[-1].index("{}") + 1
+        check_error(tmp_path, "seq", route + text.replace("{}", "null"), line, col,
+                    f"routes[0].{key}[1]", "expected a string")
+        check_error(tmp_path, "seq", route + text.replace("{}", "[x]"), line, col,
+                    f"routes[0].{key}[1]", "expected a string")
+    # empty string: not a name
+    check_error(tmp_path, "emptyaud", route + f"    auth:\n      jwt:\n        jwks: {JWKS}\n"
+                '        audiences: [api, ""]\n', 9, 26, "routes[0].auth.jwt.audiences[1]",
+                "expected a non-empty string")
+    # a null claim mapping value was the header name or required value "~"
+    for m in ("forward_claims", "require_claims"):
+        check_error(tmp_path, m, route + f"    auth:\n      jwt:\n        jwks: {JWKS}\n"
+                    f"        {m}: {{sub: ~}}\n", 9, len(m) + 17,
+                    f"routes[0].auth.jwt.{m}.sub", "expected a string")
+    # quoted, they are strings
+    check_ok(tmp_path, route + f"    auth:\n      jwt:\n        jwks: {JWKS}\n"
+             '        audiences: [api, "null"]\n        require_claims: {sub: "~"}\n')

@@ -1539,3 +1539,24 @@ def test_aggregate_part_timeout_bounds_a_slow_body(gateway, origins):
     assert body["user"]["target"] == "/u", body
     assert "timed out" in body["_errors"]["slow"], body
     assert elapsed < 1.5, elapsed
+
+
+def test_jwt_sub_second_leeway_rounds_up(gateway, origins):
+    # leeway was cut to whole seconds, so 500ms meant none. Tokens' exp and
+    # the gateway's clock are whole seconds: a token with exp = this second
+    # is expired without leeway and valid with 1 s, as long as the request
+    # is made in the same second (we start early in one).
+    (o,) = origins(1)
+    route = "  - match: {{prefix: /{p}/}}\n    cluster: a\n    auth:\n      jwt:\n" \
+            "        jwks: {JWKS}\n{extra}"
+    conf = f"clusters:\n  a:\n    endpoints: [{o.addr}]\nroutes:\n" + \
+        route.format(p="lw0", JWKS=JWKS_PATH, extra="") + \
+        route.format(p="lw5", JWKS=JWKS_PATH, extra="        leeway: 500ms\n")
+    g = gateway(conf)
+    for path, want in (("/lw0/x", 401), ("/lw5/x", 200)):
+        while time.time() % 1 > 0.3:
+            time.sleep(0.05)
+        now = int(time.time())
+        r = g.get(path, bearer(make_jwt(claims(iat=now - 60, exp=now), "HS256")))
+        assert int(time.time()) == now, "the second rolled over: too slow to test"
+        assert r.status == want, (path, r)

@@ -1055,6 +1055,35 @@ static void test_duration_below_a_microsecond_is_not_zero(void **state)
     assert_int_equal(dur("0.000us"), 0);
 }
 
+static void test_text_of_a_sequence_item(void **state)
+{
+    (void)state;
+    /* weft_conf_scalar returns a null's spelling; weft_conf_text refuses it */
+    weft_conf *c = load_ok("l:\n  - a\n  - ~\n  - null\n  - \"~\"\n  - ''\n  - [x]\n  -\n");
+    const weft_conf_node *l = weft_conf_get(weft_conf_root(c), "l");
+    weft_conf_err err = {{0}};
+    const char *s = "unset";
+    assert_int_equal(weft_conf_text(weft_conf_seq_at(l, 0), &s, &err), 0);
+    assert_string_equal(s, "a");
+    assert_string_equal(weft_conf_scalar(weft_conf_seq_at(l, 1)), "~");
+    s = "unset";
+    assert_int_equal(weft_conf_text(weft_conf_seq_at(l, 1), &s, &err), WEFT_ECONFIG);
+    assert_string_equal(err.msg, "t.yaml:3:5: l[1]: expected a string");
+    assert_string_equal(s, "unset");
+    assert_int_equal(weft_conf_text(weft_conf_seq_at(l, 2), &s, &err), WEFT_ECONFIG);
+    assert_string_equal(err.msg, "t.yaml:4:5: l[2]: expected a string");
+    /* quoted: a string, even "~" or empty */
+    assert_int_equal(weft_conf_text(weft_conf_seq_at(l, 3), &s, &err), 0);
+    assert_string_equal(s, "~");
+    assert_int_equal(weft_conf_text(weft_conf_seq_at(l, 4), &s, &err), 0);
+    assert_string_equal(s, "");
+    assert_int_equal(weft_conf_text(weft_conf_seq_at(l, 5), &s, &err), WEFT_ECONFIG);
+    assert_string_equal(err.msg, "t.yaml:7:5: l[5]: expected a string");
+    assert_int_equal(weft_conf_text(weft_conf_seq_at(l, 6), &s, &err), WEFT_ECONFIG);
+    assert_int_equal(weft_conf_text(NULL, &s, &err), WEFT_ECONFIG);
+    weft_conf_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1119,6 +1148,7 @@ int main(void)
         cmocka_unit_test(test_errorf_truncates_long_message),
         cmocka_unit_test(test_load_string_name_and_nul_input),
         cmocka_unit_test(test_duration_below_a_microsecond_is_not_zero),
+        cmocka_unit_test(test_text_of_a_sequence_item),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

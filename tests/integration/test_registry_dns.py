@@ -9,7 +9,8 @@ and ID.NAME under service.weft; only healthy instances; TTL 1 and the AA
 flag; NXDOMAIN vs NOERROR-no-data; no caching (changes visible at once);
 truncation at 512 bytes (TC, record boundary) vs TCP and EDNS0 4096;
 FORMERR / NOTIMP / drop for malformed input, which must never kill the
-server; two pipelined queries on one TCP connection; HAProxy
+server; two pipelined queries on one TCP connection, and 2,000 whose
+answers outgrow the socket buffers (all answered, in order); HAProxy
 `server-template` and the weft gateway following the registry.
 
 Every wait is bounded: sockets carry timeouts, subprocesses have timeouts,
@@ -23,6 +24,7 @@ import re
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -677,6 +679,38 @@ def test_tcp_two_pipelined_queries_answered_in_order(reg):
         assert m3.id == 0x3333 and [r[4] for r in m3.answer] == ["127.0.0.2"], m3
     finally:
         s.close()
+
+
+def test_tcp_many_pipelined_queries_all_answered_with_backpressure(reg):
+    """RFC 7766 section 6.2.1: 2,000 pipelined queries on one connection all
+    get an answer, even though the answers (about 2.5 KB each) are far more
+    than the socket buffers hold while the client is not reading yet."""
+    for i in range(40):
+        reg.put(f"p{i}", f"127.0.1.{i + 1}", port=30000 + i)
+    n = 2000
+    q = [build_query(f"_web._tcp.{ZONE}", T_SRV, qid=i) for i in range(n)]
+    data = b"".join(struct.pack("!H", len(m)) + m for m in q)
+    s = socket.create_connection(("127.0.0.1", reg.dns_port), timeout=5)
+    sent = []
+    # the server stops reading while its answers wait: send from a thread
+    t = threading.Thread(target=lambda: sent.append(s.sendall(data)), daemon=True)
+    try:
+        t.start()
+        time.sleep(1.0)                         # not reading: the buffers fill
+        ids = []
+        for _ in range(20):                     # then slowly
+            ids.append(Msg(tcp_read_msg(s)).id)
+            time.sleep(0.02)
+        while len(ids) < n:
+            m = Msg(tcp_read_msg(s))
+            assert m.rcode == 0 and not m.tc and len(m.answer) == 40, m.counts
+            ids.append(m.id)
+        t.join(5)
+        assert sent == [None]
+    finally:
+        s.close()
+    assert ids == list(range(n))
+    assert reg.alive(), reg.stderr[-4000:]
 
 
 # ====================================================================== HAProxy

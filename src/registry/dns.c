@@ -11,8 +11,10 @@
  * target ID.NAME.service.weft, whose address goes in the additional
  * section (HAProxy and c-ares use it without a second query). EDNS0 (RFC
  * 6891): a query's OPT record raises the UDP size limit (to 4096 at most)
- * and gets an OPT record back. Over UDP an answer that does not fit is cut
- * at a record boundary with TC set; over TCP it never needs to be.
+ * and gets an OPT record back; one of a version above 0 gets BADVERS and
+ * our version-0 OPT record (RFC 6891 6.1.3). Over UDP an answer that does
+ * not fit is cut at a record boundary with TC set; over TCP it never needs
+ * to be.
  *
  * The I/O part serves UDP and TCP on the same port from the registry's
  * loop: UDP answers go out with sendto() at once; TCP connections carry
@@ -54,6 +56,7 @@
 #define RC_NXDOMAIN 3
 #define RC_NOTIMP 4
 #define RC_REFUSED 5
+#define RC_BADVERS 16 /* extended (RFC 6891): 4 bits in the header, 8 in OPT */
 
 typedef struct wbuf {
     uint8_t *p;
@@ -120,6 +123,7 @@ typedef struct query {
     unsigned qtype, qclass;
     size_t qend; /* offset just past the question */
     size_t edns_size;
+    unsigned edns_version;
     bool edns;
     bool nul; /* a label holds a 0 byte: the name is none of ours */
 } query;
@@ -182,6 +186,7 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
     if (ar >= 1 && p + 11 <= len && q[p] == 0 && (q[p + 1] << 8 | q[p + 2]) == T_OPT) {
         out->edns = true;
         out->edns_size = (size_t)(q[p + 3] << 8 | q[p + 4]);
+        out->edns_version = q[p + 6]; /* TTL: extended rcode, version, flags */
     }
     return 0;
 }
@@ -204,18 +209,21 @@ static size_t error_answer(const query *qq, const uint8_t *q, size_t qlen, uint8
     return n;
 }
 
-/* Our OPT record (RFC 6891: an answer to a query with one carries one). */
-static bool put_opt(wbuf *w)
+/* Our OPT record (RFC 6891: an answer to a query with one carries one),
+ * version 0, with the upper 8 bits of a 12-bit rcode in its TTL. */
+static bool put_opt(wbuf *w, int rc)
 {
-    return put(w, "\0", 1) && put16(w, T_OPT) && put16(w, 4096) && put32(w, 0) && put16(w, 0);
+    return put(w, "\0", 1) && put16(w, T_OPT) && put16(w, 4096) &&
+           put32(w, (uint32_t)(rc >> 4) << 24) && put16(w, 0);
 }
 
-/* An answer without records (NXDOMAIN, REFUSED) to a parsed query. */
+/* An answer without records (NXDOMAIN, REFUSED, BADVERS) to a parsed query;
+ * rc above 15 only with EDNS. */
 static size_t empty_answer(const query *qq, const uint8_t *q, size_t qlen, uint8_t *out, int rc)
 {
-    size_t n = error_answer(qq, q, qlen, out, rc, true);
+    size_t n = error_answer(qq, q, qlen, out, rc & 0xF, true);
     wbuf w = {out, n, n + 11, false};
-    if (qq->edns && put_opt(&w))
+    if (qq->edns && put_opt(&w, rc))
         out[11] = 1;
     return w.n;
 }
@@ -249,6 +257,9 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
         return 0;
     if (prc > 0)
         return error_answer(&qq, q, qlen, out, prc, prc == RC_NOTIMP && qq.qend);
+    /* RFC 6891 6.1.3: we speak EDNS version 0 only */
+    if (qq.edns && qq.edns_version > 0)
+        return empty_answer(&qq, q, qlen, out, RC_BADVERS);
     size_t limit = max_len;
     if (udp) {
         size_t adv = qq.edns ? qq.edns_size : 512;
@@ -378,7 +389,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
     if (qq.edns) {
         w.max = limit;
         w.full = false;
-        if (put_opt(&w))
+        if (put_opt(&w, 0))
             ar++;
     }
     out[6] = (uint8_t)(an >> 8);

@@ -930,3 +930,24 @@ def test_label_with_a_zero_byte_names_nothing(reg):
     d = dig(reg.dns_port, f"_web\\000._tcp.{ZONE}", "SRV")
     assert d.status == "NXDOMAIN" and d.answer == [], d
     assert dig_short(reg.dns_port, f"web.{ZONE}") == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+def test_edns_version_above_zero_gets_badvers(reg):
+    """RFC 6891 section 6.1.3: a query whose OPT record has VERSION > 0 gets
+    BADVERS (extended RCODE 16: the OPT TTL's upper 8 bits are 1, the header
+    RCODE 0) and an OPT record of version 0, the version the server speaks."""
+    web3(reg)
+    for name in (f"web.{ZONE}", "www.example.com"):
+        q = build_query(name, T_A, qid=0x0b0b, edns=1232)
+        q = q[:-6] + struct.pack("!BBH", 0, 1, 0) + q[-2:]    # OPT TTL: ext-rcode 0, VERSION 1
+        m = Msg(udp_exchange(reg.dns_port, q))
+        assert m.id == 0x0b0b and m.qr and m.rcode == 0 and m.answer == [], m
+        assert [r[1] for r in m.additional] == [T_OPT], m
+        ttl = m.additional[0][3]
+        assert ttl >> 24 == 1 and (ttl >> 16) & 0xFF == 0, f"OPT TTL {ttl:#010x}"
+        assert m.questions == [(name + ".", T_A, 1)], m
+    d = dig(reg.dns_port, f"web.{ZONE}", "A", "+edns=1", "+noednsnegotiation")
+    assert d.status == "BADVERS" and "OPT PSEUDOSECTION" in d.text, d
+    # version 0 is still answered
+    m = Msg(udp_exchange(reg.dns_port, build_query(f"web.{ZONE}", T_A, qid=0x0c0c, edns=1232)))
+    assert m.rcode == 0 and len(m.answer) == 3, m

@@ -157,7 +157,7 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
         if ((l & 0xC0) || l > 63 || p + l > len)
             return RC_FORMERR; /* no compression in questions */
         total += l + 1;
-        if (total > 255)
+        if (total + 1 > 255) /* RFC 1035 2.3.4: 255 octets with the root's 0 */
             return RC_FORMERR;
         if (out->nlabels == 8) {
             /* a longer name is well-formed: keep its last 8 labels, which

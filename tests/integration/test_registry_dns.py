@@ -951,3 +951,19 @@ def test_edns_version_above_zero_gets_badvers(reg):
     # version 0 is still answered
     m = Msg(udp_exchange(reg.dns_port, build_query(f"web.{ZONE}", T_A, qid=0x0c0c, edns=1232)))
     assert m.rcode == 0 and len(m.answer) == 3, m
+
+
+def test_name_of_256_octets_is_formerr_255_is_not(reg):
+    """RFC 1035 section 2.3.4: a name is at most 255 octets on the wire
+    (length bytes and the root's 0 included)."""
+    web3(reg)
+    for last, want in ((48, "NXDOMAIN"), (49, "FORMERR")):
+        name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * last, ZONE])
+        assert len(encode_name(name)) == 206 + last + 1
+        q = build_query(name, T_A, qid=0x0d0d)
+        if want == "FORMERR":
+            expect_formerr(reg.dns_port, q, "a 256-octet name")
+        else:
+            m = Msg(udp_exchange(reg.dns_port, q))
+            assert m.id == 0x0d0d and m.rcode_name == want, m
+    assert dig_short(reg.dns_port, f"web.{ZONE}") == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]

@@ -194,7 +194,10 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
 static size_t error_answer(const query *qq, const uint8_t *q, size_t qlen, uint8_t *out, int rc,
                            bool with_question)
 {
-    uint16_t flags = (uint16_t)(0x8000 | (qq->flags & 0x7900) | 0x0400 | rc);
+    /* AA: we are the authority for the zone, not for the names (or classes)
+     * we refuse */
+    unsigned aa = rc == RC_REFUSED ? 0 : 0x0400;
+    uint16_t flags = (uint16_t)(0x8000 | (qq->flags & 0x7900) | aa | rc);
     out[0] = (uint8_t)(qq->id >> 8);
     out[1] = (uint8_t)qq->id;
     out[2] = (uint8_t)(flags >> 8);

@@ -967,3 +967,22 @@ def test_name_of_256_octets_is_formerr_255_is_not(reg):
             m = Msg(udp_exchange(reg.dns_port, q))
             assert m.id == 0x0d0d and m.rcode_name == want, m
     assert dig_short(reg.dns_port, f"web.{ZONE}") == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+def test_refused_answers_are_not_authoritative(reg):
+    """The server is authoritative for service.weft only: a REFUSED answer
+    for a name outside it (or another class) does not set AA, while
+    NXDOMAIN and answers in the zone do."""
+    web3(reg)
+    for q in (build_query("www.example.com", T_A, qid=0x0a0a),
+              build_query("www.example.com", T_A, qid=0x0a0a, edns=1232),
+              build_query(f"weft.{ZONE}.example", T_SRV, qid=0x0a0a)):
+        m = Msg(udp_exchange(reg.dns_port, q))
+        assert m.id == 0x0a0a and m.rcode_name == "REFUSED" and not m.aa, m
+    chaos = build_query(f"web.{ZONE}", T_A, qid=0x0a0a)[:-2] + struct.pack("!H", 3)
+    m = Msg(udp_exchange(reg.dns_port, chaos))
+    assert m.rcode_name == "REFUSED" and not m.aa, m
+    d = dig(reg.dns_port, "www.example.com", "A")
+    assert d.status == "REFUSED" and "aa" not in d.flags, d
+    d = dig(reg.dns_port, f"nosuch.{ZONE}", "A")
+    assert d.status == "NXDOMAIN" and "aa" in d.flags, d

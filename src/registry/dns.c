@@ -634,6 +634,9 @@ fail:
     rc = weft_err_from_errno(errno);
     weft_log(WEFT_LOG_ERROR, "cannot listen for DNS", WEFT_KV_STR("addr", hostport),
              WEFT_KV_STR("error", strerror(errno)));
+    /* the UDP watcher is registered if only the TCP one failed: the loop
+     * must not keep a pointer into d (a no-op if it never started) */
+    weft_io_stop(loop, &d->uio);
     if (d->ufd >= 0)
         close(d->ufd);
     if (d->tfd >= 0)

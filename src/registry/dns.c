@@ -11,18 +11,29 @@
  * target ID.NAME.service.weft, whose address goes in the additional
  * section (HAProxy and c-ares use it without a second query). EDNS0 (RFC
  * 6891): a query's OPT record raises the UDP size limit (to 4096 at most)
- * and gets an OPT record back. Over UDP an answer that does not fit is cut
- * at a record boundary with TC set; over TCP it never needs to be.
+ * and gets an OPT record back; one of a version above 0 gets BADVERS and
+ * our version-0 OPT record (RFC 6891 6.1.3). Over UDP an answer that does
+ * not fit is cut at a record boundary with TC set; over TCP it never needs
+ * to be.
  *
  * The I/O part serves UDP and TCP on the same port from the registry's
  * loop: UDP answers go out with sendto() at once; TCP connections carry
- * 2-byte length-prefixed messages, several per connection, and close after
- * 10 s idle.
+ * 2-byte length-prefixed messages, several per connection, pipelined (RFC
+ * 7766 6.2.1: every query gets its answer, in order). A connection keeps
+ * the answers the socket did not take in its own output buffer and sends
+ * them when it is writable; while more than 64 KiB wait, it answers no more
+ * queries and reads no more (backpressure), so the pending output stays
+ * under 256 KiB (the connection is closed past that). A connection closes
+ * after 10 s in which it neither read a byte nor got its pending output
+ * under 64 KiB, so a client that stops reading pins its buffers for 10 s at
+ * most; at EOF, the buffered queries are answered and sent before it
+ * closes.
  */
 #include "dns.h"
 
 #include "registry.h"
 #include "http/http_int.h"
+#include "weft/buf.h"
 #include "weft/log.h"
 
 #include <arpa/inet.h>
@@ -45,6 +56,7 @@
 #define RC_NXDOMAIN 3
 #define RC_NOTIMP 4
 #define RC_REFUSED 5
+#define RC_BADVERS 16 /* extended (RFC 6891): 4 bits in the header, 8 in OPT */
 
 typedef struct wbuf {
     uint8_t *p;
@@ -111,6 +123,7 @@ typedef struct query {
     unsigned qtype, qclass;
     size_t qend; /* offset just past the question */
     size_t edns_size;
+    unsigned edns_version;
     bool edns;
     bool nul; /* a label holds a 0 byte: the name is none of ours */
 } query;
@@ -144,7 +157,7 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
         if ((l & 0xC0) || l > 63 || p + l > len)
             return RC_FORMERR; /* no compression in questions */
         total += l + 1;
-        if (total > 255)
+        if (total + 1 > 255) /* RFC 1035 2.3.4: 255 octets with the root's 0 */
             return RC_FORMERR;
         if (out->nlabels == 8) {
             /* a longer name is well-formed: keep its last 8 labels, which
@@ -173,6 +186,7 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
     if (ar >= 1 && p + 11 <= len && q[p] == 0 && (q[p + 1] << 8 | q[p + 2]) == T_OPT) {
         out->edns = true;
         out->edns_size = (size_t)(q[p + 3] << 8 | q[p + 4]);
+        out->edns_version = q[p + 6]; /* TTL: extended rcode, version, flags */
     }
     return 0;
 }
@@ -180,7 +194,10 @@ static int parse_query(const uint8_t *q, size_t len, query *out)
 static size_t error_answer(const query *qq, const uint8_t *q, size_t qlen, uint8_t *out, int rc,
                            bool with_question)
 {
-    uint16_t flags = (uint16_t)(0x8000 | (qq->flags & 0x7900) | 0x0400 | rc);
+    /* AA: we are the authority for the zone, not for the names (or classes)
+     * we refuse */
+    unsigned aa = rc == RC_REFUSED ? 0 : 0x0400;
+    uint16_t flags = (uint16_t)(0x8000 | (qq->flags & 0x7900) | aa | rc);
     out[0] = (uint8_t)(qq->id >> 8);
     out[1] = (uint8_t)qq->id;
     out[2] = (uint8_t)(flags >> 8);
@@ -195,18 +212,21 @@ static size_t error_answer(const query *qq, const uint8_t *q, size_t qlen, uint8
     return n;
 }
 
-/* Our OPT record (RFC 6891: an answer to a query with one carries one). */
-static bool put_opt(wbuf *w)
+/* Our OPT record (RFC 6891: an answer to a query with one carries one),
+ * version 0, with the upper 8 bits of a 12-bit rcode in its TTL. */
+static bool put_opt(wbuf *w, int rc)
 {
-    return put(w, "\0", 1) && put16(w, T_OPT) && put16(w, 4096) && put32(w, 0) && put16(w, 0);
+    return put(w, "\0", 1) && put16(w, T_OPT) && put16(w, 4096) &&
+           put32(w, (uint32_t)(rc >> 4) << 24) && put16(w, 0);
 }
 
-/* An answer without records (NXDOMAIN, REFUSED) to a parsed query. */
+/* An answer without records (NXDOMAIN, REFUSED, BADVERS) to a parsed query;
+ * rc above 15 only with EDNS. */
 static size_t empty_answer(const query *qq, const uint8_t *q, size_t qlen, uint8_t *out, int rc)
 {
-    size_t n = error_answer(qq, q, qlen, out, rc, true);
+    size_t n = error_answer(qq, q, qlen, out, rc & 0xF, true);
     wbuf w = {out, n, n + 11, false};
-    if (qq->edns && put_opt(&w))
+    if (qq->edns && put_opt(&w, rc))
         out[11] = 1;
     return w.n;
 }
@@ -240,6 +260,9 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
         return 0;
     if (prc > 0)
         return error_answer(&qq, q, qlen, out, prc, prc == RC_NOTIMP && qq.qend);
+    /* RFC 6891 6.1.3: we speak EDNS version 0 only */
+    if (qq.edns && qq.edns_version > 0)
+        return empty_answer(&qq, q, qlen, out, RC_BADVERS);
     size_t limit = max_len;
     if (udp) {
         size_t adv = qq.edns ? qq.edns_size : 512;
@@ -369,7 +392,7 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
     if (qq.edns) {
         w.max = limit;
         w.full = false;
-        if (put_opt(&w))
+        if (put_opt(&w, 0))
             ar++;
     }
     out[6] = (uint8_t)(an >> 8);
@@ -386,6 +409,8 @@ size_t reg_dns_answer(const reg_store *s, const uint8_t *q, size_t qlen, uint8_t
 
 #define TCP_IDLE_MS 10000
 #define MAX_TCP 256
+#define TCP_OUT_HIGH (64 * 1024) /* pending output past this: stop answering */
+#define TCP_OUT_MAX (256 * 1024) /* pending output past this: close */
 
 typedef struct dns_tcp {
     struct dns_tcp *next, *prev;
@@ -394,6 +419,8 @@ typedef struct dns_tcp {
     weft_timer idle;
     uint8_t in[2 + 65535];
     size_t inlen;
+    weft_buf out; /* answers the socket has not taken yet (at most TCP_OUT_MAX) */
+    bool eof; /* the client sent FIN: answer what is buffered, then close */
 } dns_tcp;
 
 struct reg_dns_server {
@@ -420,6 +447,7 @@ static void tcp_close(dns_tcp *t)
     if (t->next)
         t->next->prev = t->prev;
     d->nconns--;
+    weft_buf_release(&t->out);
     free(t);
 }
 
@@ -429,40 +457,97 @@ static void tcp_idle(weft_loop *loop, weft_timer *tm)
     tcp_close(tm->data);
 }
 
-static void tcp_read(weft_loop *loop, weft_io *io, unsigned ev)
+/* Send what the socket takes; <0 on a socket error. Progress restarts the
+ * idle timer only once the output is back under TCP_OUT_HIGH: a client that
+ * stops reading is closed after TCP_IDLE_MS, even if its kernel still lets
+ * a trickle through. */
+static int tcp_flush(weft_loop *loop, dns_tcp *t)
 {
-    (void)ev;
-    dns_tcp *t = io->data;
-    struct reg_dns_server *d = t->d;
-    ssize_t n = read(io->fd, t->in + t->inlen, sizeof t->in - t->inlen);
-    if (n <= 0) {
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
-        tcp_close(t);
-        return;
+    while (weft_buf_used(&t->out)) {
+        ssize_t w = send(t->io.fd, weft_buf_rptr(&t->out), weft_buf_used(&t->out), MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            return weft_err_from_errno(errno);
+        }
+        weft_buf_consume(&t->out, (size_t)w);
+        if (weft_buf_used(&t->out) < TCP_OUT_HIGH)
+            weft_timer_start(loop, &t->idle, TCP_IDLE_MS);
     }
-    t->inlen += (size_t)n;
-    weft_timer_start(loop, &t->idle, TCP_IDLE_MS);
-    while (t->inlen >= 2) {
-        size_t mlen = (size_t)(t->in[0] << 8 | t->in[1]);
-        if (t->inlen < 2 + mlen)
+    return 0;
+}
+
+/* Whether t->in holds a whole length-prefixed message at pos. */
+static bool tcp_complete(const dns_tcp *t, size_t pos)
+{
+    size_t have = t->inlen - pos;
+    return have >= 2 && have >= 2 + (size_t)(t->in[pos] << 8 | t->in[pos + 1]);
+}
+
+/* Answer the complete queries in t->in while the pending output stays under
+ * TCP_OUT_HIGH, send, and set the interest: WRITE while output is pending,
+ * READ while under the mark (backpressure: a pipelining client that does
+ * not read its answers is not read from either). Closes t on error, and at
+ * EOF once everything is sent. */
+static void tcp_serve(weft_loop *loop, dns_tcp *t)
+{
+    struct reg_dns_server *d = t->d;
+    size_t pos = 0;
+    bool ok = true;
+    for (;;) {
+        while (weft_buf_used(&t->out) < TCP_OUT_HIGH && tcp_complete(t, pos)) {
+            size_t mlen = (size_t)(t->in[pos] << 8 | t->in[pos + 1]);
+            size_t alen = reg_dns_answer(d->store, t->in + pos + 2, mlen, d->out + 2, 65535,
+                                         false, weft_loop_now_ms(loop));
+            pos += 2 + mlen;
+            if (!alen)
+                continue;
+            d->out[0] = (uint8_t)(alen >> 8);
+            d->out[1] = (uint8_t)alen;
+            if (weft_buf_append(&t->out, d->out, alen + 2) < 0) {
+                ok = false;
+                break;
+            }
+        }
+        if (!ok || tcp_flush(loop, t) < 0) {
+            ok = false;
             break;
-        size_t alen = reg_dns_answer(d->store, t->in + 2, mlen, d->out + 2, 65535, false,
-                                     weft_loop_now_ms(loop));
-        memmove(t->in, t->in + 2 + mlen, t->inlen - 2 - mlen);
-        t->inlen -= 2 + mlen;
-        if (!alen)
-            continue;
-        d->out[0] = (uint8_t)(alen >> 8);
-        d->out[1] = (uint8_t)alen;
-        /* answers are small and the socket buffer is large: a short write
-         * means the client stopped reading, so the connection is dropped */
-        ssize_t w = send(io->fd, d->out, alen + 2, MSG_NOSIGNAL);
-        if (w != (ssize_t)(alen + 2)) {
+        }
+        /* the socket took some: answer more if the mark allows */
+        if (weft_buf_used(&t->out) >= TCP_OUT_HIGH || !tcp_complete(t, pos))
+            break;
+    }
+    memmove(t->in, t->in + pos, t->inlen - pos);
+    t->inlen -= pos;
+    weft_buf_shrink_if_empty(&t->out); /* idle connections hold no output buffer */
+    bool pending = weft_buf_used(&t->out) > 0;
+    if (t->eof && !pending)
+        ok = false; /* all answered: close */
+    unsigned ev = pending ? WEFT_IO_WRITE : 0;
+    if (!t->eof && weft_buf_used(&t->out) < TCP_OUT_HIGH)
+        ev |= WEFT_IO_READ;
+    if (!ok || weft_io_start(loop, &t->io, ev) < 0)
+        tcp_close(t);
+}
+
+static void tcp_event(weft_loop *loop, weft_io *io, unsigned ev)
+{
+    dns_tcp *t = io->data;
+    if ((ev & WEFT_IO_READ) && (t->io.events & WEFT_IO_READ) && t->inlen < sizeof t->in) {
+        ssize_t n = read(io->fd, t->in + t->inlen, sizeof t->in - t->inlen);
+        if (n > 0) {
+            t->inlen += (size_t)n;
+            weft_timer_start(loop, &t->idle, TCP_IDLE_MS);
+        } else if (n == 0) {
+            t->eof = true;
+        } else if (errno != EAGAIN && errno != EINTR) {
             tcp_close(t);
             return;
         }
     }
+    tcp_serve(loop, t);
 }
 
 static void tcp_accept(weft_loop *loop, weft_io *io, unsigned ev)
@@ -479,7 +564,8 @@ static void tcp_accept(weft_loop *loop, weft_io *io, unsigned ev)
             continue;
         }
         t->d = d;
-        weft_io_init(&t->io, fd, tcp_read, t);
+        weft_buf_init(&t->out, TCP_OUT_MAX);
+        weft_io_init(&t->io, fd, tcp_event, t);
         weft_timer_init(&t->idle, tcp_idle, t);
         weft_timer_start(loop, &t->idle, TCP_IDLE_MS);
         t->next = d->conns;
@@ -548,6 +634,9 @@ fail:
     rc = weft_err_from_errno(errno);
     weft_log(WEFT_LOG_ERROR, "cannot listen for DNS", WEFT_KV_STR("addr", hostport),
              WEFT_KV_STR("error", strerror(errno)));
+    /* the UDP watcher is registered if only the TCP one failed: the loop
+     * must not keep a pointer into d (a no-op if it never started) */
+    weft_io_stop(loop, &d->uio);
     if (d->ufd >= 0)
         close(d->ufd);
     if (d->tfd >= 0)

@@ -12,7 +12,8 @@
  *   ID.NAME.service.weft         A / AAAA of that instance (SRV targets)
  * Unknown names: NXDOMAIN. A known service with nothing healthy, or a type
  * with no data: NOERROR with no answers. TTL 1 s (fresh, like Consul's 0,
- * without defeating every cache). Answers are authoritative (AA).
+ * without defeating every cache). Answers in the zone are authoritative
+ * (AA); names outside it, or another class, get REFUSED without AA.
  * Over UDP an answer larger than 512 bytes (or the EDNS0 size the query
  * advertises, up to 4096) is cut at a record boundary with TC set, so the
  * client retries over TCP. Malformed queries get FORMERR when a header can

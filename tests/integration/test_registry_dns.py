@@ -9,7 +9,8 @@ and ID.NAME under service.weft; only healthy instances; TTL 1 and the AA
 flag; NXDOMAIN vs NOERROR-no-data; no caching (changes visible at once);
 truncation at 512 bytes (TC, record boundary) vs TCP and EDNS0 4096;
 FORMERR / NOTIMP / drop for malformed input, which must never kill the
-server; two pipelined queries on one TCP connection; HAProxy
+server; two pipelined queries on one TCP connection, and 2,000 whose
+answers outgrow the socket buffers (all answered, in order); HAProxy
 `server-template` and the weft gateway following the registry.
 
 Every wait is bounded: sockets carry timeouts, subprocesses have timeouts,
@@ -23,6 +24,7 @@ import re
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -679,6 +681,38 @@ def test_tcp_two_pipelined_queries_answered_in_order(reg):
         s.close()
 
 
+def test_tcp_many_pipelined_queries_all_answered_with_backpressure(reg):
+    """RFC 7766 section 6.2.1: 2,000 pipelined queries on one connection all
+    get an answer, even though the answers (about 2.5 KB each) are far more
+    than the socket buffers hold while the client is not reading yet."""
+    for i in range(40):
+        reg.put(f"p{i}", f"127.0.1.{i + 1}", port=30000 + i)
+    n = 2000
+    q = [build_query(f"_web._tcp.{ZONE}", T_SRV, qid=i) for i in range(n)]
+    data = b"".join(struct.pack("!H", len(m)) + m for m in q)
+    s = socket.create_connection(("127.0.0.1", reg.dns_port), timeout=5)
+    sent = []
+    # the server stops reading while its answers wait: send from a thread
+    t = threading.Thread(target=lambda: sent.append(s.sendall(data)), daemon=True)
+    try:
+        t.start()
+        time.sleep(1.0)                         # not reading: the buffers fill
+        ids = []
+        for _ in range(20):                     # then slowly
+            ids.append(Msg(tcp_read_msg(s)).id)
+            time.sleep(0.02)
+        while len(ids) < n:
+            m = Msg(tcp_read_msg(s))
+            assert m.rcode == 0 and not m.tc and len(m.answer) == 40, m.counts
+            ids.append(m.id)
+        t.join(5)
+        assert sent == [None]
+    finally:
+        s.close()
+    assert ids == list(range(n))
+    assert reg.alive(), reg.stderr[-4000:]
+
+
 # ====================================================================== HAProxy
 
 class HAProxy:
@@ -896,3 +930,59 @@ def test_label_with_a_zero_byte_names_nothing(reg):
     d = dig(reg.dns_port, f"_web\\000._tcp.{ZONE}", "SRV")
     assert d.status == "NXDOMAIN" and d.answer == [], d
     assert dig_short(reg.dns_port, f"web.{ZONE}") == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+def test_edns_version_above_zero_gets_badvers(reg):
+    """RFC 6891 section 6.1.3: a query whose OPT record has VERSION > 0 gets
+    BADVERS (extended RCODE 16: the OPT TTL's upper 8 bits are 1, the header
+    RCODE 0) and an OPT record of version 0, the version the server speaks."""
+    web3(reg)
+    for name in (f"web.{ZONE}", "www.example.com"):
+        q = build_query(name, T_A, qid=0x0b0b, edns=1232)
+        q = q[:-6] + struct.pack("!BBH", 0, 1, 0) + q[-2:]    # OPT TTL: ext-rcode 0, VERSION 1
+        m = Msg(udp_exchange(reg.dns_port, q))
+        assert m.id == 0x0b0b and m.qr and m.rcode == 0 and m.answer == [], m
+        assert [r[1] for r in m.additional] == [T_OPT], m
+        ttl = m.additional[0][3]
+        assert ttl >> 24 == 1 and (ttl >> 16) & 0xFF == 0, f"OPT TTL {ttl:#010x}"
+        assert m.questions == [(name + ".", T_A, 1)], m
+    d = dig(reg.dns_port, f"web.{ZONE}", "A", "+edns=1", "+noednsnegotiation")
+    assert d.status == "BADVERS" and "OPT PSEUDOSECTION" in d.text, d
+    # version 0 is still answered
+    m = Msg(udp_exchange(reg.dns_port, build_query(f"web.{ZONE}", T_A, qid=0x0c0c, edns=1232)))
+    assert m.rcode == 0 and len(m.answer) == 3, m
+
+
+def test_name_of_256_octets_is_formerr_255_is_not(reg):
+    """RFC 1035 section 2.3.4: a name is at most 255 octets on the wire
+    (length bytes and the root's 0 included)."""
+    web3(reg)
+    for last, want in ((48, "NXDOMAIN"), (49, "FORMERR")):
+        name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * last, ZONE])
+        assert len(encode_name(name)) == 206 + last + 1
+        q = build_query(name, T_A, qid=0x0d0d)
+        if want == "FORMERR":
+            expect_formerr(reg.dns_port, q, "a 256-octet name")
+        else:
+            m = Msg(udp_exchange(reg.dns_port, q))
+            assert m.id == 0x0d0d and m.rcode_name == want, m
+    assert dig_short(reg.dns_port, f"web.{ZONE}") == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+def test_refused_answers_are_not_authoritative(reg):
+    """The server is authoritative for service.weft only: a REFUSED answer
+    for a name outside it (or another class) does not set AA, while
+    NXDOMAIN and answers in the zone do."""
+    web3(reg)
+    for q in (build_query("www.example.com", T_A, qid=0x0a0a),
+              build_query("www.example.com", T_A, qid=0x0a0a, edns=1232),
+              build_query(f"weft.{ZONE}.example", T_SRV, qid=0x0a0a)):
+        m = Msg(udp_exchange(reg.dns_port, q))
+        assert m.id == 0x0a0a and m.rcode_name == "REFUSED" and not m.aa, m
+    chaos = build_query(f"web.{ZONE}", T_A, qid=0x0a0a)[:-2] + struct.pack("!H", 3)
+    m = Msg(udp_exchange(reg.dns_port, chaos))
+    assert m.rcode_name == "REFUSED" and not m.aa, m
+    d = dig(reg.dns_port, "www.example.com", "A")
+    assert d.status == "REFUSED" and "aa" not in d.flags, d
+    d = dig(reg.dns_port, f"nosuch.{ZONE}", "A")
+    assert d.status == "NXDOMAIN" and "aa" in d.flags, d

@@ -18,7 +18,10 @@
  * advertises, up to 4096) is cut at a record boundary with TC set, so the
  * client retries over TCP. Malformed queries get FORMERR when a header can
  * be answered, and are dropped otherwise; anything other than a standard
- * query gets NOTIMP.
+ * query gets NOTIMP. A query with an OPT record gets one back on every
+ * answer; an EDNS version above 0 gets BADVERS (RFC 6891). Over TCP,
+ * pipelined queries are all answered in order, with backpressure (reading
+ * stops while 64 KiB of answers wait; a client that never reads is closed).
  */
 #ifndef WEFT_REGISTRY_DNS_H
 #define WEFT_REGISTRY_DNS_H

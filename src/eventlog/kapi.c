@@ -805,7 +805,8 @@ static int topic_config(elog_topic_conf *c, weft_str key, weft_str val, const ch
 static int cmp_str(const void *a, const void *b)
 {
     const weft_str *x = a, *y = b;
-    int c = memcmp(x->p, y->p, x->n < y->n ? x->n : y->n);
+    size_t m = x->n < y->n ? x->n : y->n;
+    int c = m ? memcmp(x->p, y->p, m) : 0; /* an empty name may have no bytes at all */
     return c ? c : (x->n > y->n) - (x->n < y->n);
 }
 

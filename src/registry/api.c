@@ -1458,14 +1458,13 @@ static void h_consul(reg_server *rs, weft_http_req *r, char **seg, size_t nseg)
     if (agent_chk && strcmp(seg[3], "pass") == 0) {
         /* TTL checks are the instance's lease: "service:ID", "service:ID:N"
          * (Consul's name when a service has several checks) or the ID */
-        char idbuf[256];
-        snprintf(idbuf, sizeof idbuf, "%s",
-                 strncmp(seg[4], "service:", 8) == 0 ? seg[4] + 8 : seg[4]);
-        const char *id = idbuf;
+        bool prefixed = strncmp(seg[4], "service:", 8) == 0;
+        char id[256];
+        snprintf(id, sizeof id, "%s", prefixed ? seg[4] + 8 : seg[4]);
         const char *svc = reg_name_ok(id) ? service_of_id(rs, id) : NULL;
-        char *colon = strrchr(idbuf, ':');
-        if (!svc && colon && colon[1] && strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
-            strncmp(seg[4], "service:", 8) == 0) {
+        char *colon = strrchr(id, ':');
+        if (!svc && prefixed && colon && colon[1] &&
+            strspn(colon + 1, "0123456789") == strlen(colon + 1)) {
             *colon = '\0';
             svc = reg_name_ok(id) ? service_of_id(rs, id) : NULL;
         }

@@ -123,6 +123,22 @@ def timed_get(port, target, timeout=10.0):
         s.close()
 
 
+def get_in_background(port, target):
+    """timed_get on a thread: (started thread, dict that gets "r" and "el",
+    or "err")."""
+    res = {}
+
+    def client():
+        try:
+            res["r"], res["el"] = timed_get(port, target)
+        except Exception as e:  # noqa: BLE001
+            res["err"] = e
+
+    t = threading.Thread(target=client)
+    t.start()
+    return t, res
+
+
 def pipelined(port, reqs, timeout=10.0):
     """Send many requests back to back on one connection; read every answer."""
     s = connect(port, timeout)
@@ -1105,16 +1121,7 @@ def test_sigterm_drains_watchers_and_blocking_queries(reg):
     w = SSE(reg.port, "/v1/watch?since=0", timeout=5.0)
     w.read_greeting()
     assert w.next_event()["id"] == 1
-    res = {}
-
-    def client():
-        try:
-            res["r"], res["el"] = timed_get(reg.port, "/v1/services/web?index=1&wait=60s")
-        except Exception as e:  # noqa: BLE001
-            res["err"] = e
-
-    t = threading.Thread(target=client)
-    t.start()
+    t, res = get_in_background(reg.port, "/v1/services/web?index=1&wait=60s")
     wait_waiters(reg, 1)
     wait_watchers(reg, 1)
     t0 = time.monotonic()
@@ -1166,16 +1173,7 @@ def test_wait_zero_means_the_default_wait(reg):
     """wait=0 is Consul's default wait (5 min), not an instant answer: a
     watch loop passing wait=0s would otherwise poll flat out."""
     register(reg, "web", "w1")
-    res = {}
-
-    def client():
-        try:
-            res["r"], res["el"] = timed_get(reg.port, "/v1/services/web?index=1&wait=0s")
-        except Exception as e:  # noqa: BLE001
-            res["err"] = e
-
-    t = threading.Thread(target=client)
-    t.start()
+    t, res = get_in_background(reg.port, "/v1/services/web?index=1&wait=0s")
     wait_waiters(reg, 1)
     time.sleep(1.0)
     assert t.is_alive(), f"wait=0s answered at once: {res}"
